@@ -1,0 +1,1126 @@
+"""
+data.py -- everything between a video file and a GPU batch, shared by cvrl.py, lss.py and eval_linear.py.
+
+Read it top to bottom:
+  1. decoding      probe() and read_frames(): PyAV, seek to the keyframe before the first wanted frame, decode
+                   forward, keep only wanted frames (matched by timestamp), convert only those to RGB.
+  2. datasets      split files -> a VideoList (paths, labels, classes, missing): class-per-folder, UCF101,
+                   HMDB51, Kinetics CSV, and the built-in synthetic action videos.
+  3. synthetic     procedurally generated action videos (motion carries the label), written as real H.264 files.
+  4. samplers      which frames make a clip: one random clip, K uniform clips; cvrl.py plugs in its own pair sampler.
+  5. dataset       a torch Dataset that opens a video once, samples clips, decodes them, and skips-and-reports
+                   unreadable files; an epoch sampler that gives every item its own seed; the DataLoader factory.
+  6. augmentation  batched, on the device: random resized crop (one roi_align for the whole batch), flip, colour
+                   jitter in random order, grayscale, blur, solarize -- parameters drawn per clip and shared by all
+                   its frames (temporally consistent), or per frame (the CVRL ablation).
+  7. CLI           python data.py synthetic --out DIR      write the synthetic dataset with train/test split files
+                   python data.py check --dataset ... --data ROOT [--annotations ...]   list unreadable videos
+
+Tensor layouts: a decoded clip is uint8 (T, H, W, 3) -- PyAV's layout; a batch handed to the augmentation is uint8
+(B, C, T, H, W) -- the 3D-CNN layout; the augmentation returns float (B, C, T, h, w). lss.py rearranges to the ViT
+layout (B, T, C, H, W) itself.
+"""
+from __future__ import annotations
+
+import argparse
+import bisect
+import csv
+import hashlib
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Sequence
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torchvision.ops import roi_align
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".3gp", ".ogv", ".wmv")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 1. decoding
+# ----------------------------------------------------------------------------------------------------------------------
+
+class VideoError(Exception):
+    """A video that cannot be used: unreadable, truncated, no video stream, or too short. Carries the path."""
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass
+class VideoInfo:
+    num_frames: int   # frames in the video (from the container when trustworthy, else counted from packets)
+    fps: float        # average frame rate; frame i is shown at time i / fps (nearest frame for variable rate)
+    width: int
+    height: int
+    duration: float   # num_frames / fps, seconds
+    rotation: int = 0  # display rotation from the container's metadata (phone videos), degrees; see read_frames
+
+
+def _open(path):
+    """Open a container, turning FFmpeg's many error types into one VideoError that names the file."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise VideoError(path, "file does not exist")
+    if os.path.getsize(path) == 0:
+        raise VideoError(path, "file is empty (0 bytes): an interrupted download or copy?")
+    try:
+        container = av.open(path, metadata_errors="ignore")
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError, OSError) as e:
+        raise VideoError(path, f"cannot be opened as a video ({type(e).__name__}: {e}); truncated or not a video file?") from e
+    if not container.streams.video:
+        container.close()
+        raise VideoError(path, "has no video stream (audio only?)")
+    return container
+
+
+def _stream_info(container, stream, path) -> tuple[VideoInfo, int]:
+    """Read the header, find the first frame's timestamp, count frames if the header does not say. Returns the
+    info and the pts of the first decoded frame, which is where frame 0 sits on the timeline (it is not always 0:
+    an AVI with B-frames starts at 1, an MP4 with an edit list can start anywhere)."""
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate or float(rate) <= 0:
+        raise VideoError(path, "has no frame rate in its header")
+    fps = float(rate)
+    tb = stream.time_base
+    # The first decoded frame gives the origin of the timeline. Decoding one frame at the start of the file is cheap
+    # (it is a keyframe) and is the only origin a sequential decode agrees with.
+    first = None
+    try:
+        for frame in container.decode(stream):
+            first = frame
+            break
+    except av.error.FFmpegError as e:
+        raise VideoError(path, f"the first frame cannot be decoded ({type(e).__name__}: {e})") from e
+    if first is None:
+        raise VideoError(path, "contains no decodable frame")
+    width, height = first.width, first.height
+    rotation = int(getattr(first, "rotation", 0) or 0) % 360
+    start_pts = first.pts
+    # Frame count. MP4/AVI headers carry it; WebM/MKV/TS report 0, and then we count packets (demux only, no
+    # decode: fast). A header can over-report (a truncated file); read_frames clamps to the last decodable frame.
+    num_frames = int(stream.frames or 0)
+    if num_frames <= 0:
+        container.seek(0)
+        try:
+            for packet in container.demux(stream):
+                if packet.size and packet.pts is not None:
+                    num_frames += 1
+        except av.error.FFmpegError:
+            pass  # a truncated tail: count what we could read
+        if num_frames == 0 and stream.duration and tb:
+            num_frames = int(round(float(stream.duration * tb) * fps))
+    if num_frames <= 0:
+        raise VideoError(path, "has no frames")
+    if start_pts is None:
+        start_pts = 0
+    return VideoInfo(num_frames, fps, width, height, num_frames / fps, rotation), start_pts
+
+
+def probe(path) -> VideoInfo:
+    """Frame count, fps, size and duration of a video. Raises VideoError with the path for unusable files."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_count = 1
+        return _stream_info(container, stream, path)[0]
+
+
+def _to_rgb(frame, size):
+    """av.VideoFrame -> uint8 (H, W, 3). With `size=(H, W)` the frame is scaled (swscale, area) to cover the canvas
+    and centre-cropped: datasets mix 4:3, 16:9 and portrait videos, and a batch needs one shape."""
+    if size is None:
+        return frame.to_ndarray(format="rgb24")
+    H, W = size
+    s = max(H / frame.height, W / frame.width)
+    h, w = max(H, round(frame.height * s)), max(W, round(frame.width * s))
+    img = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+    y0, x0 = (h - H) // 2, (w - W) // 2
+    return img[y0:y0 + H, x0:x0 + W]
+
+
+def _decode_indices(container, stream, path, info: VideoInfo, start_pts: int, indices: Sequence[int], size=None,
+                    max_gap_s: float = 1.0) -> list[np.ndarray]:
+    """Decode the frames at `indices` (presentation order, 0-based) from an open container.
+
+    Frame i is the one displayed at time i / fps. Each decoded frame's time comes from its pts, so the match does
+    not depend on where a seek landed; for constant frame rate this is exactly the i-th frame of a sequential
+    decode, for variable frame rate it is the frame nearest in time. The wanted frames are split into runs: a gap
+    of more than `max_gap_s` starts a new run with its own seek (a seek costs about half a GOP of decoding, so
+    short gaps are cheaper to decode through). Within a run we seek once, decode forward and stop at the last
+    wanted frame."""
+    tb = float(stream.time_base)
+    wanted = sorted(set(int(i) for i in indices))
+    if wanted[0] < 0:
+        raise IndexError(f"negative frame index {wanted[0]} for {path}")
+    runs, run = [], [wanted[0]]
+    for i in wanted[1:]:
+        if (i - run[-1]) / info.fps > max_gap_s:
+            runs.append(run)
+            run = []
+        run.append(i)
+    runs.append(run)
+
+    out: dict[int, np.ndarray] = {}
+    for run in runs:
+        targets = [i / info.fps for i in run]  # seconds since frame 0
+        for margin in (0.0, 1.0, 5.0, None):
+            # Always seek, also for frame 0: probing has already consumed the first frame(s) of the stream. If the
+            # demuxer lands after the first wanted frame (AVI indexes by decode time, mislabelled keyframes, a bad
+            # index), seek further back; the last resort is the very start of the file, which always works.
+            try:
+                if margin is None:
+                    container.seek(0)
+                else:
+                    ts = max(int((targets[0] - margin) / tb) + start_pts, 0)
+                    container.seek(ts, stream=stream, backward=True, any_frame=False)
+            except av.error.FFmpegError:
+                continue  # some demuxers refuse some seeks: try further back
+            got, overshoot = _decode_run(container, stream, path, info, start_pts, run, targets, size)
+            if not overshoot:
+                break
+        else:
+            raise VideoError(path, f"could not position the decoder at frame {run[0]}")
+        out.update(got)
+    return [out[int(i)] for i in indices]
+
+
+def _decode_run(container, stream, path, info, start_pts, run, targets, size):
+    """Decode forward from the current position and assign to each target time the nearest decoded frame.
+    Frames come out of the decoder in presentation order, so one look-behind frame suffices: a target is settled
+    as soon as a frame at or after it appears (it is that frame or the previous one, whichever is nearer)."""
+    tb = float(stream.time_base)
+    half = 0.5 / info.fps
+    got: dict[int, np.ndarray] = {}
+    converted: dict[int, np.ndarray] = {}  # pts -> rgb, so a frame wanted twice is converted once
+    k, prev, prev_t, first_t = 0, None, None, None
+
+    def take(frame):
+        if frame.pts not in converted:
+            converted.clear()  # frames arrive in time order: only the latest conversion can be wanted again
+            converted[frame.pts] = _to_rgb(frame, size)
+        return converted[frame.pts]
+
+    try:
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                continue
+            t = (frame.pts - start_pts) * tb
+            if first_t is None:
+                first_t = t
+                if t > targets[0] + half:
+                    return got, True  # overshoot: the seek went too far
+            while k < len(run) and targets[k] <= t + 1e-9:
+                tau = targets[k]
+                use_prev = prev is not None and (tau - prev_t) < (t - tau)
+                got[run[k]] = take(prev) if use_prev else take(frame)
+                k += 1
+            if k == len(run):
+                break
+            prev, prev_t = frame, t
+    except av.error.FFmpegError as e:
+        # A truncated or corrupt tail. Frames already settled are good; the rest fall back to the last good frame
+        # below, unless nothing at all could be decoded.
+        if prev is None:
+            raise VideoError(path, f"decoding failed near frame {run[0]} ({type(e).__name__}: {e})") from e
+    if k < len(run):
+        # Past the end of the decodable stream (headers can over-report the frame count): repeat the last frame.
+        if prev is None:
+            raise VideoError(path, f"no frame could be decoded at or after frame {run[0]}")
+        last = take(prev)
+        for i in run[k:]:
+            got[i] = last
+    return got, False
+
+
+def read_frames(path, indices: Sequence[int], size=None, thread_count: int = 1) -> torch.Tensor:
+    """Frames at 0-based presentation `indices` (any order, repeats allowed) -> uint8 tensor (T, H, W, 3).
+
+    Bit-exact with a sequential `to_ndarray(format="rgb24")` decode for constant frame rate files. Seeks to the
+    keyframe before the first wanted frame instead of decoding from the start. `size=(H, W)` scales each frame to
+    cover that canvas and centre-crops it (used by the datasets; off for exactness). `thread_count=1` because the
+    DataLoader already runs one decoder per worker: FFmpeg thread pools on top of that oversubscribe the cores and,
+    per field reports (PyAV#1962), can hang. Raises VideoError for unusable files; indices past the last decodable
+    frame return the last frame."""
+    indices = [int(i) for i in indices]
+    if not indices:
+        raise ValueError("read_frames needs at least one index")
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_count = thread_count
+        info, start_pts = _stream_info(container, stream, path)
+        frames = _decode_indices(container, stream, path, info, start_pts, indices, size)
+    return torch.from_numpy(np.stack(frames))  # (T, H, W, 3)
+
+
+def read_clips(path, sampler, rng, size=None, min_frames: int = 1) -> tuple[list[torch.Tensor], VideoInfo]:
+    """Open a video once, let `sampler(num_frames, fps, rng)` choose clips (a list of index arrays), decode the union
+    of their frames (overlapping clips share one seek and one decode), and return one uint8 (T, H, W, 3) tensor per
+    clip plus the VideoInfo. A video with fewer than `min_frames` frames raises VideoError ("too short")."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_count = 1
+        info, start_pts = _stream_info(container, stream, path)
+        if info.num_frames < min_frames:
+            raise VideoError(path, f"too short: {info.num_frames} frames, a clip needs {min_frames}")
+        clips = sampler(info.num_frames, info.fps, rng)
+        flat = np.concatenate([np.asarray(c, dtype=np.int64) for c in clips])
+        frames = _decode_indices(container, stream, path, info, start_pts, flat, size)
+    out, i = [], 0
+    for c in clips:
+        out.append(torch.from_numpy(np.stack(frames[i:i + len(c)])))
+        i += len(c)
+    return out, info
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 2. datasets: split files -> VideoList
+# ----------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class VideoList:
+    """One split of a dataset: what to read and what it is. `missing` lists entries of the split file that are not
+    on disk; they are reported, never silently dropped."""
+    paths: list[str]
+    labels: list[int]
+    classes: list[str]
+    missing: list[str] = field(default_factory=list)
+    name: str = ""
+
+    def __len__(self):
+        return len(self.paths)
+
+    def subset(self, fraction: float, seed: int = 0) -> "VideoList":
+        """A class-stratified random fraction of the videos (the 'more data' study uses 25/50/100%)."""
+        rng = np.random.default_rng(seed)
+        keep = []
+        labels = np.asarray(self.labels)
+        for c in range(len(self.classes)):
+            idx = np.flatnonzero(labels == c)
+            keep += list(rng.permutation(idx)[:max(1, round(len(idx) * fraction))] if len(idx) else [])
+        keep.sort()
+        return VideoList([self.paths[i] for i in keep], [self.labels[i] for i in keep], self.classes, self.missing,
+                         f"{self.name} ({fraction:.0%})")
+
+
+class DatasetError(Exception):
+    """A dataset that cannot be used at all (bad root, wrong annotation format, empty split): refuse at start."""
+
+
+def _lines(path) -> list[str]:
+    # utf-8-sig drops a BOM; strip() drops the \r of CRLF files that circulate for UCF101.
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        return [ln.strip() for ln in f if ln.strip()]
+
+
+def _find_videos(root) -> list[Path]:
+    return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+
+
+def _check_root(root, dataset):
+    if root is None:
+        raise DatasetError(f"--dataset {dataset} needs --data ROOT (the folder with the videos)")
+    if not os.path.isdir(root):
+        raise DatasetError(f"dataset root {root!r} does not exist or is not a folder; check --data")
+
+
+def _resolve(root, rel, index):
+    """Path of split-file entry `rel` under root: exact first, then case-insensitively (UCF101 copies differ in the
+    case of 'HandStandPushups'), then by basename (HMDB51 split files name only the file)."""
+    p = os.path.join(root, rel)
+    if os.path.exists(p):
+        return p
+    if index is None:
+        return None
+    return index["rel"].get(rel.replace("\\", "/").lower()) or index["base"].get(os.path.basename(rel).lower())
+
+
+def _file_index(root):
+    rel, base = {}, {}
+    for p in _find_videos(root):
+        r = p.relative_to(root).as_posix().lower()
+        rel[r] = str(p)
+        base.setdefault(p.name.lower(), str(p))
+    return {"rel": rel, "base": base}
+
+
+def folder_split(root, split="train") -> VideoList:
+    """Class-per-folder: ROOT/<split>/<class>/*.mp4 when ROOT has train/ and test/ (or val/) subfolders, else
+    ROOT/<class>/* (training only). Classes are the sorted folder names, so an empty class folder keeps its id."""
+    _check_root(root, "folder")
+    sub = {"train": ["train"], "test": ["test", "val", "validate"]}[split]
+    base = next((os.path.join(root, s) for s in sub if os.path.isdir(os.path.join(root, s))), None)
+    if base is None:
+        if split == "test":
+            raise DatasetError(f"{root} has no test/ (or val/) subfolder: a folder dataset needs ROOT/train/<class>/ "
+                               f"and ROOT/test/<class>/ to be evaluated")
+        base = root
+    train_base = next((os.path.join(root, s) for s in ["train"] if os.path.isdir(os.path.join(root, s))), base)
+    classes = sorted(d for d in os.listdir(train_base) if os.path.isdir(os.path.join(train_base, d)))
+    if not classes:
+        raise DatasetError(f"{train_base} has no class folders: expected {train_base}/<class>/<video>")
+    paths, labels = [], []
+    for c, name in enumerate(classes):
+        d = os.path.join(base, name)
+        vids = _find_videos(d) if os.path.isdir(d) else []
+        if not vids:
+            print(f"warning: class folder {d} is empty or missing", file=sys.stderr)
+        paths += [str(v) for v in vids]
+        labels += [c] * len(vids)
+    return VideoList(paths, labels, classes, [], f"folder:{base}")
+
+
+def list_split(root, list_file, classes_file) -> VideoList:
+    """`<relative path> <label>` per line (the synthetic dataset's train.txt / test.txt) plus classes.txt."""
+    classes = _lines(classes_file)
+    paths, labels, missing = [], [], []
+    for ln in _lines(list_file):
+        rel, lab = ln.rsplit(maxsplit=1)
+        p = os.path.join(root, rel)
+        (paths.append(p), labels.append(int(lab))) if os.path.exists(p) else missing.append(p)
+    return VideoList(paths, labels, classes, missing, f"list:{list_file}")
+
+
+def ucf101_split(root, annotations, fold=1, split="train") -> VideoList:
+    """UCF101 with the official ucfTrainTestlist/ (classInd.txt, trainlist0k.txt, testlist0k.txt).
+
+    Labels always come from classInd.txt: it is sorted case-insensitively, so a plain sorted(os.listdir(root))
+    swaps HammerThrow/Hammering and JumpRope/JumpingJack. Test lists carry no label: it comes from the folder part
+    via classInd. Files are matched exactly, then case-insensitively (the HandstandPushups/v_HandStandPushups_*
+    quirk differs between copies)."""
+    _check_root(root, "ucf101")
+    if annotations is None or not os.path.isdir(annotations):
+        raise DatasetError(f"--dataset ucf101 needs --annotations DIR, the ucfTrainTestlist/ folder; got {annotations!r}")
+    ci = os.path.join(annotations, "classInd.txt")
+    lst = os.path.join(annotations, f"{'trainlist' if split == 'train' else 'testlist'}0{fold}.txt")
+    if not os.path.exists(ci) or not os.path.exists(lst):
+        hint = (" It looks like an HMDB51 split folder: use --dataset hmdb51."
+                if any(n.endswith(f"_test_split{fold}.txt") for n in os.listdir(annotations)) else "")
+        raise DatasetError(f"{annotations} is not a UCF101 ucfTrainTestlist folder: it needs classInd.txt and "
+                           f"{os.path.basename(lst)} (from UCF101TrainTestSplits-RecognitionTask.zip).{hint}")
+    classes, by_name = [], {}
+    for ln in _lines(ci):
+        idx, name = ln.split(maxsplit=1)
+        classes.append(name.strip())
+        by_name[name.strip().lower()] = int(idx) - 1
+    paths, labels, missing, index = [], [], [], None
+    for ln in _lines(lst):
+        parts = ln.split()
+        rel = parts[0]
+        folder = rel.replace("\\", "/").split("/")[0].lower()
+        if folder not in by_name:
+            raise DatasetError(f"{lst}: entry {rel!r} names class folder {folder!r}, which is not in classInd.txt")
+        label = by_name[folder]
+        p = _resolve(root, rel, None)
+        if p is None:
+            index = index or _file_index(root)
+            p = _resolve(root, rel, index)
+        (paths.append(p), labels.append(label)) if p else missing.append(rel)
+    return VideoList(paths, labels, classes, missing, f"ucf101 fold {fold} {split}")
+
+
+def hmdb51_split(root, annotations, fold=1, split="train") -> VideoList:
+    """HMDB51 split files `<class>_test_split<k>.txt`: `<video>.avi <code>` with 1 = train, 2 = test, 0 = unused.
+    Classes are the sorted class names (there is no official classInd). Files are matched by basename anywhere under
+    ROOT (names contain spaces and punctuation, so we never glob)."""
+    _check_root(root, "hmdb51")
+    if annotations is None or not os.path.isdir(annotations):
+        raise DatasetError(f"--dataset hmdb51 needs --annotations DIR, the folder of <class>_test_split<k>.txt files; "
+                           f"got {annotations!r}")
+    suffix = f"_test_split{fold}.txt"
+    files = sorted(n for n in os.listdir(annotations) if n.endswith(suffix))
+    if not files:
+        hint = " It looks like UCF101's ucfTrainTestlist: use --dataset ucf101." if os.path.exists(
+            os.path.join(annotations, "classInd.txt")) else ""
+        raise DatasetError(f"{annotations} has no *{suffix} files: not an HMDB51 split folder "
+                           f"(test_train_splits.rar).{hint}")
+    classes = [n[: -len(suffix)] for n in files]
+    code = {"train": "1", "test": "2"}[split]
+    index = _file_index(root)
+    paths, labels, missing = [], [], []
+    for c, n in enumerate(files):
+        for ln in _lines(os.path.join(annotations, n)):
+            parts = ln.rsplit(maxsplit=1)
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                raise DatasetError(f"{n}: line {ln!r} is not '<video> <0|1|2>'")
+            if parts[1] != code:
+                continue
+            p = _resolve(root, os.path.join(classes[c], parts[0]), index)
+            (paths.append(p), labels.append(c)) if p else missing.append(parts[0])
+    return VideoList(paths, labels, classes, missing, f"hmdb51 fold {fold} {split}")
+
+
+def kinetics_split(root, annotations, split="train") -> VideoList:
+    """Kinetics CSV `label,youtube_id,time_start,time_end,split[,is_cc]`; clips are `{id}_{start:06d}_{end:06d}.mp4`
+    anywhere under ROOT (flat or per-class folders). `--annotations` is one CSV or a folder with train.csv and
+    validate.csv (or kinetics_{train,val}.csv). 'test' means the validation set (the test labels were never public).
+    Many YouTube sources are gone: missing clips are counted and reported."""
+    _check_root(root, "kinetics")
+    if annotations is None or not os.path.exists(annotations):
+        raise DatasetError(f"--dataset kinetics needs --annotations, a Kinetics CSV or a folder of them; got {annotations!r}")
+    if os.path.isdir(annotations):
+        names = {"train": ["train.csv", "kinetics_train.csv"],
+                 "test": ["validate.csv", "val.csv", "kinetics_val.csv", "kinetics_validate.csv"]}
+        csvs = [os.path.join(annotations, n) for s in ("train", "test") for n in names[s]
+                if os.path.exists(os.path.join(annotations, n))]
+        if not csvs:
+            raise DatasetError(f"{annotations} has no train.csv / validate.csv")
+    else:
+        csvs = [annotations]
+    rows = []
+    for c in csvs:
+        with open(c, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            need = {"label", "youtube_id", "time_start", "time_end"}
+            if not reader.fieldnames or not need <= set(reader.fieldnames):
+                raise DatasetError(f"{c} is not a Kinetics CSV: header must contain {sorted(need)}, "
+                                   f"got {reader.fieldnames}")
+            for r in reader:
+                s = (r.get("split") or ("train" if "train" in os.path.basename(c) else "validate")).strip()
+                rows.append((r["label"].strip(), r["youtube_id"].strip(), int(float(r["time_start"])),
+                             int(float(r["time_end"])), "train" if s == "train" else "test" if s in ("val", "validate") else s))
+    classes = sorted({r[0] for r in rows if r[0]})
+    cid = {c: i for i, c in enumerate(classes)}
+    index = {p.name: str(p) for p in _find_videos(root)}
+    paths, labels, missing = [], [], []
+    for label, yid, t0, t1, s in rows:
+        if s != split or not label:
+            continue
+        name = f"{yid}_{t0:06d}_{t1:06d}.mp4"
+        p = index.get(name) or index.get(name[:-4] + ".mkv") or index.get(name[:-4] + ".webm")
+        (paths.append(p), labels.append(cid[label])) if p else missing.append(name)
+    return VideoList(paths, labels, classes, missing, f"kinetics {split}")
+
+
+def load_split(dataset: str, root=None, annotations=None, fold: int = 1, split: str = "train",
+               synthetic_kwargs: dict | None = None) -> VideoList:
+    """The one entry point the scripts use. Refuses (DatasetError) a split with no usable video; reports missing
+    files on stderr and keeps going when some remain."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if dataset == "synthetic":
+        root = ensure_synthetic(root, **(synthetic_kwargs or {}))
+        videos = list_split(root, os.path.join(root, f"{split}.txt"), os.path.join(root, "classes.txt"))
+    elif dataset == "folder":
+        videos = folder_split(root, split)
+    elif dataset == "ucf101":
+        videos = ucf101_split(root, annotations, fold, split)
+    elif dataset == "hmdb51":
+        videos = hmdb51_split(root, annotations, fold, split)
+    elif dataset == "kinetics":
+        videos = kinetics_split(root, annotations, split)
+    else:
+        raise DatasetError(f"unknown dataset {dataset!r}: choose synthetic, folder, ucf101, hmdb51 or kinetics")
+    if videos.missing:
+        shown = ", ".join(videos.missing[:5]) + (" ..." if len(videos.missing) > 5 else "")
+        print(f"warning: {len(videos.missing)} of {len(videos.missing) + len(videos)} videos named by the {split} split "
+              f"of {videos.name} are not under {root}: {shown}", file=sys.stderr)
+    if len(videos) == 0:
+        raise DatasetError(f"the {split} split of {videos.name or dataset} has no videos under {root}"
+                           + (f" (all {len(videos.missing)} listed files are missing: is --data the right folder?)"
+                              if videos.missing else ""))
+    return videos
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 3. synthetic action videos
+# ----------------------------------------------------------------------------------------------------------------------
+# Each video shows one convex shape whose *motion* is the label. Appearance (shape, size, position, speed, phase) is
+# random within every class, so a single frame says little about the label and a clip says a lot. The classes are
+# invariant under a horizontal flip (sideways motion is one class; rotation and orbit take either direction), so the
+# default augmentation never turns one class into another.
+#
+# `nuisance` in [0, 1] is the appearance knob. At 0: black background, white shape -- two clips of one video share
+# nothing but shape, size, motion and position, so instance discrimination must use them. Raising it adds a textured
+# background, random colours, a static distractor and a camera pan: each video gets a unique look that both of its
+# clips share, which lets contrastive learning tell instances apart by appearance alone (the shortcut the replication
+# study measures).
+
+SYNTHETIC_CLASSES = ["static", "move_sideways", "move_up", "move_down", "rotate", "grow", "shrink", "orbit"]
+
+
+def _polygon_mask(cx, cy, radius, angle, sides, aspect, size, ss=2):
+    """Anti-aliased coverage of a convex polygon on a size x size grid (ss x ss supersampling). (H, W) float."""
+    n = size * ss
+    g = (np.arange(n) + 0.5) / ss
+    X, Y = np.meshgrid(g, g)
+    a = angle + 2 * np.pi * np.arange(sides) / sides
+    vx = cx + radius * aspect * np.cos(a) * np.cos(angle) - radius / aspect * np.sin(a) * np.sin(angle)
+    vy = cy + radius * aspect * np.cos(a) * np.sin(angle) + radius / aspect * np.sin(a) * np.cos(angle)
+    inside = np.ones((n, n), bool)
+    for i in range(sides):  # counter-clockwise vertices: inside is to the left of every edge
+        x0, y0, x1, y1 = vx[i], vy[i], vx[(i + 1) % sides], vy[(i + 1) % sides]
+        inside &= (x1 - x0) * (Y - y0) - (y1 - y0) * (X - x0) >= 0
+    return inside.reshape(size, ss, size, ss).mean(axis=(1, 3))
+
+
+def _smooth_texture(rng, h, w, cells=6):
+    """Low-frequency random texture in [0, 1] (bilinear upsampling of a coarse grid)."""
+    g = torch.from_numpy(rng.random((1, 1, cells, cells), dtype=np.float32))
+    return F.interpolate(g, size=(h, w), mode="bicubic", align_corners=False)[0, 0].clamp(0, 1).numpy()
+
+
+def _hsv_colour(rng, saturation):
+    h = rng.random()
+    rgb = np.array([abs(h * 6 - 3) - 1, 2 - abs(h * 6 - 2), 2 - abs(h * 6 - 4)]).clip(0, 1)
+    v = rng.uniform(0.7, 1.0)
+    return v * ((1 - saturation) + saturation * rgb)
+
+
+def render_synthetic_video(label: int, rng: np.random.Generator, size=64, frames=48, nuisance=0.0) -> np.ndarray:
+    """One synthetic action video -> uint8 (T, H, W, 3)."""
+    S, T = size, frames
+    t = np.arange(T) / (T - 1)                      # normalised time 0..1
+    sides = int(rng.choice([3, 4, 5, 4]))
+    aspect = rng.choice([1.0, 1.0, 1.6])             # 1.6 makes a bar: rotation is visible even for a square
+    r_lo, r_hi = 0.09 * S, 0.17 * S
+    radius = np.full(T, rng.uniform(r_lo, r_hi))
+    angle = np.full(T, rng.uniform(0, 2 * np.pi))
+    m = r_hi + 2                                     # keep the shape inside the frame
+    cx, cy = np.full(T, rng.uniform(m, S - m)), np.full(T, rng.uniform(m, S - m))
+    name = SYNTHETIC_CLASSES[label]
+    if name in ("move_sideways", "move_up", "move_down"):
+        travel = rng.uniform(0.35, 0.75) * (S - 2 * m)
+        a0 = rng.uniform(m, S - m - travel)
+        path = a0 + travel * t
+        if name == "move_sideways":
+            cx = path if rng.random() < 0.5 else path[::-1].copy()
+        else:  # image y grows downwards
+            cy = path[::-1].copy() if name == "move_up" else path
+    elif name == "rotate":
+        angle = angle + rng.choice([-1, 1]) * rng.uniform(0.6, 1.6) * np.pi * t
+    elif name in ("grow", "shrink"):
+        r0, r1 = rng.uniform(r_lo * 0.8, r_lo * 1.1), rng.uniform(r_hi * 0.95, r_hi * 1.2)
+        radius = r0 + (r1 - r0) * t if name == "grow" else r1 + (r0 - r1) * t
+        m2 = r1 + 2
+        cx, cy = np.full(T, rng.uniform(m2, S - m2)), np.full(T, rng.uniform(m2, S - m2))
+    elif name == "orbit":
+        R = rng.uniform(0.14, 0.24) * S
+        c0x, c0y = rng.uniform(m + R, S - m - R), rng.uniform(m + R, S - m - R)
+        phi = rng.uniform(0, 2 * np.pi) + rng.choice([-1, 1]) * rng.uniform(1.0, 2.0) * np.pi * t
+        cx, cy = c0x + R * np.cos(phi), c0y + R * np.sin(phi)
+    # appearance
+    nz = float(nuisance)
+    colour = _hsv_colour(rng, nz) if nz > 0 else np.ones(3)
+    pad = int(np.ceil(0.5 * S)) if nz > 0 else 0
+    if nz > 0:
+        tex = _smooth_texture(rng, S + 2 * pad, S + 2 * pad)
+        bg_col = _hsv_colour(rng, nz) * 0.6
+        background = (nz * tex[..., None] * bg_col + (1 - nz) * 0.0).astype(np.float32)
+        pan = rng.uniform(-1, 1, size=2) * nz * 0.3 * S * t[:, None]          # camera pan, pixels
+        has_distractor = rng.random() < nz
+        d_par = (rng.uniform(m, S - m), rng.uniform(m, S - m), rng.uniform(r_lo, r_hi), rng.uniform(0, 6.28),
+                 int(rng.choice([3, 4, 5])), _hsv_colour(rng, nz))
+    video = np.zeros((T, S, S, 3), np.float32)
+    for i in range(T):
+        if nz > 0:
+            ox, oy = int(round(pad + pan[i, 0])), int(round(pad + pan[i, 1]))
+            ox, oy = np.clip(ox, 0, 2 * pad), np.clip(oy, 0, 2 * pad)
+            frame = background[oy:oy + S, ox:ox + S].copy()
+            shift = (ox - pad, oy - pad)
+            if has_distractor:
+                dx, dy, dr, da, ds, dc = d_par
+                mk = _polygon_mask(dx - shift[0], dy - shift[1], dr, da, ds, 1.0, S)[..., None]
+                frame = frame * (1 - mk) + mk * dc
+        else:
+            frame, shift = np.zeros((S, S, 3), np.float32), (0, 0)
+        mk = _polygon_mask(cx[i] - shift[0], cy[i] - shift[1], radius[i], angle[i], sides, aspect, S)[..., None]
+        video[i] = frame * (1 - mk) + mk * colour
+    return (video.clip(0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def write_video(path, frames: np.ndarray, fps=16, codec="libx264", options=None):
+    """uint8 (T, H, W, 3) -> an encoded file (H.264 mp4 by default; tests also write mpeg4 .avi and vp9 .webm)."""
+    T, H, W, _ = frames.shape
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        if options:
+            s.options = options
+        for img in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def _write_synthetic_one(job):
+    path, label, seed, size, frames, fps, nuisance = job
+    rng = np.random.default_rng(seed)
+    write_video(path, render_synthetic_video(label, rng, size, frames, nuisance), fps,
+                options={"crf": "18", "threads": "1", "preset": "veryfast"})
+
+
+def make_synthetic(out, train_per_class=60, test_per_class=20, size=64, frames=48, fps=16, nuisance=0.0, seed=0,
+                   workers=None, progress=True):
+    """Write the synthetic dataset: out/{train,test}/<class>/<class>_NNNN.mp4, train.txt / test.txt
+    (`<relative path> <label>`), classes.txt. Deterministic in `seed` (each video has its own seed)."""
+    import multiprocessing as mp
+    from tqdm import tqdm
+    out = Path(out)
+    jobs, lists = [], {"train": [], "test": []}
+    for split, n, sid in (("train", train_per_class, 0), ("test", test_per_class, 1)):
+        for c, name in enumerate(SYNTHETIC_CLASSES):
+            (out / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                rel = f"{split}/{name}/{name}_{i:04d}.mp4"
+                vseed = int(np.random.SeedSequence([seed, sid, c, i]).generate_state(1)[0])
+                jobs.append((str(out / rel), c, vseed, size, frames, fps, nuisance))
+                lists[split].append(f"{rel} {c}")
+    workers = workers or min(len(os.sched_getaffinity(0)), 8)
+    with mp.get_context("fork").Pool(workers) as pool:
+        for _ in tqdm(pool.imap_unordered(_write_synthetic_one, jobs, chunksize=8), total=len(jobs),
+                      desc=f"synthetic videos -> {out}", disable=not progress, unit="video"):
+            pass
+    for split in lists:
+        (out / f"{split}.txt").write_text("\n".join(lists[split]) + "\n")
+    (out / "classes.txt").write_text("\n".join(SYNTHETIC_CLASSES) + "\n")
+    return out
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NANOVIDEOSSL_CACHE", Path.home() / ".cache" / "nanovideossl"))
+
+
+def ensure_synthetic(root=None, train_per_class=60, test_per_class=20, size=64, frames=48, fps=16, nuisance=0.0,
+                     seed=0) -> str:
+    """The synthetic dataset's folder, generated once. Without `root` it lives in the cache dir under a name that
+    encodes every knob, so changing a knob never reuses stale videos. Generation goes to a temporary folder that is
+    renamed into place: concurrent processes (torchrun ranks) cannot see a half-written dataset."""
+    if root is None:
+        tag = f"synthetic-v1-s{size}-f{frames}-fps{fps}-n{nuisance:g}-{train_per_class}x{test_per_class}-seed{seed}"
+        root = cache_dir() / tag
+    root = Path(root)
+    if (root / "classes.txt").exists():
+        return str(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp", dir=root.parent))
+    print(f"generating the synthetic dataset once into {root} ...", file=sys.stderr)
+    make_synthetic(tmp, train_per_class, test_per_class, size, frames, fps, nuisance, seed)
+    try:
+        os.rename(tmp, root)
+    except OSError:  # another process finished first (same seed, same content) or root exists and is not ours
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (root / "classes.txt").exists():
+            raise DatasetError(f"{root} exists but is not a synthetic dataset (no classes.txt); remove it or pass "
+                               f"another --data")
+    return str(root)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 4. clip samplers: (num_frames, fps, rng) -> list of index arrays
+# ----------------------------------------------------------------------------------------------------------------------
+# A clip is `frames` frames `stride` apart. With `target_fps` set, the stride counts frames of a `target_fps` video
+# (the clip then lasts the same number of seconds whatever the source's frame rate -- Kinetics mixes 25 and 30 fps),
+# and times are mapped back to source frames through the fps. Indices past the end wrap around (the video loops), as
+# in CVRL's official sampler; videos shorter than one clip are rejected earlier by `min_frames`.
+
+def clip_indices(start: int, frames: int, stride: int, num_frames: int, fps: float = 1.0, target_fps=None):
+    """Frame indices of the clip starting at virtual frame `start`."""
+    v = start + stride * np.arange(frames)
+    if target_fps:
+        v = np.floor(v * fps / target_fps + 1e-6).astype(np.int64)
+    return v % num_frames
+
+
+def _virtual_frames(num_frames, fps, target_fps):
+    return max(1, int(num_frames * target_fps / fps)) if target_fps else num_frames
+
+
+@dataclass
+class RandomClip:
+    """One clip with a uniformly random start among the starts where it fits (training, linear-probe training)."""
+    frames: int
+    stride: int
+    target_fps: float | None = None
+
+    def __call__(self, num_frames, fps, rng):
+        L = _virtual_frames(num_frames, fps, self.target_fps)
+        span = (self.frames - 1) * self.stride
+        M = L - span if L > span else L
+        start = int(rng.integers(M))
+        return [clip_indices(start, self.frames, self.stride, num_frames, fps, self.target_fps)]
+
+
+@dataclass
+class UniformClips:
+    """K clips with starts evenly spaced over [0, L - span], both ends included (evaluation: '10 clips x 3 crops')."""
+    frames: int
+    stride: int
+    num_clips: int
+    target_fps: float | None = None
+
+    def __call__(self, num_frames, fps, rng=None):
+        L = _virtual_frames(num_frames, fps, self.target_fps)
+        span = (self.frames - 1) * self.stride
+        starts = np.linspace(0, max(L - 1 - span, 0), self.num_clips).round().astype(int)
+        return [clip_indices(s, self.frames, self.stride, num_frames, fps, self.target_fps) for s in starts]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 5. dataset, epoch sampler, loader
+# ----------------------------------------------------------------------------------------------------------------------
+
+class VideoDataset(torch.utils.data.Dataset):
+    """Item = the clips `sampler` picks from one video, decoded to a fixed `canvas` (H, W).
+
+    Keys are `(index, seed)` pairs from EpochSampler: every item draws its clips from its own generator, so the
+    clips do not depend on which worker decodes them, two workers never produce the same clips, and a resumed run
+    sees the same data as an uninterrupted one.
+
+    Unreadable videos: with `resample=True` (training) the item is replaced by another random video (up to
+    `retries` times, then a clear error); with `resample=False` (evaluation) the item comes back with ok=False.
+    Either way the failed path travels with the batch ("bad"), so the main process can report every skipped file --
+    DataLoader workers are separate processes and cannot report any other way."""
+
+    def __init__(self, videos: VideoList, sampler, canvas=(64, 64), resample=True, min_frames=1, retries=10):
+        self.videos, self.sampler, self.canvas = videos, sampler, tuple(canvas)
+        self.resample, self.min_frames, self.retries = resample, min_frames, retries
+
+    def __len__(self):
+        return len(self.videos)
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, 0)
+        rng = np.random.default_rng([seed, index])
+        bad = []
+        for _ in range(self.retries + 1):
+            path = self.videos.paths[index]
+            try:
+                clips, _ = read_clips(path, self.sampler, rng, self.canvas, self.min_frames)
+            except VideoError as e:
+                bad.append(f"{e.path}: {e.reason}")
+            except Exception as e:  # noqa: BLE001 -- anything else from deep inside FFmpeg must not kill a long run
+                bad.append(f"{path}: {type(e).__name__}: {e}")
+            else:
+                return {"video": torch.stack(clips), "label": self.videos.labels[index], "index": index,
+                        "bad": bad, "ok": True}  # video: (K, T, H, W, 3) uint8
+            if not self.resample:
+                return {"video": None, "label": self.videos.labels[index], "index": index, "bad": bad, "ok": False}
+            index = int(rng.integers(len(self.videos)))
+        raise RuntimeError(f"{self.retries + 1} videos in a row could not be decoded; is the dataset broken? "
+                           f"Errors:\n  " + "\n  ".join(bad) + "\nRun `python data.py check ...` to scan it.")
+
+
+def collate(items):
+    """Stack the decodable items; keep the paths that failed and the indices of items that were dropped."""
+    ok = [it for it in items if it["ok"]]
+    return {
+        "video": torch.stack([it["video"] for it in ok]) if ok else torch.empty(0, dtype=torch.uint8),  # (B, K, T, H, W, 3)
+        "label": torch.tensor([it["label"] for it in ok], dtype=torch.long),
+        "index": torch.tensor([it["index"] for it in ok], dtype=torch.long),
+        "bad": [b for it in items for b in it["bad"]],
+        "failed": [it["index"] for it in items if not it["ok"]],
+    }
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields `(index, seed)` keys: a permutation of the dataset that depends only on (seed, epoch), sharded across
+    `world_size` ranks. With drop_last the epoch is cut to a multiple of world_size so all ranks take the same
+    number of steps (collectives would hang otherwise). Call set_epoch(e) before each epoch."""
+
+    def __init__(self, n, shuffle=True, seed=0, rank=0, world_size=1, drop_last=True):
+        self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world_size
+        self.drop_last, self.epoch = drop_last, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def _order(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
+        if self.drop_last:
+            order = order[: self.n - self.n % self.world]
+        return order[self.rank::self.world]
+
+    def __len__(self):
+        return len(self._order())
+
+    def __iter__(self):
+        for i in self._order():
+            yield int(i), int(np.random.SeedSequence([self.seed, self.epoch, int(i)]).generate_state(1)[0])
+
+
+def _worker_init(worker_id):
+    # Each worker decodes one video at a time with one FFmpeg thread; torch ops in workers stay single-threaded
+    # too, or N workers x M threads oversubscribe the cores. Seeds for incidental randomness differ per worker.
+    torch.set_num_threads(1)
+    seed = torch.initial_seed() % 2 ** 32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset, batch_size, workers=2, shuffle=True, drop_last=True, seed=0, rank=0, world_size=1,
+                pin_memory=None):
+    """DataLoader over (index, seed) keys. Workers persist across epochs (no re-fork per epoch), memory is pinned
+    when a GPU is present, and `loader.sampler.set_epoch(e)` picks the epoch's order."""
+    sampler = EpochSampler(len(dataset), shuffle, seed, rank, world_size, drop_last)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, drop_last=drop_last,
+        persistent_workers=workers > 0, worker_init_fn=_worker_init, prefetch_factor=4 if workers > 0 else None)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 6. batched augmentation on the device
+# ----------------------------------------------------------------------------------------------------------------------
+# Parameters are drawn on the CPU from a torch.Generator (reproducible whatever the device) for G "groups" and
+# broadcast over the F frames of a group. Temporally consistent mode: a group is a clip (G = B, F = T); per-frame
+# mode (CVRL's ablation): a group is a frame (G = B*T, F = 1). Everything else is one batched tensor op.
+
+@dataclass
+class AugmentConfig:
+    area: tuple = (0.3, 1.0)       # random resized crop: fraction of the frame area (CVRL: 0.3-1)
+    aspect: tuple = (0.5, 2.0)     # random resized crop: w/h range, sampled log-uniformly (CVRL: 0.5-2)
+    flip_p: float = 0.5            # horizontal flip probability
+    jitter: tuple = (0.8, 0.8, 0.8, 0.2)  # brightness, contrast, saturation, hue strengths (SimCLR strength 1)
+    jitter_p: float = 0.8          # probability of applying colour jitter (ops in random order per clip)
+    gray_p: float = 0.2            # probability of converting to grayscale
+    blur_p: float = 0.0            # probability of Gaussian blur, sigma ~ U(blur_sigma)
+    blur_sigma: tuple = (0.1, 2.0)
+    solarize_p: float = 0.0        # probability of solarize (x >= 0.5 -> 1 - x)
+    per_frame: bool = False        # draw parameters per frame instead of per clip (temporally inconsistent ablation)
+
+
+def sample_crop_boxes(n, H, W, area, aspect, generator=None, attempts=10):
+    """torchvision's RandomResizedCrop box sampling, vectorised over n crops: area fraction uniform in `area`,
+    log(aspect) uniform; the first of `attempts` candidates that fits is used, else a centre crop of the whole frame
+    with the aspect clamped into range. Returns float (n, 4) boxes (x1, y1, x2, y2) in pixels."""
+    s = torch.empty(n, attempts).uniform_(*area, generator=generator) * H * W
+    logr = torch.empty(n, attempts).uniform_(math.log(aspect[0]), math.log(aspect[1]), generator=generator)
+    w, h = torch.sqrt(s * logr.exp()), torch.sqrt(s / logr.exp())
+    fits = (w <= W) & (h <= H)
+    first = torch.where(fits.any(1), fits.float().argmax(1), torch.full((n,), -1))
+    ar = W / H
+    fw, fh = (W, W / aspect[0]) if ar < aspect[0] else (H * aspect[1], H) if ar > aspect[1] else (W, H)
+    sel = first.clamp(min=0)
+    cw = torch.where(first >= 0, w.gather(1, sel[:, None])[:, 0], torch.full((n,), float(fw)))
+    ch = torch.where(first >= 0, h.gather(1, sel[:, None])[:, 0], torch.full((n,), float(fh)))
+    x1 = torch.rand(n, generator=generator) * (W - cw)
+    y1 = torch.rand(n, generator=generator) * (H - ch)
+    return torch.stack([x1, y1, x1 + cw, y1 + ch], 1)
+
+
+def _gray(x):  # (..., 3, H, W) -> (..., 1, H, W), ITU-R 601 luma as in torchvision
+    return (0.299 * x[..., 0:1, :, :] + 0.587 * x[..., 1:2, :, :] + 0.114 * x[..., 2:3, :, :])
+
+
+def _rgb_to_hsv(x):
+    r, g, b = x.unbind(-3)
+    maxc, _ = x.max(-3)
+    minc, _ = x.min(-3)
+    delta = maxc - minc
+    s = delta / maxc.clamp(min=1e-8)
+    dc = delta.clamp(min=1e-8)
+    h = torch.where(maxc == r, (g - b) / dc, torch.where(maxc == g, 2.0 + (b - r) / dc, 4.0 + (r - g) / dc))
+    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
+    return torch.stack([h, s, maxc], -3)
+
+
+def _hsv_to_rgb(x):
+    h, s, v = x.unbind(-3)
+    i = torch.floor(h * 6.0)
+    f = h * 6.0 - i
+    i = i.long() % 6
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    table = torch.stack([torch.stack(c, -3) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))])
+    return torch.gather(table, 0, i[None, ..., None, :, :].expand(1, *i.shape[:-2], 3, *i.shape[-2:]))[0]
+
+
+def _jitter_op(op, x, f):
+    """One colour op on x (G, F, 3, h, w) in [0, 1] with per-group factor f (G,)."""
+    f = f.view(-1, 1, 1, 1, 1)
+    if op == 0:    # brightness: scale
+        y = x * f
+    elif op == 1:  # contrast: blend with the clip's mean gray level (over all its frames: temporally consistent)
+        y = x * f + _gray(x).mean(dim=(1, 2, 3, 4), keepdim=True) * (1 - f)
+    elif op == 2:  # saturation: blend with the grayscale image
+        y = x * f + _gray(x) * (1 - f)
+    else:          # hue: rotate the hue circle by f (in turns)
+        hsv = _rgb_to_hsv(x)
+        y = _hsv_to_rgb(torch.cat([(hsv[:, :, 0:1] + f) % 1.0, hsv[:, :, 1:]], 2))
+    return y.clamp(0, 1)
+
+
+def _blur(x, sigma, radius):
+    """Separable Gaussian blur with a per-group sigma: x (G, F, C, h, w), sigma (G,). One grouped conv per axis."""
+    G, Fr, C, h, w = x.shape
+    k = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kern = torch.exp(-k[None] ** 2 / (2 * sigma[:, None] ** 2))
+    kern = kern / kern.sum(1, keepdim=True)                                   # (G, 2r+1)
+    kern = kern.repeat_interleave(Fr * C, 0)                                  # (G*F*C, 2r+1)
+    y = rearrange(x, "g f c h w -> 1 (g f c) h w")
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), kern[:, None, None, :], groups=G * Fr * C)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), kern[:, None, :, None], groups=G * Fr * C)
+    return rearrange(y, "1 (g f c) h w -> g f c h w", g=G, f=Fr)
+
+
+def augment(video: torch.Tensor, size: int, cfg: AugmentConfig = AugmentConfig(), generator=None) -> torch.Tensor:
+    """uint8 (B, C, T, H, W) on any device -> float (B, C, T, size, size) in [0, 1], augmented per cfg.
+
+    Order as in CVRL's official pipeline: random resized crop -> flip -> colour jitter (p, random order) ->
+    grayscale (p) -> blur (p) -> solarize (p). No mean/std normalisation here (see normalize())."""
+    B, C, T, H, W = video.shape
+    dev = video.device
+    G, Fr = (B * T, 1) if cfg.per_frame else (B, T)
+    # Crop + resize: one roi_align over all B*T frames, each frame with its group's box. sampling_ratio=-1 averages
+    # ceil(box/out) samples per output pixel, so downscaling is anti-aliased; aligned=True makes a full-frame box
+    # reproduce the frame exactly.
+    boxes = sample_crop_boxes(G, H, W, cfg.area, cfg.aspect, generator).repeat_interleave(Fr, 0)  # (B*T, 4)
+    frames = rearrange(video, "b c t h w -> (b t) c h w").float()                                 # (B*T, C, H, W)
+    rois = torch.cat([torch.arange(B * T, dtype=torch.float)[:, None], boxes], 1).to(dev)
+    x = roi_align(frames, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True) / 255.0
+    x = rearrange(x, "(g f) c h w -> g f c h w", g=G)                                             # (G, F, C, s, s)
+    flip = (torch.rand(G, generator=generator) < cfg.flip_p).to(dev)
+    x = torch.where(flip.view(-1, 1, 1, 1, 1), x.flip(-1), x)
+    # Colour jitter: factors drawn per group; groups that skip jitter (prob 1 - jitter_p) get identity factors.
+    # Random order: for each of the 4 positions, each op is applied to the groups that drew it at that position.
+    if cfg.jitter_p > 0 and any(cfg.jitter):
+        bs, cs, ss, hs = cfg.jitter
+        on = torch.rand(G, generator=generator) < cfg.jitter_p
+        fac = torch.stack([torch.empty(G).uniform_(max(0, 1 - bs), 1 + bs, generator=generator),
+                           torch.empty(G).uniform_(max(0, 1 - cs), 1 + cs, generator=generator),
+                           torch.empty(G).uniform_(max(0, 1 - ss), 1 + ss, generator=generator),
+                           torch.empty(G).uniform_(-hs, hs, generator=generator)], 1)
+        order = torch.rand(G, 4, generator=generator).argsort(1)
+        fac, order, on = fac.to(dev), order.to(dev), on.to(dev)
+        for pos in range(4):
+            for op in range(4):
+                if op == 3 and hs == 0 or op < 3 and (bs, cs, ss)[op] == 0:
+                    continue
+                sel = torch.nonzero(on & (order[:, pos] == op)).flatten()
+                if len(sel):
+                    x[sel] = _jitter_op(op, x[sel], fac[sel, op])
+    if cfg.gray_p > 0:
+        g = (torch.rand(G, generator=generator) < cfg.gray_p).to(dev)
+        x = torch.where(g.view(-1, 1, 1, 1, 1), _gray(x).expand_as(x), x)
+    if cfg.blur_p > 0:
+        sel = torch.nonzero(torch.rand(G, generator=generator) < cfg.blur_p).flatten()
+        sigma = torch.empty(G).uniform_(*cfg.blur_sigma, generator=generator)
+        radius = max(1, (size // 10) // 2)  # CVRL: kernel size = size // 10 (22 at 224 -> 23 taps)
+        if len(sel):
+            sel = sel.to(dev)
+            x[sel] = _blur(x[sel], sigma.to(dev)[sel], radius)
+    if cfg.solarize_p > 0:
+        s = (torch.rand(G, generator=generator) < cfg.solarize_p).to(dev).view(-1, 1, 1, 1, 1)
+        x = torch.where(s & (x >= 0.5), 1.0 - x, x)
+    return rearrange(x, "g f c h w -> (g f) c h w").view(B, T, C, size, size).permute(0, 2, 1, 3, 4).contiguous()
+
+
+def spatial_crops(video: torch.Tensor, size: int, num_crops: int = 3) -> torch.Tensor:
+    """Evaluation views: scale the short side to `size` and take `num_crops` square crops along the long side
+    (1: centre; 3: start/centre/end, the SlowFast/CVRL '3 crops'). uint8 (B, C, T, H, W) ->
+    float (B * num_crops, C, T, size, size) in [0, 1], crops of one video adjacent."""
+    B, C, T, H, W = video.shape
+    side = min(H, W)
+    offs = [(max(H, W) - side) / 2] if num_crops == 1 else np.linspace(0, max(H, W) - side, num_crops).tolist()
+    boxes = torch.tensor([[o, 0, o + side, side] if W >= H else [0, o, side, o + side] for o in offs], dtype=torch.float)
+    frames = rearrange(video, "b c t h w -> (b t) c h w").float()                                     # (B*T, C, H, W)
+    idx = torch.arange(B * T, dtype=torch.float).repeat_interleave(num_crops)
+    rois = torch.cat([idx[:, None], boxes.repeat(B * T, 1)], 1).to(video.device)
+    x = roi_align(frames, rois, (size, size), 1.0, -1, True) / 255.0                              # (B*T*n, C, s, s)
+    return rearrange(x, "(b t n) c h w -> (b n) c t h w", b=B, t=T, n=num_crops)
+
+
+def normalize(x: torch.Tensor, mean, std, channel_dim=1) -> torch.Tensor:
+    """(x - mean) / std along `channel_dim` (1 for (B, C, T, H, W), 2 for (B, T, C, H, W))."""
+    shape = [1] * x.dim()
+    shape[channel_dim] = -1
+    return (x - torch.tensor(mean, device=x.device).view(shape)) / torch.tensor(std, device=x.device).view(shape)
+
+
+def to_bcthw(video: torch.Tensor) -> torch.Tensor:
+    """A collated batch (B, T, H, W, 3) -> (B, C, T, H, W), as a view (no copy on the CPU)."""
+    return video.permute(0, 4, 1, 2, 3)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 7. CLI
+# ----------------------------------------------------------------------------------------------------------------------
+
+def add_data_args(p: argparse.ArgumentParser):
+    """The data flags shared by every script (DESIGN.md contract)."""
+    p.add_argument("--dataset", default="synthetic", choices=["synthetic", "folder", "ucf101", "hmdb51", "kinetics"])
+    p.add_argument("--data", default=None, help="dataset root (videos); synthetic: where to generate (default: cache)")
+    p.add_argument("--annotations", default=None, help="UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, Kinetics CSV")
+    p.add_argument("--fold", type=int, default=1, choices=[1, 2, 3], help="UCF101/HMDB51 split number")
+    return p
+
+
+def _check_one(path):
+    try:
+        info = probe(path)
+        read_frames(path, sorted({0, info.num_frames // 2, info.num_frames - 1}))
+        return path, None
+    except VideoError as e:
+        return path, e.reason
+    except Exception as e:  # noqa: BLE001
+        return path, f"{type(e).__name__}: {e}"
+
+
+def check_dataset(videos: Sequence[str], workers=2, progress=True):
+    """Probe every video and decode its first, middle and last frame. Returns [(path, reason)] of broken ones."""
+    import multiprocessing as mp
+    from tqdm import tqdm
+    bad = []
+    with mp.get_context("spawn").Pool(max(1, workers)) as pool:
+        for path, reason in tqdm(pool.imap(_check_one, videos, chunksize=4), total=len(videos), desc="checking",
+                                 unit="video", disable=not progress):
+            if reason:
+                bad.append((path, reason))
+    return bad
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("synthetic", help="write the synthetic action dataset with train/test split files")
+    s.add_argument("--out", required=True)
+    s.add_argument("--train-per-class", type=int, default=60)
+    s.add_argument("--test-per-class", type=int, default=20)
+    s.add_argument("--size", type=int, default=64, help="frame side in pixels")
+    s.add_argument("--frames", type=int, default=48, help="frames per video")
+    s.add_argument("--fps", type=int, default=16)
+    s.add_argument("--nuisance", type=float, default=0.0, help="appearance nuisance 0..1 (texture, colour, distractor, pan)")
+    s.add_argument("--seed", type=int, default=0)
+    c = add_data_args(sub.add_parser("check", help="scan a dataset and list unreadable videos"))
+    c.add_argument("--split", default="both", choices=["train", "test", "both"])
+    c.add_argument("--workers", type=int, default=min(len(os.sched_getaffinity(0)), 8))
+    a = ap.parse_args(argv)
+    if a.cmd == "synthetic":
+        out = Path(a.out)
+        if (out / "classes.txt").exists():
+            sys.exit(f"{out} already holds a synthetic dataset; remove it first or choose another --out")
+        make_synthetic(out, a.train_per_class, a.test_per_class, a.size, a.frames, a.fps, a.nuisance, a.seed)
+        print(f"wrote {out}: {len(SYNTHETIC_CLASSES)} classes, {a.train_per_class}/{a.test_per_class} videos per class "
+              f"(train/test), split files {out}/train.txt {out}/test.txt")
+        return 0
+    total_bad = 0
+    for split in (["train", "test"] if a.split == "both" else [a.split]):
+        try:
+            videos = load_split(a.dataset, a.data, a.annotations, a.fold, split)
+        except DatasetError as e:
+            sys.exit(f"error: {e}")
+        bad = check_dataset(videos.paths, a.workers)
+        print(f"{split}: {len(videos)} videos found, {len(videos.missing)} listed but missing, {len(bad)} unreadable")
+        for m in videos.missing:
+            print(f"  MISSING  {m}")
+        for p, r in bad:
+            print(f"  BROKEN   {p}: {r}")
+        total_bad += len(bad) + len(videos.missing)
+    return 1 if total_bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
