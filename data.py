@@ -152,7 +152,7 @@ def _to_rgb(frame, size):
 
 
 def _decode_indices(container, stream, path, info: VideoInfo, start_pts: int, indices: Sequence[int], size=None,
-                    max_gap_s: float = 1.0) -> list[np.ndarray]:
+                    max_gap_s: float = 1.0, stats: dict | None = None) -> list[np.ndarray]:
     """Decode the frames at `indices` (presentation order, 0-based) from an open container.
 
     Frame i is the one displayed at time i / fps. Each decoded frame's time comes from its pts, so the match does
@@ -160,8 +160,9 @@ def _decode_indices(container, stream, path, info: VideoInfo, start_pts: int, in
     decode, for variable frame rate it is the frame nearest in time. The wanted frames are split into runs: a gap
     of more than `max_gap_s` starts a new run with its own seek (a seek costs about half a GOP of decoding, so
     short gaps are cheaper to decode through). Within a run we seek once, decode forward and stop at the last
-    wanted frame."""
+    wanted frame. `stats`, if given, counts decoded frames and seeks (for tests and benchmarks)."""
     tb = float(stream.time_base)
+    stats = {} if stats is None else stats
     wanted = sorted(set(int(i) for i in indices))
     if wanted[0] < 0:
         raise IndexError(f"negative frame index {wanted[0]} for {path}")
@@ -188,7 +189,8 @@ def _decode_indices(container, stream, path, info: VideoInfo, start_pts: int, in
                     container.seek(ts, stream=stream, backward=True, any_frame=False)
             except av.error.FFmpegError:
                 continue  # some demuxers refuse some seeks: try further back
-            got, overshoot = _decode_run(container, stream, path, info, start_pts, run, targets, size)
+            stats["seeks"] = stats.get("seeks", 0) + 1
+            got, overshoot = _decode_run(container, stream, path, info, start_pts, run, targets, size, stats)
             if not overshoot:
                 break
         else:
@@ -197,7 +199,7 @@ def _decode_indices(container, stream, path, info: VideoInfo, start_pts: int, in
     return [out[int(i)] for i in indices]
 
 
-def _decode_run(container, stream, path, info, start_pts, run, targets, size):
+def _decode_run(container, stream, path, info, start_pts, run, targets, size, stats):
     """Decode forward from the current position and assign to each target time the nearest decoded frame.
     Frames come out of the decoder in presentation order, so one look-behind frame suffices: a target is settled
     as soon as a frame at or after it appears (it is that frame or the previous one, whichever is nearer)."""
@@ -215,6 +217,7 @@ def _decode_run(container, stream, path, info, start_pts, run, targets, size):
 
     try:
         for frame in container.decode(stream):
+            stats["decoded"] = stats.get("decoded", 0) + 1
             if frame.pts is None:
                 continue
             t = (frame.pts - start_pts) * tb
@@ -245,7 +248,7 @@ def _decode_run(container, stream, path, info, start_pts, run, targets, size):
     return got, False
 
 
-def read_frames(path, indices: Sequence[int], size=None, thread_count: int = 1) -> torch.Tensor:
+def read_frames(path, indices: Sequence[int], size=None, thread_count: int = 1, stats: dict | None = None) -> torch.Tensor:
     """Frames at 0-based presentation `indices` (any order, repeats allowed) -> uint8 tensor (T, H, W, 3).
 
     Bit-exact with a sequential `to_ndarray(format="rgb24")` decode for constant frame rate files. Seeks to the
@@ -261,7 +264,7 @@ def read_frames(path, indices: Sequence[int], size=None, thread_count: int = 1) 
         stream = container.streams.video[0]
         stream.thread_count = thread_count
         info, start_pts = _stream_info(container, stream, path)
-        frames = _decode_indices(container, stream, path, info, start_pts, indices, size)
+        frames = _decode_indices(container, stream, path, info, start_pts, indices, size, stats=stats)
     return torch.from_numpy(np.stack(frames))  # (T, H, W, 3)
 
 

@@ -1,0 +1,38 @@
+"""Shared fixtures: small encoded videos and a tiny synthetic dataset, generated once per test session."""
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import data  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    # Scripts generate the synthetic dataset into a cache dir; tests must never touch the user's ~/.cache.
+    os.environ["NANOVIDEOSSL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+def textured_frames(n, h=48, w=64, seed=0):
+    """Frames that differ from each other in every pixel block, so a wrong frame can never pass as the right one."""
+    rng = np.random.default_rng(seed)
+    base = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+    frames = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        f = np.roll(base, shift=3 * i, axis=1).copy()
+        f[..., 0] = (i * 7) % 256
+        frames[i] = f
+    return frames
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory):
+    """A tiny synthetic dataset (8 classes, 4 train / 2 test videos per class, 32 px, 24 frames)."""
+    root = tmp_path_factory.mktemp("synthetic") / "syn"
+    data.make_synthetic(root, train_per_class=4, test_per_class=2, size=32, frames=24, fps=8, seed=0, progress=False)
+    return root
