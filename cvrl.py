@@ -21,8 +21,14 @@ Commands
     torchrun on several GPUs, Kinetics/UCF101/HMDB51 runs, resuming.)
 """
 
+import json
 import math
+import os
+import sys
+import time
 import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,6 +36,9 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import reduce
+from tqdm import tqdm
+
+import data
 
 # ----------------------------------------------------------------------------- temporal interval sampler
 # Paper Sec 3.1, cvrl.md §1. Official: `official/projects/video_ssl/ops/video_ssl_preprocess_ops.py`,
@@ -522,4 +531,370 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> flo
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-# ----------------------------------------------------------------------------- training (to be written)
+# ----------------------------------------------------------------------------- config
+# Defaults are a CPU-sized run on the built-in synthetic videos (`python cvrl.py`, ~10 min on 2 cores). The
+# paper's recipe is one command line, in the module docstring.
+
+@dataclass
+class Config:
+    # data
+    dataset: str = "synthetic"      # synthetic | folder | ucf101 | hmdb51 | kinetics
+    data: str | None = None         # dataset root (videos); synthetic: generated once into the cache if not given
+    annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
+    fold: int = 1                   # UCF101/HMDB51 split number (1-3)
+    data_fraction: float = 1.0      # use this class-stratified fraction of the training videos (data-size study)
+    nuisance: float = 0.0           # synthetic only: appearance nuisance 0..1 (texture, colour, distractor, pan)
+    canvas: tuple = (64, 64)        # decode size (H, W): frames are scaled to cover it, then centre-cropped
+    # clips: the temporal augmentation
+    frames: int = 8                 # frames per clip (paper: 16)
+    stride: int = 2                 # frames between sampled frames (paper: 2; the "data layer" stride)
+    interval: str = "decreasing"    # distribution of the interval between the two clips: decreasing | uniform | increasing | same
+    power: float = 1.0              # decreasing family: P(t) ∝ 1 - (t/M)^power (1 = the paper's default, -t + c)
+    # spatial augmentation
+    size: int = 48                  # crop size fed to the network (paper: 224)
+    spatial_aug: str = "consistent"  # consistent (per clip) | per-frame (the paper's ablation) | none (resize only)
+    crop_area: tuple = (0.3, 1.0)   # random resized crop area range (paper/official: 0.3-1)
+    # model
+    arch: str = "tiny"              # encoder: tiny (CPU), r3d18, r3d50 (paper), r3d101
+    head_hidden: int = 512          # MLP head hidden width (paper: 2048)
+    head_layers: int = 3            # MLP head hidden layers (paper: 3)
+    head_out: int = 128             # embedding size (paper: 128)
+    temperature: float = 0.1        # InfoNCE temperature (paper: 0.1)
+    # optimisation
+    epochs: int = 40                # passes over the training videos (paper: 200 or 800 on Kinetics)
+    batch_size: int = 64            # videos per process per step (2 clips each); global = batch_size * processes
+    optimizer: str = "sgd"          # sgd (official config) | lars
+    lr: float = 3.2                 # learning rate at a global batch of 1024 videos, scaled linearly (official: 0.32; see README)
+    warmup_epochs: float = 2.0      # linear warmup (official: 5 of 200)
+    weight_decay: float = 1e-6      # on conv/linear weights only (official: 1e-6)
+    momentum: float = 0.9
+    # machinery
+    device: str = "auto"            # auto | cpu | cuda
+    workers: int = 2                # DataLoader worker processes per GPU/process (decode on the CPU)
+    compile: bool = False           # torch.compile the encoder (GPU: faster after a minute of compiling)
+    amp: str = "auto"               # auto (bf16 on GPU, off on CPU) | bf16 | off
+    seed: int = 0
+    out: str = "runs/cvrl"          # output dir: checkpoint.pt, config.json, log.jsonl, skipped.txt
+    log_every: int = 10             # steps between log lines
+    max_steps: int = 0              # stop after this many steps in total (0 = no limit; for tests and quick looks)
+
+
+# Changing these between a checkpoint and a resume would load weights into a different network: refused.
+ARCH_KEYS = ("arch", "head_hidden", "head_layers", "head_out")
+
+
+def parse_args(argv=None) -> Config:
+    """A kebab-case flag for every Config field (--batch-size 64), help text from the field's comment."""
+    import argparse
+    import inspect
+    import re
+    src = inspect.getsource(Config)
+    helps = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", src, re.M))
+    p = argparse.ArgumentParser(description="CVRL pretraining. " + __doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in fields(Config):
+        flag, default, h = "--" + f.name.replace("_", "-"), f.default, helps.get(f.name, "")
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=h)
+        elif isinstance(default, tuple):
+            p.add_argument(flag, type=type(default[0]), nargs=len(default), default=default, help=h)
+        else:
+            p.add_argument(flag, type=type(default) if default is not None else str, default=default, help=h)
+    a = p.parse_args(argv)
+    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(a).items()})
+    if cfg.arch not in ARCHS:
+        p.error(f"--arch must be one of {sorted(ARCHS)}")
+    if cfg.interval not in DISTRIBUTIONS + ("same",):
+        p.error(f"--interval must be one of {DISTRIBUTIONS + ('same',)}")
+    if cfg.spatial_aug not in ("consistent", "per-frame", "none"):
+        p.error("--spatial-aug must be consistent, per-frame or none")
+    return cfg
+
+
+# ----------------------------------------------------------------------------- data: two clips per video
+
+class PairSampler:
+    """data.py's sampler interface (num_frames, fps, rng) -> [clip_1, clip_2] around IntervalSampler.
+    interval='same' gives both views the same frames (the 'spatial augmentation only' ablation)."""
+
+    def __init__(self, frames, stride, interval, power):
+        self.same = interval == "same"
+        self.sampler = IntervalSampler(frames, stride, "decreasing" if self.same else interval, power)
+
+    def __call__(self, num_frames, fps, rng):
+        a, b = self.sampler(num_frames, rng)
+        return [a, a] if self.same else [a, b]
+
+
+def augment_configs(cfg: Config):
+    """The two views' spatial augmentations: CVRL's recipe, with the official code's asymmetric blur/solarize
+    (view 1: blur p=1.0; view 2: blur p=0.1, solarize p=0.2 -- BYOL's; which clip gets which is random because the
+    sampler shuffles the clips' order). 'none' only resizes the whole canvas (the 'temporal augmentation only'
+    ablation)."""
+    if cfg.spatial_aug == "none":
+        plain = data.AugmentConfig(area=(1.0, 1.0), aspect=(cfg.canvas[1] / cfg.canvas[0],) * 2, flip_p=0.0,
+                                   jitter_p=0.0, gray_p=0.0)
+        return plain, plain
+    common = dict(area=cfg.crop_area, aspect=(0.5, 2.0), flip_p=0.5, jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8,
+                  gray_p=0.2, per_frame=cfg.spatial_aug == "per-frame")
+    return (data.AugmentConfig(**common, blur_p=1.0),
+            data.AugmentConfig(**common, blur_p=0.1, solarize_p=0.2))
+
+
+# ----------------------------------------------------------------------------- the model that eval_linear.py loads
+
+class Backbone(nn.Module):
+    """What a linear probe sees: float clips in [0, 1], (B, C, T, H, W) -> pooled encoder feature (B, D).
+    CVRL applies no mean/std normalisation anywhere (official code), so neither do we."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.encoder = build_encoder(cfg["arch"])
+        self.feature_dim = self.encoder.feature_dim
+
+    def forward(self, x):
+        return self.encoder(x)
+
+
+def build_backbone(cfg: dict) -> nn.Module:
+    """eval_linear.py's entry point: the network a checkpoint's "backbone" state dict belongs to."""
+    return Backbone(cfg)
+
+
+# ----------------------------------------------------------------------------- run management
+
+def setup_distributed(device_flag: str):
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; plain `python` runs a single process without a process group."""
+    if device_flag == "auto":
+        device_flag = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_flag == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda but no GPU is visible (torch.cuda.is_available() is False)")
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device(device_flag)
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if device_flag == "cuda":
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return rank, world, device
+
+
+def save_checkpoint(path, state: dict):
+    """Write to a temporary file, fsync, then rename: a crash or SIGKILL mid-write leaves the previous checkpoint."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path) -> dict:
+    """weights_only=True: a checkpoint is tensors and plain containers; a pickle that wants to run code is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise SystemExit(f"error: cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}\n"
+                         f"It is corrupt or not a nanovideossl checkpoint (only tensors and plain containers are "
+                         f"accepted). Move it away to start fresh.")
+
+
+def check_resume_config(saved: dict, cfg: Config):
+    """Refuse a resume that would change the network; say which other settings changed."""
+    changed = {k: (saved.get(k), v) for k, v in asdict(cfg).items()
+               if k in saved and (list(saved[k]) if isinstance(saved[k], (list, tuple)) else saved[k])
+               != (list(v) if isinstance(v, (list, tuple)) else v)}
+    arch = {k: c for k, c in changed.items() if k in ARCH_KEYS}
+    if arch:
+        raise SystemExit("error: the checkpoint in --out was trained with a different network: " +
+                         ", ".join(f"--{k.replace('_', '-')} {a!r} (checkpoint) vs {b!r} (now)" for k, (a, b) in arch.items()) +
+                         ". Use another --out, or the checkpoint's settings.")
+    harmless = {"workers", "log_every", "device", "out", "compile", "max_steps", "data", "annotations"}
+    for k, (a, b) in changed.items():
+        if k not in harmless:
+            print(f"warning: resuming with --{k.replace('_', '-')} {b!r} (checkpoint had {a!r})", file=sys.stderr)
+
+
+def unwrap(model):
+    """The plain module under DDP / torch.compile wrappers, so state-dict keys carry no 'module.'/'_orig_mod.'."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+# ----------------------------------------------------------------------------- training
+
+def train(cfg: Config):
+    rank, world, device = setup_distributed(cfg.device)
+    master = rank == 0
+    print0 = print if master else (lambda *a, **k: None)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    out = Path(cfg.out)
+    ckpt_path = out / "checkpoint.pt"
+    if master:
+        out.mkdir(parents=True, exist_ok=True)
+    use_amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    # data
+    videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train",
+                             synthetic_kwargs=dict(nuisance=cfg.nuisance))
+    if cfg.data_fraction < 1.0:
+        videos = videos.subset(cfg.data_fraction, seed=cfg.seed)
+    dataset = data.VideoDataset(videos, PairSampler(cfg.frames, cfg.stride, cfg.interval, cfg.power),
+                                canvas=cfg.canvas, resample=True, min_frames=cfg.frames)
+    loader = data.make_loader(dataset, cfg.batch_size, cfg.workers, shuffle=True, drop_last=True, seed=cfg.seed,
+                              rank=rank, world_size=world)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise SystemExit(f"error: {len(videos)} training videos cannot fill one batch of {cfg.batch_size} x "
+                         f"{world} processes; lower --batch-size")
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    global_batch = cfg.batch_size * world
+    lr = cfg.lr * global_batch / 1024
+    aug1, aug2 = augment_configs(cfg)
+
+    # model
+    encoder = build_encoder(cfg.arch)
+    head = ProjectionHead(encoder.feature_dim, cfg.head_hidden, cfg.head_out, cfg.head_layers)
+    model = nn.Sequential(encoder, head)
+    if world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over the global batch (official)
+    model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last_3d)
+    optimizer = configure_optimizer(model, lr, cfg.weight_decay, cfg.momentum, cfg.optimizer)
+
+    # resume
+    start_step, skipped = 0, []
+    if ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path)
+        check_resume_config(ckpt["config"], cfg)
+        model[0].load_state_dict({k.removeprefix("encoder."): v for k, v in ckpt["backbone"].items()})
+        model[1].load_state_dict(ckpt["head"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_step, skipped = ckpt["step"], list(ckpt.get("skipped", []))
+        print0(f"resumed from {ckpt_path} at step {start_step} (epoch {start_step // steps_per_epoch})")
+    if cfg.compile:
+        model[0] = torch.compile(model[0])
+    ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
+
+    n_params = sum(p.numel() for p in encoder.parameters())
+    print0(f"CVRL | {videos.name}: {len(videos)} videos, {len(videos.classes)} classes | encoder {cfg.arch} "
+           f"({n_params / 1e6:.2f}M params) | {world} process(es) on {device} | global batch {global_batch} videos "
+           f"({2 * global_batch} clips) | lr {lr:.4g} | {steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
+    if master:
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        print0(json.dumps(asdict(cfg)))
+
+    def checkpoint(step):
+        if master:
+            save_checkpoint(ckpt_path, {
+                "method": "cvrl", "config": asdict(cfg), "step": step, "epoch": step / steps_per_epoch,
+                # keys of build_backbone(config): what eval_linear.py loads
+                "backbone": {"encoder." + k: v for k, v in unwrap(model[0]).state_dict().items()},
+                "head": model[1].state_dict(), "optimizer": optimizer.state_dict(), "skipped": sorted(set(skipped)),
+                "versions": {"torch": torch.__version__}})
+        if world > 1:
+            dist.barrier()
+
+    log = open(out / "log.jsonl", "a") if master else None
+    step = start_step
+    bar = tqdm(total=total_steps, initial=step, disable=not master, unit="step", dynamic_ncols=True)
+    stats = dict(loss=0.0, acc=0.0, n=0, wait=0.0, busy=0.0)
+    try:
+        while step < total_steps and (cfg.max_steps == 0 or step < cfg.max_steps):
+            epoch, offset = divmod(step, steps_per_epoch)
+            loader.sampler.set_epoch(epoch, skip=offset * cfg.batch_size)  # mid-epoch resume: same order, rest of it
+            model.train()
+            t_ready = time.perf_counter()
+            for batch in loader:
+                t_batch = time.perf_counter()
+                if batch["bad"]:
+                    skipped += batch["bad"]
+                    for b in batch["bad"]:
+                        tqdm.write(f"skipped unreadable video: {b}") if master else None
+                # (B, 2, T, H, W, 3) uint8 on the device; the two clips of each video go through one forward
+                # pass, so every BN batch holds both views (official: [clip1 of all videos; clip2 of all videos])
+                video = batch["video"].to(device, non_blocking=True)
+                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + rank)  # resumable: a function of the step
+                x1 = data.augment(data.to_bcthw(video[:, 0]), cfg.size, aug1, g)  # (B, C, T, S, S) in [0, 1]
+                x2 = data.augment(data.to_bcthw(video[:, 1]), cfg.size, aug2, g)
+                x = torch.cat([x1, x2])  # (2B, C, T, S, S)
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last_3d)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, total_steps, warmup_steps, lr)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    z = ddp_model(x)  # (2B, head_out)
+                    B = x1.shape[0]
+                    loss = nt_xent(z[:B], z[B:], cfg.temperature)
+                # every rank sees the same loss value, so a non-finite loss stops all ranks at the same step
+                loss_avg = loss.detach().clone()
+                if world > 1:
+                    dist.all_reduce(loss_avg, op=dist.ReduceOp.AVG)
+                if not math.isfinite(loss_avg.item()):
+                    raise FloatingPointError(
+                        f"loss is {loss_avg.item()} at step {step} (epoch {epoch}); stopping. The last good "
+                        f"checkpoint ({ckpt_path}) is kept. Try a lower --lr, --optimizer lars, or --amp off.")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))  # measure, don't clip
+                optimizer.step()
+                step += 1
+                with torch.no_grad():  # instance discrimination accuracy: is the other clip the nearest of the batch?
+                    zn = F.normalize(z.float(), dim=1)
+                    acc = (zn[:B] @ zn[B:].T).argmax(1).eq(torch.arange(B, device=device)).float().mean().item()
+                t_done = time.perf_counter()
+                stats["wait"] += t_batch - t_ready
+                stats["busy"] += t_done - t_batch
+                stats["loss"] += loss_avg.item()
+                stats["acc"] += acc
+                stats["n"] += 1
+                t_ready = t_done
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == total_steps:
+                    n, elapsed = stats["n"], stats["wait"] + stats["busy"]
+                    rec = dict(step=step, epoch=round(step / steps_per_epoch, 3), loss=stats["loss"] / n,
+                               contrastive_acc=stats["acc"] / n, lr=optimizer.param_groups[0]["lr"],
+                               grad_norm=float(grad_norm), clips_per_s=2 * global_batch * n / elapsed,
+                               data_wait=stats["wait"] / elapsed, skipped=len(set(skipped)))
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['contrastive_acc']:.2f}",
+                                    lr=f"{rec['lr']:.3g}", clips_s=f"{rec['clips_per_s']:.0f}",
+                                    wait=f"{rec['data_wait']:.0%}")
+                    if log:
+                        log.write(json.dumps(rec) + "\n")
+                        log.flush()
+                    stats = dict(loss=0.0, acc=0.0, n=0, wait=0.0, busy=0.0)
+                if step % steps_per_epoch == 0 or step == total_steps or step == cfg.max_steps:
+                    checkpoint(step)
+                    break
+    except KeyboardInterrupt:
+        print0(f"\ninterrupted: saving {ckpt_path} at step {step}; run the same command to resume")
+        checkpoint(step)
+        raise SystemExit(130)
+    finally:
+        bar.close()
+    if master:
+        if skipped:
+            (out / "skipped.txt").write_text("\n".join(sorted(set(skipped))) + "\n")
+            print0(f"{len(set(skipped))} unreadable videos were skipped (listed in {out / 'skipped.txt'})")
+        print0(f"done: {step} steps; checkpoint {ckpt_path}\n"
+               f"evaluate: python eval_linear.py --ckpt {ckpt_path}"
+               + (f" --dataset {cfg.dataset}" if cfg.dataset != "synthetic" else ""))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        train(parse_args())
+    except (data.DatasetError, FloatingPointError) as e:
+        sys.exit(f"error: {e}")

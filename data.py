@@ -837,15 +837,16 @@ class EpochSampler(torch.utils.data.Sampler):
     def __init__(self, n, shuffle=True, seed=0, rank=0, world_size=1, drop_last=True):
         self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world_size
         self.drop_last, self.epoch = drop_last, 0
+        self.skip = 0  # items of this rank's shard to skip at the start of the epoch (a mid-epoch resume)
 
-    def set_epoch(self, epoch):
-        self.epoch = epoch
+    def set_epoch(self, epoch, skip=0):
+        self.epoch, self.skip = epoch, skip
 
     def _order(self):
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
         if self.drop_last:
             order = order[: self.n - self.n % self.world]
-        return order[self.rank::self.world]
+        return order[self.rank::self.world][self.skip:]
 
     def __len__(self):
         return len(self._order())
