@@ -27,7 +27,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -584,30 +584,12 @@ ARCH_KEYS = ("arch", "head_hidden", "head_layers", "head_out")
 
 
 def parse_args(argv=None) -> Config:
-    """A kebab-case flag for every Config field (--batch-size 64), help text from the field's comment."""
-    import argparse
-    import inspect
-    import re
-    src = inspect.getsource(Config)
-    helps = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", src, re.M))
-    p = argparse.ArgumentParser(description="CVRL pretraining. " + __doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in fields(Config):
-        flag, default, h = "--" + f.name.replace("_", "-"), f.default, helps.get(f.name, "")
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=h)
-        elif isinstance(default, tuple):
-            p.add_argument(flag, type=type(default[0]), nargs=len(default), default=default, help=h)
-        else:
-            p.add_argument(flag, type=type(default) if default is not None else str, default=default, help=h)
-    a = p.parse_args(argv)
-    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(a).items()})
-    if cfg.arch not in ARCHS:
-        p.error(f"--arch must be one of {sorted(ARCHS)}")
-    if cfg.interval not in DISTRIBUTIONS + ("same",):
-        p.error(f"--interval must be one of {DISTRIBUTIONS + ('same',)}")
-    if cfg.spatial_aug not in ("consistent", "per-frame", "none"):
-        p.error("--spatial-aug must be consistent, per-frame or none")
+    cfg = data.parse_config(Config, argv, "CVRL pretraining. " + __doc__.split("\n\n")[0])
+    for name, value, allowed in [("arch", cfg.arch, sorted(ARCHS)), ("interval", cfg.interval, DISTRIBUTIONS + ("same",)),
+                                 ("spatial-aug", cfg.spatial_aug, ("consistent", "per-frame", "none")),
+                                 ("optimizer", cfg.optimizer, ("sgd", "lars"))]:
+        if value not in allowed:
+            raise SystemExit(f"error: --{name} must be one of {list(allowed)}, got {value!r}")
     return cfg
 
 
@@ -661,73 +643,10 @@ def build_backbone(cfg: dict) -> nn.Module:
     return Backbone(cfg)
 
 
-# ----------------------------------------------------------------------------- run management
-
-def setup_distributed(device_flag: str):
-    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; plain `python` runs a single process without a process group."""
-    if device_flag == "auto":
-        device_flag = "cuda" if torch.cuda.is_available() else "cpu"
-    if device_flag == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda but no GPU is visible (torch.cuda.is_available() is False)")
-    if "RANK" not in os.environ:
-        return 0, 1, torch.device(device_flag)
-    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-    if device_flag == "cuda":
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-        dist.init_process_group("nccl", device_id=device)
-    else:
-        device = torch.device("cpu")
-        dist.init_process_group("gloo")
-    return rank, world, device
-
-
-def save_checkpoint(path, state: dict):
-    """Write to a temporary file, fsync, then rename: a crash or SIGKILL mid-write leaves the previous checkpoint."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path) -> dict:
-    """weights_only=True: a checkpoint is tensors and plain containers; a pickle that wants to run code is refused."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise SystemExit(f"error: cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}\n"
-                         f"It is corrupt or not a nanovideossl checkpoint (only tensors and plain containers are "
-                         f"accepted). Move it away to start fresh.")
-
-
-def check_resume_config(saved: dict, cfg: Config):
-    """Refuse a resume that would change the network; say which other settings changed."""
-    changed = {k: (saved.get(k), v) for k, v in asdict(cfg).items()
-               if k in saved and (list(saved[k]) if isinstance(saved[k], (list, tuple)) else saved[k])
-               != (list(v) if isinstance(v, (list, tuple)) else v)}
-    arch = {k: c for k, c in changed.items() if k in ARCH_KEYS}
-    if arch:
-        raise SystemExit("error: the checkpoint in --out was trained with a different network: " +
-                         ", ".join(f"--{k.replace('_', '-')} {a!r} (checkpoint) vs {b!r} (now)" for k, (a, b) in arch.items()) +
-                         ". Use another --out, or the checkpoint's settings.")
-    harmless = {"workers", "log_every", "device", "out", "compile", "max_steps", "data", "annotations"}
-    for k, (a, b) in changed.items():
-        if k not in harmless:
-            print(f"warning: resuming with --{k.replace('_', '-')} {b!r} (checkpoint had {a!r})", file=sys.stderr)
-
-
-def unwrap(model):
-    """The plain module under DDP / torch.compile wrappers, so state-dict keys carry no 'module.'/'_orig_mod.'."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
-
-
 # ----------------------------------------------------------------------------- training
 
 def train(cfg: Config):
-    rank, world, device = setup_distributed(cfg.device)
+    rank, world, device = data.setup_distributed(cfg.device)
     master = rank == 0
     print0 = print if master else (lambda *a, **k: None)
     torch.manual_seed(cfg.seed)
@@ -774,8 +693,8 @@ def train(cfg: Config):
     # resume
     start_step, skipped = 0, []
     if ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        check_resume_config(ckpt["config"], cfg)
+        ckpt = data.load_checkpoint(ckpt_path)
+        data.check_resume_config(ckpt["config"], cfg, ARCH_KEYS)
         model[0].load_state_dict({k.removeprefix("encoder."): v for k, v in ckpt["backbone"].items()})
         model[1].load_state_dict(ckpt["head"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -796,10 +715,10 @@ def train(cfg: Config):
 
     def checkpoint(step):
         if master:
-            save_checkpoint(ckpt_path, {
+            data.save_checkpoint(ckpt_path, {
                 "method": "cvrl", "config": asdict(cfg), "step": step, "epoch": step / steps_per_epoch,
                 # keys of build_backbone(config): what eval_linear.py loads
-                "backbone": {"encoder." + k: v for k, v in unwrap(model[0]).state_dict().items()},
+                "backbone": {"encoder." + k: v for k, v in data.unwrap(model[0]).state_dict().items()},
                 "head": model[1].state_dict(), "optimizer": optimizer.state_dict(), "skipped": sorted(set(skipped)),
                 "versions": {"torch": torch.__version__}})
         if world > 1:

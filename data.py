@@ -13,7 +13,8 @@ Read it top to bottom:
   6. augmentation  batched, on the device: random resized crop (one roi_align for the whole batch), flip, colour
                    jitter in random order, grayscale, blur, solarize -- parameters drawn per clip and shared by all
                    its frames (temporally consistent), or per frame (the CVRL ablation).
-  7. CLI           python data.py synthetic --out DIR      write the synthetic dataset with train/test split files
+  7. run utils     config dataclass -> kebab-case flags, torchrun setup, atomic checkpoints, resume checks
+  8. CLI           python data.py synthetic --out DIR      write the synthetic dataset with train/test split files
                    python data.py check --dataset ... --data ROOT [--annotations ...]   list unreadable videos
 
 Tensor layouts: a decoded clip is uint8 (T, H, W, 3) -- PyAV's layout; a batch handed to the augmentation is uint8
@@ -1050,7 +1051,97 @@ def to_bcthw(video: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 7. CLI
+# 7. run management shared by cvrl.py, lss.py and eval_linear.py (config flags, torchrun, checkpoints)
+# ----------------------------------------------------------------------------------------------------------------------
+
+def parse_config(config_cls, argv=None, description=""):
+    """A kebab-case flag for every field of a config dataclass (--batch-size 64), with the help text taken from the
+    field's trailing comment, so the dataclass stays the one place where a setting is defined and explained."""
+    import dataclasses
+    import inspect
+    helps = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(config_cls), re.M))
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(config_cls):
+        flag, default, h = "--" + f.name.replace("_", "-"), f.default, helps.get(f.name, "")
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=h)
+        elif isinstance(default, tuple):
+            p.add_argument(flag, type=type(default[0]), nargs=len(default), default=default, help=h)
+        else:
+            p.add_argument(flag, type=type(default) if default is not None else str, default=default, help=h)
+    a = p.parse_args(argv)
+    return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(a).items()})
+
+
+def setup_distributed(device_flag: str):
+    """-> (rank, world_size, device). torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; plain `python` runs one process with
+    no process group. gloo on CPU (tests, laptops), NCCL on GPUs."""
+    import torch.distributed as dist
+    if device_flag == "auto":
+        device_flag = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_flag == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no GPU is visible (torch.cuda.is_available() is False)")
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device(device_flag)
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if device_flag == "cuda":
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return rank, world, device
+
+
+def save_checkpoint(path, state: dict):
+    """Write to a temporary file, fsync, then rename: a crash or SIGKILL mid-write leaves the previous checkpoint."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path) -> dict:
+    """weights_only=True: a checkpoint is tensors and plain containers; a pickle that wants to run code is refused."""
+    if not os.path.exists(path):
+        raise SystemExit(f"error: checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise SystemExit(f"error: cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}\n"
+                         f"It is corrupt or not a nanovideossl checkpoint (only tensors and plain containers are "
+                         f"accepted). Move it away to start fresh.")
+
+
+HARMLESS_KEYS = {"workers", "log_every", "device", "out", "compile", "max_steps", "data", "annotations"}
+
+
+def check_resume_config(saved: dict, cfg, arch_keys):
+    """Refuse a resume that would change the network (`arch_keys`); warn about other changed settings."""
+    from dataclasses import asdict
+    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731 -- json/tuple round trip
+    changed = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if k in saved and norm(saved[k]) != norm(v)}
+    arch = {k: c for k, c in changed.items() if k in arch_keys}
+    if arch:
+        raise SystemExit("error: the checkpoint in --out was trained with a different network: " +
+                         ", ".join(f"--{k.replace('_', '-')} {a!r} (checkpoint) vs {b!r} (now)" for k, (a, b) in arch.items()) +
+                         ". Use another --out, or the checkpoint's settings.")
+    for k, (a, b) in changed.items():
+        if k not in HARMLESS_KEYS:
+            print(f"warning: resuming with --{k.replace('_', '-')} {b!r} (checkpoint had {a!r})", file=sys.stderr)
+
+
+def unwrap(model):
+    """The plain module under DDP / torch.compile wrappers, so state-dict keys carry no 'module.'/'_orig_mod.'."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 8. CLI
 # ----------------------------------------------------------------------------------------------------------------------
 
 def add_data_args(p: argparse.ArgumentParser):
