@@ -1,0 +1,646 @@
+"""
+eval_linear.py -- linear evaluation of a frozen self-supervised video encoder (a CVRL or LSS checkpoint, or the same
+network with fresh random weights as the baseline).
+
+The protocol (CVRL's, cvrl.md §6.1; the SVT/LSS probe in lss.md §6 differs only in details noted below):
+  1. freeze the backbone: eval mode (BatchNorm uses its running statistics), no gradients;
+  2. extract features once and cache them on disk
+       train: `--train-views` views per training video, each a random clip (data.RandomClip) with a random resized
+              crop (area 0.3-1, aspect 0.5-2) and a flip -- CVRL's linear-eval augmentation, no colour jitter
+              (cvrl.md §2.5); every view is its own training sample for the classifier;
+       test:  `--test-clips` K uniformly spaced clips x `--crops` spatial crops per video (CVRL/SlowFast: 10 x 3);
+  3. L2-normalise the feature and train ONE linear layer (weight N(0, 0.01), bias 0) with softmax cross-entropy,
+     SGD momentum 0.9, linear warmup + cosine lr, no weight decay by default (CVRL's official config);
+  4. predict a test video by averaging the softmax probabilities of its K x crops views (CVRL's official
+     `inference_step`; SVT sums scores instead, which gives the same argmax for softmax scores) and report
+     top-1 / top-5 in percent over the test videos that could be decoded.
+
+What is not CVRL's recipe: CVRL trains the linear layer on freshly augmented clips every epoch (100 epochs) with
+lr 32 at batch 1024. Here the features of a fixed number of augmented views per video are computed once and the
+classifier trains on those (the backbone is frozen, so this is the same model; only the augmentation is finite), and
+the lr is not fixed but chosen on 10% of the training videos held out (see `choose_hyperparameters`). The test
+protocol differs in two defaults: 10 clips of a 48-frame synthetic video would overlap almost entirely, so
+`--test-clips` is 4 (pass 10 for Kinetics/UCF101/HMDB51 as in the paper); and test crops are `--size` pixels, the
+training input size, where CVRL tests at 256 after training at 224 (pass `--test-size`). On a square canvas (the
+synthetic default) the 3 crops would be the same pixels, so 1 is used and the output says so.
+
+Commands
+    # evaluate a run on its own data (a synthetic run needs no data flags); features go to RUN/features/
+    python eval_linear.py --ckpt runs/cvrl/checkpoint.pt --json runs/cvrl/linear.json
+    # the baseline: the same network with random weights, through the same protocol
+    python eval_linear.py --ckpt runs/cvrl/checkpoint.pt --random-init --json runs/cvrl/linear_random.json
+    # only classifier settings changed: the cached features are reused, this takes seconds
+    python eval_linear.py --ckpt runs/cvrl/checkpoint.pt --lr 3 --epochs 200
+    # a Kinetics-pretrained R3D-50 on UCF101 split 1, paper's test views, 32 frames (on a GPU)
+    python eval_linear.py --ckpt runs/k400/checkpoint.pt --dataset ucf101 --data UCF-101/ \\
+        --annotations ucfTrainTestlist/ --fold 1 --frames 32 --stride 2 --size 224 --canvas 256 340 \\
+        --test-clips 10 --crops 3 --batch-size 64 --workers 8
+
+Output: a table (top-1, top-5, counts, per-class accuracy, skipped files) and, with `--json OUT`,
+    {"top1": %, "top5": %, "num_train": videos, "num_test": videos, "num_classes": int,
+     "skipped": [{"split", "path", "reason"}], "per_class": {class: top-1 % or null}, "random_init": bool,
+     "ckpt": path, "method": "cvrl" | "lss", "arch": str, "step": int | null, "feature_dim": int,
+     "views": {frames, stride, size, test_size, canvas, train_views, test_clips, crops, train_crop_area, ...},
+     "classifier": {lr, weight_decay, epochs, batch_size, heldout_videos, sweep: [...]},
+     "dataset": {dataset, data, annotations, fold, nuisance}, "seconds": {extract_train, extract_test, classifier}}
+top1/top5/per_class are percentages (0-100) over test VIDEOS; num_* count videos whose features were computed.
+
+The backbone comes from the method's own file: `importlib.import_module(method).build_backbone(config)` returns an
+nn.Module with `feature_dim` that takes float clips in [0, 1], (B, C, T, H, W), and returns (B, feature_dim); the
+checkpoint's "backbone" entry is its state dict (for LSS: the teacher, as SVT evaluates it).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import inspect
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+
+# checkpoint "method" -> the module that defines build_backbone(config). A plain dict: two methods, two files.
+METHODS = {"cvrl": "cvrl", "lss": "lss"}
+
+# Bump when the feature extraction below changes what it computes: old cache files then stop matching. The method's
+# code (its backbone's forward) is NOT part of the cache key; after editing it, pass --no-cache or delete RUN/features.
+FEATURES_VERSION = 1
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class Config:
+    # what to evaluate
+    ckpt: str = ""                  # checkpoint of cvrl.py or lss.py (required)
+    random_init: bool = False       # the baseline: the checkpoint's network with fresh weights (seeded by --seed)
+    # data (None: the checkpoint's own settings when --dataset is not given, so a synthetic run needs no flags)
+    dataset: str | None = None      # synthetic | folder | ucf101 | hmdb51 | kinetics
+    data: str | None = None         # dataset root
+    annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
+    fold: int | None = None         # UCF101/HMDB51 split number
+    nuisance: float | None = None   # synthetic only: appearance nuisance 0..1
+    # views (None: the checkpoint's value)
+    frames: int | None = None       # frames per clip (CVRL evaluates at 32 after pretraining at 16)
+    stride: int | None = None       # frames between sampled frames
+    size: int | None = None         # network input side for the training views (random resized crops)
+    test_size: int | None = None    # test crop side; None: --size (CVRL: 256 at test after 224 in training)
+    canvas: tuple | None = None     # decode size H W: frames are scaled to cover it and centre-cropped
+    train_views: int = 2            # augmented views (random clip + crop + flip) per training video, each a sample
+    test_clips: int = 4             # uniformly spaced clips per test video (paper: 10; 4 for 48-frame synthetic videos)
+    crops: int = 3                  # spatial crops per test clip: 1 (centre) or 3 (start/centre/end of the long side)
+    # linear classifier
+    epochs: int = 100               # passes over the cached training features (CVRL: 100, SVT: 20)
+    lr: float | None = None         # classifier lr; None: chosen from LR_GRID on held-out training videos
+    weight_decay: float = 0.0       # classifier weight decay (CVRL: 0)
+    clf_batch_size: int = 256       # features per classifier step
+    heldout: float = 0.1            # fraction of training videos held out (per class) to choose the lr
+    # machinery
+    batch_size: int = 32            # clips per backbone forward pass during feature extraction
+    workers: int = 2                # DataLoader decode processes
+    device: str = "auto"            # auto | cpu | cuda (bf16 autocast on cuda)
+    seed: int = 0                   # views, random-init weights, held-out split and classifier init
+    cache: str | None = None        # feature cache dir; None: features/ next to the checkpoint
+    no_cache: bool = False          # neither read nor write cached features
+    json: str | None = None         # write the results here
+
+
+DATA_FIELDS = ("dataset", "data", "annotations", "fold")  # flags owned by data.add_data_args (shared with cvrl.py)
+NONE_TYPES = {"frames": int, "stride": int, "size": int, "test_size": int, "nuisance": float, "lr": float,
+              "cache": str, "json": str}  # fields whose default None hides their type
+CHOICES = {"crops": [1, 3], "device": ["auto", "cpu", "cuda"]}
+
+
+def parse_args(argv=None) -> Config:
+    """Kebab-case flags (--train-views 2), help from each field's comment; the data flags come from data.py."""
+    src = inspect.getsource(Config)
+    helps = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", src, re.M))
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                epilog="Without --dataset, the data flags default to the checkpoint's own (a synthetic "
+                                       "run needs none); --frames/--stride/--size/--canvas always default to the "
+                                       "checkpoint's.")
+    data.add_data_args(p)
+    # None = "not given": take the checkpoint's dataset (data.py's defaults would silently pick synthetic, fold 1)
+    p.set_defaults(dataset=None, fold=None)
+    for f in fields(Config):
+        if f.name in DATA_FIELDS:
+            continue
+        flag, default, h = "--" + f.name.replace("_", "-"), f.default, helps.get(f.name, "")
+        if isinstance(default, bool):
+            p.add_argument(flag, action="store_true", help=h)
+        elif f.name == "canvas":
+            p.add_argument(flag, type=int, nargs=2, default=None, metavar=("H", "W"), help=h)
+        else:
+            p.add_argument(flag, type=NONE_TYPES.get(f.name) or type(default), default=default, help=h,
+                           required=f.name == "ckpt", choices=CHOICES.get(f.name))
+    a = p.parse_args(argv)
+    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(a).items()})
+    for name in ("train_views", "test_clips", "epochs", "batch_size", "clf_batch_size"):
+        if getattr(cfg, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= cfg.heldout < 1:
+        p.error("--heldout must be in [0, 1)")
+    return cfg
+
+
+def resolve_config(cfg: Config, ckpt_cfg: dict) -> Config:
+    """Fill every None with the checkpoint's setting. The data flags are inherited only as a whole: with --dataset
+    given, --data/--annotations/--fold mean what the command line says (a checkpoint's UCF101 root is no root for
+    HMDB51). Refuses a checkpoint config that lacks a view setting the command line does not give either."""
+    def need(key):
+        if key not in ckpt_cfg or ckpt_cfg[key] is None:
+            raise SystemExit(f"error: the checkpoint's config has no {key!r}; pass --{key.replace('_', '-')}")
+        return ckpt_cfg[key]
+
+    if cfg.dataset is None:
+        cfg = replace(cfg, dataset=ckpt_cfg.get("dataset", "synthetic"),
+                      data=cfg.data if cfg.data is not None else ckpt_cfg.get("data"),
+                      annotations=cfg.annotations if cfg.annotations is not None else ckpt_cfg.get("annotations"),
+                      fold=cfg.fold if cfg.fold is not None else ckpt_cfg.get("fold", 1),
+                      nuisance=cfg.nuisance if cfg.nuisance is not None else ckpt_cfg.get("nuisance", 0.0))
+    else:
+        cfg = replace(cfg, fold=1 if cfg.fold is None else cfg.fold, nuisance=cfg.nuisance or 0.0)
+    cfg = replace(cfg,
+                  frames=cfg.frames or int(need("frames")), stride=cfg.stride or int(need("stride")),
+                  size=cfg.size or int(need("size")),
+                  canvas=tuple(int(v) for v in (cfg.canvas or need("canvas"))))
+    cfg = replace(cfg, test_size=cfg.test_size or cfg.size)
+    if cfg.crops == 3 and cfg.canvas[0] == cfg.canvas[1]:
+        # On a square canvas the short side IS the long side: start, centre and end crops are the same pixels.
+        print(f"note: the canvas {cfg.canvas[0]}x{cfg.canvas[1]} is square, so 3 crops would be 3 copies of the "
+              f"same view; using 1 (pass a non-square --canvas for distinct crops)")
+        cfg = replace(cfg, crops=1)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- the frozen backbone
+
+def load_checkpoint(path) -> dict:
+    """weights_only=True: tensors and plain containers only; a pickle that would run code is refused."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- any failure here means "not a checkpoint we can read"
+        lines = str(e).splitlines() or [""]
+        # torch's weights_only refusal is a long text; the line naming the refused object is the useful one
+        why = next((ln.strip() for ln in lines if "Unsupported global" in ln), lines[0])
+        raise SystemExit(f"error: cannot read checkpoint {path}: {type(e).__name__}: {why}\n"
+                         f"It is corrupt, or not a cvrl.py/lss.py checkpoint (only tensors and plain containers "
+                         f"are accepted: torch.load(weights_only=True)).")
+    if not isinstance(ckpt, dict) or not {"method", "config", "backbone"} <= set(ckpt):
+        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise SystemExit(f"error: {path} is not a cvrl.py/lss.py checkpoint: it needs 'method', 'config' and "
+                         f"'backbone', it has {keys}")
+    return ckpt
+
+
+def import_method(method: str):
+    """The method's module, which must define build_backbone(config: dict) -> nn.Module."""
+    if method not in METHODS:
+        raise SystemExit(f"error: unknown method {method!r} in the checkpoint; expected one of {sorted(METHODS)}")
+    module = importlib.import_module(METHODS[method])
+    if not hasattr(module, "build_backbone"):
+        raise SystemExit(f"error: {module.__name__}.py has no build_backbone(config) yet, so its checkpoints cannot "
+                         f"be evaluated; it must return the network whose state dict is the checkpoint's 'backbone'")
+    return module
+
+
+def state_dict_sha1(sd: dict) -> str:
+    """Content identity of a state dict: names, dtypes, shapes and raw bytes of every tensor, in key order."""
+    h = hashlib.sha1()
+    for k in sorted(sd):
+        t = sd[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # bytes of any dtype (bf16 has no numpy type)
+    return h.hexdigest()
+
+
+def build_frozen_backbone(module, ckpt: dict, random_init: bool, seed: int) -> nn.Module:
+    """The checkpoint's network, frozen. `random_init`: the same network with the weights build_backbone draws
+    under torch.manual_seed(seed), the checkpoint's weights NOT loaded (the baseline every SSL number is read
+    against: how much of the accuracy does the architecture + linear probe get with no pretraining at all?)."""
+    torch.manual_seed(seed)
+    backbone = module.build_backbone(ckpt["config"])
+    if not random_init:
+        try:
+            backbone.load_state_dict(ckpt["backbone"])  # strict: a key or shape mismatch is an error, never ignored
+        except RuntimeError as e:
+            raise SystemExit(f"error: the checkpoint's backbone does not fit {type(backbone).__name__} built from its "
+                             f"config: {str(e).splitlines()[0]} ...")
+    backbone.eval()  # BatchNorm with running statistics, dropout off: the frozen network of CVRL's eval (cvrl.md §8.4)
+    backbone.requires_grad_(False)
+    return backbone
+
+
+# ----------------------------------------------------------------------------- feature extraction
+
+@dataclass
+class RandomClips:
+    """`n` independent data.RandomClip draws from one video: the training views' clips (data.py sampler interface).
+    A dataclass so DataLoader workers can pickle it."""
+    frames: int
+    stride: int
+    n: int
+
+    def __call__(self, num_frames, fps, rng):
+        one = data.RandomClip(self.frames, self.stride)
+        return [one(num_frames, fps, rng)[0] for _ in range(self.n)]
+
+
+def train_augment_config() -> data.AugmentConfig:
+    """CVRL's linear-eval training augmentation (cvrl.md §2.5): random resized crop area 0.3-1, aspect 0.5-2, flip.
+    No colour jitter, grayscale, blur or solarize."""
+    return data.AugmentConfig(area=(0.3, 1.0), aspect=(0.5, 2.0), flip_p=0.5, jitter_p=0.0, gray_p=0.0, blur_p=0.0,
+                              solarize_p=0.0)
+
+
+def video_generator(seed: int, index: int) -> torch.Generator:
+    """The augmentation's random stream for one video. Per video, not per batch: a video's views then do not depend
+    on the batch size or the number of workers, so those may change without invalidating cached features."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, 7, index]).generate_state(1)[0]))
+
+
+@torch.inference_mode()
+def embed(backbone: nn.Module, x: torch.Tensor, chunk: int, device: torch.device) -> torch.Tensor:
+    """float clips (N, C, T, H, W) in [0, 1] -> features (N, D) float32 on the CPU, `chunk` clips per forward."""
+    out = []
+    for i in range(0, len(x), chunk):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(backbone(x[i:i + chunk].to(device)).float().cpu())
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def extract_features(backbone, videos: data.VideoList, split: str, cfg: Config, device) -> dict:
+    """Features of every decodable video of a split, all its views kept apart:
+        {"features": float16 (num_videos, views, D), "labels": (num_videos,), "index": (num_videos,) positions in
+         `videos`, "skipped": [{"split", "path", "reason"}]}.
+    Unreadable videos come back from data.VideoDataset(resample=False) as failed items; they are listed, never
+    dropped silently, and num_videos counts only the others. Clips shorter than a video loop (indices wrap, as in
+    data.py's samplers) instead of rejecting short test videos, which would change the test set."""
+    train = split == "train"
+    if train:
+        sampler, views = RandomClips(cfg.frames, cfg.stride, cfg.train_views), cfg.train_views
+    else:
+        sampler, views = data.UniformClips(cfg.frames, cfg.stride, cfg.test_clips), cfg.test_clips * cfg.crops
+    dataset = data.VideoDataset(videos, sampler, canvas=cfg.canvas, resample=False, min_frames=1)
+    videos_per_batch = max(1, cfg.batch_size // views)  # a loader batch is about one forward pass of clips
+    loader = data.make_loader(dataset, videos_per_batch, cfg.workers, shuffle=False, drop_last=False, seed=cfg.seed)
+    aug = train_augment_config()
+    feats, labels, index, skipped = [], [], [], []
+    for batch in tqdm(loader, desc=f"{split} features", unit="batch", dynamic_ncols=True):
+        for i, msg in zip(batch["failed"], batch["bad"]):  # resample=False: exactly one message per failed item
+            path = videos.paths[i]
+            reason = msg[len(path) + 2:] if msg.startswith(path + ": ") else msg
+            skipped.append({"split": split, "path": path, "reason": reason})
+            tqdm.write(f"skipped unreadable {split} video: {path}: {reason}")
+        if len(batch["index"]) == 0:
+            continue
+        video = batch["video"].to(device, non_blocking=True)   # (B, K, T, H, W, 3) uint8, K clips per video
+        B, K = video.shape[:2]
+        clips = data.to_bcthw(video.flatten(0, 1))             # (B*K, C, T, H, W), the K clips of a video adjacent
+        if train:
+            # one augment call per video, with that video's own generator (see video_generator)
+            x = torch.cat([data.augment(clips[b * K:(b + 1) * K], cfg.size, aug,
+                                        video_generator(cfg.seed, int(batch["index"][b]))) for b in range(B)])
+        else:
+            x = data.spatial_crops(clips, cfg.test_size, cfg.crops)  # (B*K*crops, C, T, s, s), crops of a clip adjacent
+        f = embed(backbone, x, cfg.batch_size, device)          # (B*views, D)
+        feats.append(f.view(B, views, -1).half())               # (B, views, D): clip-major, crop-minor
+        labels.append(batch["label"])
+        index.append(batch["index"])
+    if not feats:
+        raise SystemExit(f"error: none of the {len(videos)} {split} videos could be decoded; run "
+                         f"`python data.py check --dataset {cfg.dataset} --data {cfg.data} ...` to see why")
+    # float16 on disk and in memory: Kinetics' test set at 30 views x 2048-d is 2.4 GB instead of 4.9; the linear
+    # probe normalises the feature anyway and is insensitive to the lost mantissa bits.
+    return {"features": torch.cat(feats), "labels": torch.cat(labels), "index": torch.cat(index), "skipped": skipped}
+
+
+# ----------------------------------------------------------------------------- the feature cache
+
+def cache_key_fields(cfg: Config, split: str, backbone_sha1: str, method: str, arch, videos: data.VideoList) -> dict:
+    """Everything the features of `split` depend on -- and nothing else, so that classifier settings (lr, epochs,
+    weight decay, held-out fraction), batch size, workers and the cache location can change freely:
+      the weights (content hash of the backbone actually used; random-init flag and seed), the method and arch,
+      the data (dataset name, root, annotations, fold, nuisance, and the list of videos with their labels),
+      the views (frames, stride, canvas, seed, and per split the train views + crop size + augmentation, or the
+      test clips + crops + test crop size), the precision (bf16 autocast on CUDA, fp32 on CPU), FEATURES_VERSION."""
+    listing = hashlib.sha1("\n".join(f"{p}\t{l}" for p, l in zip(videos.paths, videos.labels)).encode()).hexdigest()
+    keys = {
+        "version": FEATURES_VERSION, "split": split,
+        "backbone_sha1": backbone_sha1, "random_init": cfg.random_init,
+        "init_seed": cfg.seed if cfg.random_init else None,
+        "method": method, "arch": arch,
+        "dataset": cfg.dataset, "data": os.path.abspath(cfg.data) if cfg.data else None,
+        "annotations": os.path.abspath(cfg.annotations) if cfg.annotations else None, "fold": cfg.fold,
+        "nuisance": cfg.nuisance if cfg.dataset == "synthetic" else None, "videos_sha1": listing,
+        "num_videos": len(videos),
+        "frames": cfg.frames, "stride": cfg.stride, "canvas": list(cfg.canvas), "seed": cfg.seed,
+        "precision": "bf16" if resolve_device(cfg.device).type == "cuda" else "fp32",
+    }
+    if split == "train":
+        aug = train_augment_config()
+        keys.update(train_views=cfg.train_views, size=cfg.size, area=list(aug.area), aspect=list(aug.aspect),
+                    flip_p=aug.flip_p)
+    else:
+        keys.update(test_clips=cfg.test_clips, crops=cfg.crops, test_size=cfg.test_size)
+    return keys
+
+
+def cache_key(key_fields: dict) -> str:
+    return hashlib.sha1(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def cached_features(path: Path, key_fields: dict, compute):
+    """Load `path` if it holds features for exactly `key_fields`, else compute() and write it atomically (a temporary
+    file renamed into place: an interrupted run never leaves a half-written cache that a later run would trust)."""
+    if path.exists():
+        try:
+            feats = torch.load(path, map_location="cpu", weights_only=True)
+            if feats.get("key_fields") == key_fields:
+                print(f"using cached features {path} ({tuple(feats['features'].shape)})")
+                return feats
+            print(f"warning: {path} was written for other settings; recomputing", file=sys.stderr)
+        except Exception as e:  # noqa: BLE001
+            print(f"warning: cannot read cached features {path} ({type(e).__name__}); recomputing", file=sys.stderr)
+    feats = compute()
+    feats["key_fields"] = key_fields
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        torch.save(feats, tmp)
+        os.replace(tmp, path)
+        print(f"cached features in {path}")
+    except OSError as e:
+        print(f"warning: cannot write the feature cache {path} ({e}); continuing without it", file=sys.stderr)
+    return feats
+
+
+# ----------------------------------------------------------------------------- linear classifier
+
+# Learning rates tried on the held-out training videos when --lr is not given. Features are L2-normalised (norm 1)
+# and the loss is a batch mean, so one step moves the weights by at most about lr: large rates are normal for a
+# linear probe on normalised features (CVRL: 32 at batch 1024). Only the lr is swept; weight decay stays at
+# --weight-decay (0, CVRL's): with unit-norm inputs the lr and the number of steps already bound how large the
+# weights can grow, and a second axis would multiply the cost of a sweep whose held-out set is a few dozen videos
+# on the synthetic data (pass --weight-decay to try one).
+LR_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+FALLBACK_LR = 3.0  # when nothing can be held out
+WARMUP_FRACTION = 0.05  # linear warmup over the first 5% of steps (CVRL: 5 of 100 epochs)
+
+
+def train_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, lr: float, weight_decay: float = 0.0,
+                 epochs: int = 100, batch_size: int = 256, seed: int = 0, device="cpu") -> nn.Linear:
+    """Softmax regression on features x (N, D), labels y (N,): L2-normalise, one nn.Linear (weight N(0, 0.01),
+    bias 0, as CVRL/DINO/SVT), SGD momentum 0.9 (no nesterov), per-step lr = warmup then cosine to 0."""
+    device = torch.device(device)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        # The steps are small matrix products: on the CPU, torch's thread pool costs more than it saves (measured:
+        # 8 s instead of 0.2 s for one fit of the default synthetic eval on 2 busy cores), so run single-threaded.
+        torch.set_num_threads(1)
+    try:
+        return _train_linear(x, y, num_classes, lr, weight_decay, epochs, batch_size, seed, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_linear(x, y, num_classes, lr, weight_decay, epochs, batch_size, seed, device):
+    g = torch.Generator().manual_seed(seed)
+    x = F.normalize(x.float(), dim=1).to(device)  # (N, D), unit norm: CVRL's normalize_feature=True
+    y = y.to(device)
+    clf = nn.Linear(x.shape[1], num_classes)
+    with torch.no_grad():
+        clf.weight.normal_(0.0, 0.01, generator=g)
+        clf.bias.zero_()
+    clf.to(device)
+    opt = torch.optim.SGD(clf.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(x) / batch_size)
+    total = epochs * steps_per_epoch
+    warmup = int(WARMUP_FRACTION * total)
+    step = 0
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=g).to(device)
+        for i in range(0, len(x), batch_size):
+            idx = perm[i:i + batch_size]
+            step_lr = lr * (step + 1) / warmup if step < warmup else \
+                lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+            for group in opt.param_groups:
+                group["lr"] = step_lr
+            loss = F.cross_entropy(clf(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    if not math.isfinite(loss.item()):
+        raise FloatingPointError(f"the linear classifier diverged (loss {loss.item()}) at lr {lr}; try a lower --lr")
+    return clf.cpu()
+
+
+@torch.no_grad()
+def view_averaged_probs(clf: nn.Linear, feats: torch.Tensor) -> torch.Tensor:
+    """feats (N, V, D): V views per video -> (N, C), the mean over views of softmax(clf(normalised view feature)).
+    Averaging probabilities (CVRL's official inference_step) rather than logits: one very confident wrong view
+    moves the average by at most 1/V."""
+    out = []
+    for chunk in feats.split(1024):  # bounded memory: Kinetics' test set is 20k videos x 30 views
+        logits = clf(F.normalize(chunk.float(), dim=-1))  # (n, V, C)
+        out.append(logits.softmax(-1).mean(1))            # (n, C)
+    return torch.cat(out)
+
+
+def topk_correct(probs: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """(N,) bool: the label is among the k most probable classes (k capped at the number of classes)."""
+    top = probs.topk(min(k, probs.shape[1]), dim=1).indices  # (N, k)
+    return (top == labels[:, None]).any(1)
+
+
+def split_heldout(labels: torch.Tensor, fraction: float, seed: int):
+    """Videos -> (fit, heldout) index tensors: per class, round(fraction * n) of its videos held out, at least 1
+    (tiny datasets still get a sweep) and at most n - 1 (every class keeps a training video). By video, never by
+    view: two views of one video are near-duplicates, and splitting them would leak the held-out answer into
+    training."""
+    rng = np.random.default_rng([seed, 11])
+    held = []
+    for c in labels.unique().tolist():
+        idx = np.flatnonzero(labels.numpy() == c)
+        n_held = min(max(1, round(fraction * len(idx))), len(idx) - 1) if fraction > 0 else 0
+        held += list(rng.permutation(idx)[:n_held])
+    mask = np.zeros(len(labels), bool)
+    mask[held] = True
+    return torch.from_numpy(np.flatnonzero(~mask)), torch.from_numpy(np.flatnonzero(mask))
+
+
+def flatten_views(feats: torch.Tensor, labels: torch.Tensor):
+    """(N, V, D) features and (N,) labels -> (N*V, D) samples and (N*V,) labels: each view is a training sample."""
+    N, V, D = feats.shape
+    return feats.reshape(N * V, D), labels.repeat_interleave(V)
+
+
+def choose_hyperparameters(feats, labels, num_classes, cfg: Config, device):
+    """Pick the lr from LR_GRID (unless --lr is given): train on the training videos minus a held-out 10% (per
+    class, by video), score the held-out videos by view-averaged top-1 (ties: lower cross-entropy of the averaged
+    probabilities), keep the best. Returns (lr, sweep records, number of held-out videos)."""
+    if cfg.lr is not None:
+        return cfg.lr, [], 0
+    fit, held = split_heldout(labels, cfg.heldout, cfg.seed)
+    if len(held) == 0:
+        print(f"warning: no training video held out (--heldout 0, or one video per class); using lr {FALLBACK_LR}",
+              file=sys.stderr)
+        return FALLBACK_LR, [], 0
+    x, y = flatten_views(feats[fit], labels[fit])
+    sweep = []
+    for lr in LR_GRID:
+        try:
+            clf = train_linear(x, y, num_classes, lr, cfg.weight_decay, cfg.epochs, cfg.clf_batch_size, cfg.seed,
+                               device)
+        except FloatingPointError:
+            sweep.append({"lr": lr, "heldout_top1": None, "heldout_loss": None})
+            continue
+        probs = view_averaged_probs(clf, feats[held])
+        top1 = 100.0 * topk_correct(probs, labels[held], 1).float().mean().item()
+        loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels[held]).item()
+        sweep.append({"lr": lr, "heldout_top1": top1, "heldout_loss": loss})
+    ok = [r for r in sweep if r["heldout_top1"] is not None]
+    if not ok:
+        raise SystemExit("error: the linear classifier diverged at every lr of the sweep; are the features finite?")
+    best = max(ok, key=lambda r: (r["heldout_top1"], -r["heldout_loss"]))
+    return best["lr"], sweep, len(held)
+
+
+# ----------------------------------------------------------------------------- main
+
+def resolve_device(flag: str) -> torch.device:
+    if flag == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if flag == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no GPU is visible (torch.cuda.is_available() is False)")
+    return torch.device(flag)
+
+
+def main(argv=None) -> dict:
+    cfg = parse_args(argv)
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(cfg.ckpt)
+    method, ckpt_cfg = ckpt["method"], dict(ckpt["config"])
+    module = import_method(method)
+    cfg = resolve_config(cfg, ckpt_cfg)
+    device = resolve_device(cfg.device)
+    backbone = build_frozen_backbone(module, ckpt, cfg.random_init, cfg.seed).to(device)
+    sha = state_dict_sha1(backbone.state_dict())
+    arch = ckpt_cfg.get("arch")
+    what = (f"RANDOM-INIT BASELINE: {method} {arch} with fresh weights (seed {cfg.seed}), checkpoint weights NOT "
+            f"loaded" if cfg.random_init else f"{method} {arch} from {cfg.ckpt} (step {ckpt.get('step')})")
+    print(f"linear eval | {what} | feature {backbone.feature_dim}-d | {device}")
+    print(json.dumps(asdict(cfg)))
+
+    try:
+        synthetic_kwargs = dict(nuisance=cfg.nuisance) if cfg.dataset == "synthetic" else None
+        splits = {s: data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, s, synthetic_kwargs)
+                  for s in ("train", "test")}
+    except data.DatasetError as e:
+        raise SystemExit(f"error: {e}")
+    classes = splits["train"].classes
+    if splits["test"].classes != classes:
+        raise SystemExit(f"error: the train and test splits disagree on the classes ({len(classes)} vs "
+                         f"{len(splits['test'].classes)})")
+    cache_dir = Path(cfg.cache) if cfg.cache else Path(cfg.ckpt).resolve().parent / "features"
+    feats, seconds = {}, {}
+    for split, videos in splits.items():
+        t = time.perf_counter()
+        keys = cache_key_fields(cfg, split, sha, method, arch, videos)
+        compute = lambda: extract_features(backbone, videos, split, cfg, device)  # noqa: E731
+        feats[split] = compute() if cfg.no_cache else \
+            cached_features(cache_dir / f"{split}-{cache_key(keys)}.pt", keys, compute)
+        seconds[f"extract_{split}"] = round(time.perf_counter() - t, 2)
+    missing = [{"split": s, "path": p, "reason": "listed in the split file but not on disk"}
+               for s, v in splits.items() for p in v.missing]
+    skipped = missing + feats["train"]["skipped"] + feats["test"]["skipped"]
+
+    # classifier: choose the lr on held-out training videos, then retrain on all training videos with it
+    t = time.perf_counter()
+    ftr, ytr = feats["train"]["features"], feats["train"]["labels"]
+    fte, yte = feats["test"]["features"], feats["test"]["labels"]
+    lr, sweep, n_held = choose_hyperparameters(ftr, ytr, len(classes), cfg, device)
+    x, y = flatten_views(ftr, ytr)
+    clf = train_linear(x, y, len(classes), lr, cfg.weight_decay, cfg.epochs, cfg.clf_batch_size, cfg.seed, device)
+    probs = view_averaged_probs(clf, fte)  # (num_test, C)
+    correct1 = topk_correct(probs, yte, 1)
+    correct5 = topk_correct(probs, yte, 5)
+    seconds["classifier"] = round(time.perf_counter() - t, 2)
+    per_class = {}
+    for c, name in enumerate(classes):
+        m = yte == c
+        per_class[name] = round(100.0 * correct1[m].float().mean().item(), 2) if m.any() else None
+
+    result = {
+        "top1": round(100.0 * correct1.float().mean().item(), 2),
+        "top5": round(100.0 * correct5.float().mean().item(), 2),
+        "num_train": len(ytr), "num_test": len(yte), "num_classes": len(classes),
+        "skipped": skipped, "per_class": per_class, "random_init": cfg.random_init,
+        "ckpt": str(cfg.ckpt), "method": method, "arch": arch,
+        "step": int(ckpt["step"]) if ckpt.get("step") is not None else None,
+        "feature_dim": int(backbone.feature_dim),
+        "views": {"frames": cfg.frames, "stride": cfg.stride, "size": cfg.size, "test_size": cfg.test_size,
+                  "canvas": list(cfg.canvas), "train_views": cfg.train_views, "test_clips": cfg.test_clips,
+                  "crops": cfg.crops, "test_views": cfg.test_clips * cfg.crops,
+                  "train_crop_area": list(train_augment_config().area), "test_average": "softmax probabilities"},
+        "classifier": {"lr": lr, "lr_chosen_by": "given" if cfg.lr is not None else "held-out sweep",
+                       "weight_decay": cfg.weight_decay, "epochs": cfg.epochs, "batch_size": cfg.clf_batch_size,
+                       "heldout_videos": n_held, "sweep": sweep},
+        "dataset": {"dataset": cfg.dataset, "data": cfg.data, "annotations": cfg.annotations, "fold": cfg.fold,
+                    "nuisance": cfg.nuisance if cfg.dataset == "synthetic" else None},
+        "seconds": {**seconds, "total": round(time.perf_counter() - t0, 2)},
+    }
+    print_report(result, classes, yte)
+    if cfg.json:
+        Path(cfg.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.json).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {cfg.json}")
+    return result
+
+
+def print_report(r: dict, classes, test_labels):
+    counts = torch.bincount(test_labels, minlength=len(classes)).tolist()
+    v = r["views"]
+    print(f"\n{'RANDOM-INIT BASELINE' if r['random_init'] else 'checkpoint'}: {r['method']} {r['arch']} | "
+          f"{r['dataset']['dataset']} | {v['frames']} frames x stride {v['stride']}")
+    print(f"views: train {v['train_views']} random clips + crops ({v['size']}px) per video | test {v['test_clips']} "
+          f"clips x {v['crops']} crops ({v['test_size']}px), softmax averaged")
+    if r["classifier"]["sweep"]:
+        print("lr sweep on " + f"{r['classifier']['heldout_videos']} held-out training videos: " + ", ".join(
+            f"{s['lr']:g}: {s['heldout_top1']:.1f}%" if s["heldout_top1"] is not None else f"{s['lr']:g}: diverged"
+            for s in r["classifier"]["sweep"]))
+    print(f"classifier lr {r['classifier']['lr']:g} ({r['classifier']['lr_chosen_by']}), "
+          f"weight decay {r['classifier']['weight_decay']:g}, {r['classifier']['epochs']} epochs")
+    n_skip = {s: sum(1 for k in r["skipped"] if k["split"] == s) for s in ("train", "test")}
+    print(f"{'':24s}{'top-1':>8s}{'videos':>8s}")
+    for (name, acc), n in zip(r["per_class"].items(), counts):
+        print(f"  {name[:22]:22s}{'-' if acc is None else f'{acc:.1f}':>8s}{n:>8d}")
+    print(f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  | train videos {r['num_train']} (skipped "
+          f"{n_skip['train']}) | test videos {r['num_test']} (skipped {n_skip['test']})")
+    for s in r["skipped"]:
+        print(f"  SKIPPED {s['split']:5s} {s['path']}: {s['reason']}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except FloatingPointError as e:  # a diverged classifier at a given --lr: a message, not a traceback
+        sys.exit(f"error: {e}")
