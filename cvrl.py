@@ -370,6 +370,56 @@ class ProjectionHead(nn.Module):
         return self.mlp(h)
 
 
+# ----------------------------------------------------------------------------- global batch norm across processes
+# The official code uses sync BN (`use_sync_bn: true`): BN statistics over the global batch, in the backbone and in
+# the head. It matters for contrastive learning: with per-process statistics a network can tell which process a
+# clip came from and use that to cheat on the negatives (SimCLR's "global BN" argument). On GPUs we use PyTorch's
+# nn.SyncBatchNorm; it refuses CPU tensors, so for CPU process groups (gloo: tests, laptops) the same computation
+# is written out here with a differentiable all-reduce. Both give exactly single-process BN on the concatenated
+# batch (tests/ddp_check.py checks it, gradients included).
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training-mode statistics are summed over all processes (CPU twin of nn.SyncBatchNorm)."""
+
+    def _check_input_dim(self, x):
+        pass  # used for 2-d (head) and 5-d (encoder) inputs alike
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)  # running statistics, no communication
+        from torch.distributed.nn.functional import all_reduce  # differentiable: backward all-reduces the gradients
+        dims = [0] + list(range(2, x.dim()))  # every axis but channels
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            n = all_reduce(torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype))  # global count per channel
+            mean = all_reduce(x.sum(dims)) / n  # (C,) two passes: no E[x^2] - E[x]^2 cancellation
+            var = all_reduce(((x - mean.view(shape)) ** 2).sum(dims)) / n  # biased, as BN normalises with
+        with torch.no_grad():
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+            self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)  # unbiased, as PyTorch's BN
+            self.num_batches_tracked += 1
+        return (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps) * self.weight.view(shape) \
+            + self.bias.view(shape)
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm computes global-batch statistics: nn.SyncBatchNorm on GPU, GlobalBatchNorm on CPU."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            ref = next(iter(child.state_dict().values()))  # keep the layer's dtype and device
+            bn = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats,
+                                 device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+            bn.load_state_dict(child.state_dict())
+            setattr(model, name, bn)
+        else:
+            sync_batchnorm(child, device)
+    return model
+
+
 # ----------------------------------------------------------------------------- loss: NT-Xent (InfoNCE)
 # cvrl.md §4.3. Official: `official/projects/video_ssl/losses/losses.py` (contrastive_loss), which is SimCLR's TF
 # loss. The batch holds B videos per process, z1[i] and z2[i] are the embeddings of the two clips of video i.
@@ -684,7 +734,7 @@ def train(cfg: Config):
     head = ProjectionHead(encoder.feature_dim, cfg.head_hidden, cfg.head_out, cfg.head_layers)
     model = nn.Sequential(encoder, head)
     if world > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over the global batch (official)
+        model = sync_batchnorm(model, device)  # BN statistics over the global batch (official)
     model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last_3d)
@@ -720,7 +770,7 @@ def train(cfg: Config):
                 # keys of build_backbone(config): what eval_linear.py loads
                 "backbone": {"encoder." + k: v for k, v in data.unwrap(model[0]).state_dict().items()},
                 "head": model[1].state_dict(), "optimizer": optimizer.state_dict(), "skipped": sorted(set(skipped)),
-                "versions": {"torch": torch.__version__}})
+                "versions": {"torch": str(torch.__version__)}})
         if world > 1:
             dist.barrier()
 
