@@ -12,13 +12,28 @@ video in the global batch. After pretraining the MLP is thrown away and the enco
 classifier on its frozen features.
 
 The reference for every detail below is the official TF2 code in tensorflow/models,
-`official/projects/video_ssl/` ([TFM]); /work/shared/reference/cvrl.md (cited as "cvrl.md §x") summarises it and
+`official/projects/video_ssl/` ([TFM]); docs/cvrl.md (cited as "cvrl.md §x") summarises it with sources and
 flags where it differs from a plain reading of the paper. Where we follow the code rather than the paper, the
 comment says so.
 
 Commands
-    (to be written together with the training section: single process on the built-in synthetic videos,
-    torchrun on several GPUs, Kinetics/UCF101/HMDB51 runs, resuming.)
+    # CPU, no arguments: a tiny R3D on the built-in synthetic videos (~6-10 min on 2 cores), then the linear probe
+    python cvrl.py
+    python eval_linear.py --ckpt runs/cvrl/checkpoint.pt            # and --random-init for the baseline
+
+    # smoke test (seconds)
+    python cvrl.py --epochs 1 --max-steps 5 --out runs/smoke
+
+    # one GPU, UCF101 split 1, R3D-18 at 16x112
+    python cvrl.py --dataset ucf101 --data UCF-101 --annotations ucfTrainTestlist --fold 1 --arch r3d18 \
+        --frames 16 --stride 2 --size 112 --canvas 128 171 --batch-size 64 --epochs 100 --workers 8 --out runs/ucf
+
+    # the paper's recipe: R3D-50, 16x224, global batch 1024 videos, 200 epochs on Kinetics-400, 8 GPUs
+    torchrun --standalone --nproc_per_node=8 cvrl.py --dataset kinetics --data k400 --annotations k400/annotations \
+        --arch r3d50 --frames 16 --stride 2 --size 224 --canvas 256 340 --head-hidden 2048 --batch-size 128 \
+        --epochs 200 --warmup-epochs 5 --lr 0.32 --workers 12 --compile --out runs/k400
+
+    Re-running a command with the same --out resumes from OUT/checkpoint.pt (same schedule); Ctrl-C saves first.
 """
 
 import json
