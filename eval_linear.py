@@ -125,7 +125,9 @@ CHOICES = {"crops": [1, 3], "device": ["auto", "cpu", "cuda"]}
 
 
 def parse_args(argv=None) -> Config:
-    """Kebab-case flags (--train-views 2), help from each field's comment; the data flags come from data.py."""
+    """Kebab-case flags (--train-views 2), help from each field's comment; the data flags come from data.py.
+    Not data.parse_config: here most settings default to "whatever the checkpoint says" (None), which needs
+    explicit types, and the data flags must know whether they were given at all."""
     src = inspect.getsource(Config)
     helps = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", src, re.M))
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
