@@ -9,8 +9,11 @@ The protocol (CVRL's, cvrl.md §6.1; the SVT/LSS probe in lss.md §6 differs onl
               crop (area 0.3-1, aspect 0.5-2) and a flip -- CVRL's linear-eval augmentation, no colour jitter
               (cvrl.md §2.5); every view is its own training sample for the classifier;
        test:  `--test-clips` K uniformly spaced clips x `--crops` spatial crops per video (CVRL/SlowFast: 10 x 3);
-  3. L2-normalise the feature and train ONE linear layer (weight N(0, 0.01), bias 0) with softmax cross-entropy,
-     SGD momentum 0.9, linear warmup + cosine lr, no weight decay by default (CVRL's official config);
+  3. L2-normalise the feature (CVRL's normalize_feature), standardise each dimension with the training set's mean
+     and std (see LinearProbe: an affine map the linear layer could absorb, there so SGD fits every checkpoint --
+     random-init features included -- in the same number of epochs), and train ONE linear layer (weight
+     N(0, 0.01), bias 0) with softmax cross-entropy, SGD momentum 0.9, linear warmup + cosine lr, no weight decay
+     by default (CVRL's official config);
   4. predict a test video by averaging the softmax probabilities of its K x crops views (CVRL's official
      `inference_step`; SVT sums scores instead, which gives the same argmax for softmax scores) and report
      top-1 / top-5 in percent over the test videos that could be decoded.
