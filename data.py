@@ -16,6 +16,9 @@ Read it top to bottom:
   7. run utils     config dataclass -> kebab-case flags, torchrun setup, atomic checkpoints, resume checks
   8. CLI           python data.py synthetic --out DIR      write the synthetic dataset with train/test split files
                    python data.py check --dataset ... --data ROOT [--annotations ...]   list unreadable videos
+                   python data.py reencode --src ROOT --dst ROOT2 [--short-side 256] [--gop 16] [--crf 23] [--workers N]
+                                   re-encode every video for fast random access (H.264, a keyframe every 16
+                                   frames, short side 256), same relative paths and file names, resumable
 
 Tensor layouts: a decoded clip is uint8 (T, H, W, 3) -- PyAV's layout; a batch handed to the augmentation is uint8
 (B, C, T, H, W) -- the 3D-CNN layout; the augmentation returns float (B, C, T, h, w). lss.py rearranges to the ViT
@@ -68,7 +71,7 @@ class VideoInfo:
     width: int
     height: int
     duration: float   # num_frames / fps, seconds
-    rotation: int = 0  # display rotation from the container's metadata (phone videos), degrees; see read_frames
+    rotation: int = 0  # display rotation from the container (phone videos), counter-clockwise degrees; frames come out upright
 
 
 def _open(path):
@@ -108,8 +111,8 @@ def _stream_info(container, stream, path) -> tuple[VideoInfo, int]:
         raise VideoError(path, f"the first frame cannot be decoded ({type(e).__name__}: {e})") from e
     if first is None:
         raise VideoError(path, "contains no decodable frame")
-    width, height = first.width, first.height
     rotation = int(getattr(first, "rotation", 0) or 0) % 360
+    width, height = (first.height, first.width) if rotation in (90, 270) else (first.width, first.height)  # as displayed
     start_pts = first.pts
     # Frame count. MP4/AVI headers carry it; WebM/MKV/TS report 0, and then we count packets (demux only, no
     # decode: fast). A header can over-report (a truncated file); read_frames clamps to the last decodable frame.
@@ -140,16 +143,22 @@ def probe(path) -> VideoInfo:
 
 
 def _to_rgb(frame, size):
-    """av.VideoFrame -> uint8 (H, W, 3). With `size=(H, W)` the frame is scaled (swscale, area) to cover the canvas
-    and centre-cropped: datasets mix 4:3, 16:9 and portrait videos, and a batch needs one shape."""
+    """av.VideoFrame -> uint8 (H, W, 3), upright. With `size=(H, W)` the frame is scaled (swscale, area) to cover the
+    canvas and centre-cropped: datasets mix 4:3, 16:9 and portrait videos, and a batch needs one shape.
+
+    Phone videos are often stored sideways with a display rotation in the container; `frame.rotation` is that angle
+    (counter-clockwise degrees, FFmpeg's display matrix) and we turn the pixels upright, as a player would. For such
+    files the result is the sequential decode rotated, not the raw decode."""
+    k = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # np.rot90 turns counter-clockwise for k > 0
     if size is None:
-        return frame.to_ndarray(format="rgb24")
-    H, W = size
+        return np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), k)) if k else frame.to_ndarray(format="rgb24")
+    H, W = size if k % 2 == 0 else size[::-1]  # scale the stored frame to the rotated canvas
     s = max(H / frame.height, W / frame.width)
     h, w = max(H, round(frame.height * s)), max(W, round(frame.width * s))
     img = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
     y0, x0 = (h - H) // 2, (w - W) // 2
-    return img[y0:y0 + H, x0:x0 + W]
+    img = img[y0:y0 + H, x0:x0 + W]
+    return np.ascontiguousarray(np.rot90(img, k)) if k else img
 
 
 def _decode_indices(container, stream, path, info: VideoInfo, start_pts: int, indices: Sequence[int], size=None,
@@ -269,10 +278,12 @@ def read_frames(path, indices: Sequence[int], size=None, thread_count: int = 1, 
     return torch.from_numpy(np.stack(frames))  # (T, H, W, 3)
 
 
-def read_clips(path, sampler, rng, size=None, min_frames: int = 1) -> tuple[list[torch.Tensor], VideoInfo]:
+def read_clips(path, sampler, rng, size=None, min_frames: int = 1,
+               stats: dict | None = None) -> tuple[list[torch.Tensor], VideoInfo]:
     """Open a video once, let `sampler(num_frames, fps, rng)` choose clips (a list of index arrays), decode the union
     of their frames (overlapping clips share one seek and one decode), and return one uint8 (T, H, W, 3) tensor per
-    clip plus the VideoInfo. A video with fewer than `min_frames` frames raises VideoError ("too short")."""
+    clip plus the VideoInfo. A video with fewer than `min_frames` frames raises VideoError ("too short").
+    `stats`, if given, counts decoded frames and seeks as in read_frames (scripts/bench.py reads it)."""
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_count = 1
@@ -281,7 +292,7 @@ def read_clips(path, sampler, rng, size=None, min_frames: int = 1) -> tuple[list
             raise VideoError(path, f"too short: {info.num_frames} frames, a clip needs {min_frames}")
         clips = sampler(info.num_frames, info.fps, rng)
         flat = np.concatenate([np.asarray(c, dtype=np.int64) for c in clips])
-        frames = _decode_indices(container, stream, path, info, start_pts, flat, size)
+        frames = _decode_indices(container, stream, path, info, start_pts, flat, size, stats=stats)
     out, i = [], 0
     for c in clips:
         out.append(torch.from_numpy(np.stack(frames[i:i + len(c)])))
@@ -1177,6 +1188,144 @@ def check_dataset(videos: Sequence[str], workers=2, progress=True):
     return bad
 
 
+# Re-encoding a dataset for fast random access. Seeking lands on the keyframe before the wanted frame and decodes
+# forward from there, so a random clip costs about GOP/2 extra decoded frames: ~140 frames per 16-frame clip with
+# x264's default keyframe interval of 250 (Kinetics as downloaded) against ~40 with a keyframe every 16 frames
+# (mmaction2's "dense" encoding), 2.5-3x more clips/s per CPU core (shared/reference/perf.md §4, BENCHMARKS.md).
+# Scaling the short side to 256 (the usual training input before 224 crops) cuts decode cost further for HD sources.
+
+# Output container per file-name extension. The file NAME never changes (split files and Kinetics CSVs refer to
+# names), so the container follows the name where it can hold H.264; where it cannot (WebM allows only VP8/VP9/AV1,
+# Ogg no H.264, MPEG-PS/ASF only badly) the file is H.264 in Matroska under its old name. FFmpeg, and so PyAV and
+# read_frames, detects the container from the content, not from the name.
+REENCODE_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".flv": "flv",
+                    ".3gp": "3gp"}
+REENCODE_COPY = (".txt", ".csv", ".json")  # split files and annotations next to the videos are copied as they are
+
+
+def _reencode_size(w, h, short_side):
+    """(w, h) scaled so the short side is `short_side` (None/0: unchanged), both rounded to even numbers
+    (yuv420p subsamples chroma by 2)."""
+    s = short_side / min(w, h) if short_side else 1.0
+    even = lambda v: max(2, int(round(v * s / 2)) * 2)  # noqa: E731
+    return even(w), even(h)
+
+
+def reencode_video(src, dst, short_side: int | None = 256, gop: int = 16, crf: int = 23, preset: str = "medium") -> dict:
+    """Re-encode one video: H.264 (libx264, `crf`, x264 `preset`), yuv420p, a keyframe at least every `gop` frames,
+    short side scaled to `short_side` (even dims), the source's average frame rate as a constant rate (every decoded
+    frame is kept, in order: the frame count is preserved; a variable-rate source becomes constant-rate), audio and
+    rotation metadata dropped (read_frames ignores rotation too, so the pixels a model sees do not change).
+    Written to a temporary file in dst's folder and renamed into place, so an interrupted run never leaves a
+    half-written dst. Raises VideoError for an unreadable source. Returns {"frames", "width", "height", "fps",
+    "truncated"}: truncated is True when the source's tail could not be decoded (the decodable part is kept, as
+    read_frames would see it)."""
+    src, dst = str(src), str(dst)
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        raise ValueError(f"refusing to overwrite the source {src}")
+    fmt = REENCODE_FORMATS.get(os.path.splitext(dst)[1].lower(), "matroska")
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(os.path.abspath(dst)), f".{os.path.basename(dst)}.{os.getpid()}.partial")
+    n, truncated = 0, False
+    try:
+        with _open(src) as inp:
+            ist = inp.streams.video[0]
+            ist.thread_count = 1
+            rate = ist.average_rate or ist.guessed_rate or ist.base_rate
+            if not rate or float(rate) <= 0:
+                raise VideoError(src, "has no frame rate in its header")
+            rate = Fraction(rate).limit_denominator(100000)
+            with av.open(tmp, "w", format=fmt) as out:
+                ost = None
+                try:
+                    for frame in inp.decode(ist):
+                        if ost is None:
+                            W, H = _reencode_size(frame.width, frame.height, short_side)
+                            ost = out.add_stream("libx264", rate=rate)
+                            ost.width, ost.height, ost.pix_fmt = W, H, "yuv420p"
+                            ost.codec_context.time_base = 1 / rate
+                            opts = {"crf": str(crf), "g": str(gop), "preset": preset, "threads": "1"}
+                            if fmt == "avi":
+                                opts["bf"] = "0"  # AVI stores no presentation times: B-frames would need guessing
+                            ost.options = opts
+                        scale = (frame.width, frame.height) != (ost.width, ost.height)
+                        f = frame.reformat(width=ost.width, height=ost.height, format="yuv420p",
+                                           interpolation="AREA" if scale and ost.width < frame.width else None)
+                        f.pts, f.time_base = n, ost.codec_context.time_base
+                        n += 1
+                        for p in ost.encode(f):
+                            out.mux(p)
+                except av.error.FFmpegError as e:
+                    if n == 0:
+                        raise VideoError(src, f"no frame could be decoded ({type(e).__name__}: {e})") from e
+                    truncated = True  # a corrupt tail: keep what decoded, as read_frames does
+                if ost is None:
+                    raise VideoError(src, "contains no decodable frame")
+                for p in ost.encode():
+                    out.mux(p)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return {"frames": n, "width": ost.width, "height": ost.height, "fps": float(rate), "truncated": truncated}
+
+
+def _reencode_one(job):
+    src, dst, short_side, gop, crf, preset = job
+    if os.path.exists(dst) and _check_one(dst)[1] is None:
+        return src, "exists", None  # resumable: a finished output that decodes is kept
+    try:
+        r = reencode_video(src, dst, short_side, gop, crf, preset)
+        return src, "truncated" if r["truncated"] else "ok", None
+    except VideoError as e:
+        return src, "failed", e.reason
+    except Exception as e:  # noqa: BLE001 -- one odd file must not stop a dataset-sized conversion
+        return src, "failed", f"{type(e).__name__}: {e}"
+
+
+def reencode_dataset(src_root, dst_root, short_side=256, gop=16, crf=23, workers=2, preset="medium", progress=True):
+    """Re-encode every video under src_root into the same relative path under dst_root (see reencode_video), in
+    `workers` processes (one x264 thread each). Copies split/annotation files (.txt .csv .json). Never writes under
+    src_root; skips outputs that already exist and decode (resumable). Returns {status: [paths]} with statuses
+    ok, truncated, exists, failed, and "reasons": {path: reason} for the failed ones."""
+    import multiprocessing as mp
+    from tqdm import tqdm
+    src_root, dst_root = Path(src_root).resolve(), Path(dst_root).resolve()
+    if not src_root.is_dir():
+        raise DatasetError(f"--src {src_root} is not a folder")
+    if dst_root == src_root or src_root in dst_root.parents or dst_root in src_root.parents:
+        raise DatasetError(f"--dst {dst_root} must be outside --src {src_root} (and not contain it): the source is "
+                           f"never overwritten, and outputs inside it would be picked up as sources next time")
+    videos = _find_videos(src_root)
+    jobs = [(str(p), str(dst_root / p.relative_to(src_root)), short_side, gop, crf, preset) for p in videos]
+    for p in sorted(src_root.rglob("*")):
+        if p.is_file() and p.suffix.lower() in REENCODE_COPY:
+            q = dst_root / p.relative_to(src_root)
+            if not q.exists():
+                q.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(p, q)
+    result = {"ok": [], "truncated": [], "exists": [], "failed": [], "reasons": {}}
+    bar = tqdm(total=len(jobs), desc=f"re-encoding -> {dst_root}", unit="video", disable=not progress)
+    if workers <= 1:
+        results = map(_reencode_one, jobs)
+        pool = None
+    else:
+        pool = mp.get_context("spawn").Pool(workers)
+        results = pool.imap_unordered(_reencode_one, jobs, chunksize=1)
+    try:
+        for src, status, reason in results:
+            result[status].append(src)
+            if reason:
+                result["reasons"][src] = reason
+            bar.update(1)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
+    return result
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -1192,7 +1341,29 @@ def main(argv=None):
     c = add_data_args(sub.add_parser("check", help="scan a dataset and list unreadable videos"))
     c.add_argument("--split", default="both", choices=["train", "test", "both"])
     c.add_argument("--workers", type=int, default=min(len(os.sched_getaffinity(0)), 8))
+    r = sub.add_parser("reencode", help="re-encode a dataset for fast seeking: H.264, keyframe every --gop frames, "
+                                        "short side --short-side; same relative paths and file names",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r.add_argument("--src", required=True, help="dataset root to read (never written)")
+    r.add_argument("--dst", required=True, help="output root (same layout and names; must be outside --src)")
+    r.add_argument("--short-side", type=int, default=256, help="scale so the short side is this (0: keep the size)")
+    r.add_argument("--gop", type=int, default=16, help="keyframe interval in frames (x264 keyint)")
+    r.add_argument("--crf", type=int, default=23, help="x264 constant rate factor (lower = better quality, larger)")
+    r.add_argument("--preset", default="medium", help="x264 preset (encoding speed vs file size)")
+    r.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="parallel processes")
     a = ap.parse_args(argv)
+    if a.cmd == "reencode":
+        try:
+            res = reencode_dataset(a.src, a.dst, a.short_side or None, a.gop, a.crf, a.workers, a.preset)
+        except DatasetError as e:
+            sys.exit(f"error: {e}")
+        print(f"{len(res['ok'])} re-encoded, {len(res['exists'])} already done (kept), "
+              f"{len(res['truncated'])} with an undecodable tail (decodable part kept), {len(res['failed'])} unreadable")
+        for p in sorted(res["truncated"]):
+            print(f"  TRUNCATED  {p}")
+        for p in sorted(res["failed"]):
+            print(f"  BROKEN     {p}: {res['reasons'][p]}")
+        return 1 if res["failed"] else 0
     if a.cmd == "synthetic":
         out = Path(a.out)
         if (out / "classes.txt").exists():
