@@ -184,3 +184,24 @@ def test_rotated_phone_video_comes_out_upright(tmp_path):
     assert got.shape == (2, 32, 48, 3)
     assert np.array_equal(got, np.rot90(ref[[0, 5]], -1, axes=(1, 2)))  # rotated clockwise, as displayed
     assert data.read_frames(rot, [0], size=(24, 36)).shape == (1, 24, 36, 3)
+
+
+def test_loader_workers_survive_broken_files(tiny_synthetic, tmp_path):
+    """Decode errors inside DataLoader worker processes are caught there: every batch arrives full and the broken
+    paths travel with it to the main process."""
+    good = sorted(str(p) for p in tiny_synthetic.glob("train/*/*.mp4"))[:18]
+    bad = [tmp_path / "empty.mp4", tmp_path / "junk.mp4"]
+    bad[0].write_bytes(b"")
+    bad[1].write_bytes(os.urandom(4000))
+    paths = good + [str(b) for b in bad]
+    vl = data.VideoList(paths, [i % 2 for i in range(len(paths))], ["a", "b"])
+    ds = data.VideoDataset(vl, data.RandomClip(4, 2), canvas=(32, 32), resample=True, min_frames=4)
+    loader = data.make_loader(ds, 5, workers=2, seed=0)
+    seen, steps = set(), 0
+    for epoch in range(3):
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            assert batch["video"].shape[0] == 5
+            seen.update(b.split(":")[0] for b in batch["bad"])
+            steps += 1
+    assert steps == 12 and seen == {str(b) for b in bad}
