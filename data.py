@@ -1214,8 +1214,9 @@ def _reencode_size(w, h, short_side):
 def reencode_video(src, dst, short_side: int | None = 256, gop: int = 16, crf: int = 23, preset: str = "medium") -> dict:
     """Re-encode one video: H.264 (libx264, `crf`, x264 `preset`), yuv420p, a keyframe at least every `gop` frames,
     short side scaled to `short_side` (even dims), the source's average frame rate as a constant rate (every decoded
-    frame is kept, in order: the frame count is preserved; a variable-rate source becomes constant-rate), audio and
-    rotation metadata dropped (read_frames ignores rotation too, so the pixels a model sees do not change).
+    frame is kept, in order: the frame count is preserved; a variable-rate source becomes constant-rate), audio
+    dropped. A display rotation (phone videos) is applied to the pixels and not written, so read_frames returns the
+    same upright frames from the output as from the source (short side measured as displayed).
     Written to a temporary file in dst's folder and renamed into place, so an interrupted run never leaves a
     half-written dst. Raises VideoError for an unreadable source. Returns {"frames", "width", "height", "fps",
     "truncated"}: truncated is True when the source's tail could not be decoded (the decodable part is kept, as
@@ -1239,6 +1240,10 @@ def reencode_video(src, dst, short_side: int | None = 256, gop: int = 16, crf: i
                 ost = None
                 try:
                     for frame in inp.decode(ist):
+                        k = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # as _to_rgb: turn upright
+                        if k:
+                            frame = av.VideoFrame.from_ndarray(
+                                np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), k)), format="rgb24")
                         if ost is None:
                             W, H = _reencode_size(frame.width, frame.height, short_side)
                             ost = out.add_stream("libx264", rate=rate)

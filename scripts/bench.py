@@ -1,0 +1,983 @@
+"""
+Benchmarks: is the accelerator fed and busy? One command measures the three places a video SSL step spends time and
+writes a JSON file and BENCHMARKS.md (the markdown is generated here; never edit it by hand).
+
+  1. model step    training steps/s, clips/s, MFU and peak memory of the real step shapes -- CVRL (R3D + MLP head +
+                   NT-Xent, SGD) and LSS (VideoViT student fwd+bwd + EMA teacher fwd + EMA update, AdamW) -- on
+                   synthetic tensors already on the device, for a ladder of variants: fp32, bf16 autocast,
+                   + channels_last_3d (CVRL), + torch.compile, + fused optimizer. FLOPs are counted analytically
+                   (torch.utils.flop_counter on the meta device: conv, matmul and attention; 2 FLOPs per MAC) and
+                   cross-checked against shared/reference/perf.md.
+  2. input pipeline clips/s that data.py delivers (decode in DataLoader workers + augmentation on the device) on
+                   videos this script encodes itself (H.264 with x264's default keyframe interval and with a keyframe
+                   every 16 frames, MPEG-4 Part 2 AVI like UCF101), decoded frames per clip, CVRL's two-clip
+                   sampling (one open, shared seeks) against decoding the whole video, and the data-wait fraction
+                   of a real CVRL training loop fed by the loader.
+  3. augmentation  data.augment on a uint8 (B, 3, T, H, W) batch against a per-clip torchvision.transforms.v2 loop.
+
+    python scripts/bench.py                      # --preset cpu without a GPU (small shapes, a few minutes)
+    python scripts/bench.py --preset gpu         # the real shapes: R3D-50 16x224, ViT-B/16 8x224, 224 crops
+    python scripts/bench.py --preset smoke       # tiniest shapes, < 1 min (the test suite runs this)
+    python scripts/bench.py --only pipeline --workers 12
+
+BENCHMARKS.md keeps the data of every preset it has seen (in a comment at its end): a GPU run adds its section
+and keeps the CPU one. Rows of a preset that has not been run say so; nothing is ever estimated.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import cvrl  # noqa: E402
+import data  # noqa: E402
+from lss import VideoViT  # noqa: E402  (model class only; LSS's training code is not used here)
+
+# Dense bf16 tensor-core peaks (FLOP/s, 2 per MAC), by substring of torch.cuda.get_device_name(). MFU is always
+# against the bf16 peak, also for the fp32 rows (that is the point of the comparison). perf.md §3.
+PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12)]
+PENDING = "pending: no GPU was available when this file was generated"
+PERF_MD = {"r3d50 16x224": 45.52e9, "ViT-B/16 divST 8x224": 195.8e9}  # MACs, shared/reference/perf.md §1
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# presets
+# ----------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class VideoFormat:
+    name: str
+    codec: str        # libx264 | mpeg4
+    ext: str
+    width: int
+    height: int
+    fps: int
+    gop: int | None   # None: the encoder's default (x264: keyint 250)
+    note: str = ""
+
+
+def _formats(seconds_scale=1.0, small=False):
+    if small:
+        return [VideoFormat("H.264 160x120 default GOP", "libx264", ".mp4", 160, 120, 15, None),
+                VideoFormat("H.264 160x120 GOP 16", "libx264", ".mp4", 160, 120, 15, 16),
+                VideoFormat("MPEG-4 AVI 160x120", "mpeg4", ".avi", 160, 120, 15, 300)]
+    return [VideoFormat("H.264 320x240 default GOP", "libx264", ".mp4", 320, 240, 30, None, "x264 keyint 250"),
+            VideoFormat("H.264 340x256 default GOP", "libx264", ".mp4", 340, 256, 30, None, "Kinetics-like"),
+            VideoFormat("H.264 320x240 GOP 16", "libx264", ".mp4", 320, 240, 30, 16, "`data.py reencode`"),
+            VideoFormat("H.264 340x256 GOP 16", "libx264", ".mp4", 340, 256, 30, 16, "`data.py reencode`"),
+            VideoFormat("MPEG-4 AVI 320x240", "mpeg4", ".avi", 320, 240, 25, 300, "UCF101-like; keyint 300, XviD's maximum")]
+
+
+PRESETS = {
+    "smoke": dict(
+        models=[dict(kind="cvrl", name="CVRL tiny 4x32", arch="tiny", frames=4, size=32, batch=4, head_hidden=64),
+                dict(kind="lss", name="LSS ViT 2x32 (w64, 2 blocks, patch 8)", width=64, layers=2, heads=1, patch=8,
+                     frames=2, size=32, batch=2, out_dim=32, concepts=16)],
+        compile=False, warmup=0, windows=2, per_window=1, flop_checks=1,
+        formats=_formats(small=True), seconds=2, n_videos=1, clip=(8, 2), crop=32,
+        decode_clips=2, loader_batch=2, loader_batches=2, pair_reps=2, rounds=1, wait_model="tiny", wait_steps=2,
+        wait_batch=2, wait_crop=32, wait_formats=1,
+        augment=dict(B=2, T=4, H=60, W=80, size=32, windows=2)),
+    "cpu": dict(
+        models=[dict(kind="cvrl", name="CVRL tiny 8x48", arch="tiny", frames=8, size=48, batch=8, head_hidden=512),
+                dict(kind="lss", name="LSS ViT 4x64 (patch 16, w192, 4 blocks)", width=192, layers=4, heads=3,
+                     patch=16, frames=4, size=64, batch=2, out_dim=512, concepts=400)],
+        compile=True, warmup=1, windows=5, per_window=1,
+        formats=_formats(), seconds=10, n_videos=2, clip=(16, 2), crop=112,
+        decode_clips=24, loader_batch=4, loader_batches=8, pair_reps=6, rounds=3, wait_model="tiny", wait_steps=8,
+        wait_batch=4, wait_crop=48, wait_formats=2,
+        augment=dict(B=4, T=16, H=256, W=340, size=224, windows=3)),
+    "gpu": dict(
+        models=[dict(kind="cvrl", name="CVRL R3D-50 16x224", arch="r3d50", frames=16, size=224, batch=None,
+                     head_hidden=2048, batch_start=16, batch_cap=1024),
+                dict(kind="lss", name="LSS ViT-B/16 8x224 (divided space-time)", width=768, layers=12, heads=12,
+                     patch=16, frames=8, size=224, batch=None, out_dim=512, concepts=400, batch_start=4,
+                     batch_cap=512)],
+        compile=True, warmup=5, windows=5, per_window=10,
+        formats=_formats(), seconds=10, n_videos=4, clip=(16, 2), crop=224,
+        decode_clips=48, loader_batch=32, loader_batches=12, pair_reps=16, rounds=4, wait_model="r3d50", wait_steps=30,
+        wait_batch=32, wait_crop=224, wait_formats=2,
+        augment=dict(B=64, T=16, H=256, W=340, size=224, windows=5)),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# environment, timing, FLOPs
+# ----------------------------------------------------------------------------------------------------------------------
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device):
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "command": " ".join(["python", "scripts/bench.py"] + sys.argv[1:]),
+        "device": gpu or "CPU only (no GPU visible)",
+        "cpu": cpu_model(), "cpu_cores": len(os.sched_getaffinity(0)),
+        "load_avg": [round(x, 1) for x in os.getloadavg()],
+        "torch": torch.__version__, "torchvision": __import__("torchvision").__version__, "av": av.__version__,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "cuda": torch.version.cuda, "git": commit, "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def peak_flops(device):
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((p for k, p in PEAK_BF16 if k in name), None)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step, device, warmup, windows, per_window):
+    """Median seconds per call of `step` over `windows` windows of `per_window` calls, after `warmup` calls.
+    CUDA events on the GPU (GPU time between the first and last kernel of a window), wall clock on the CPU."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    times = []
+    for _ in range(windows):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(per_window):
+                step()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3 / per_window)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(per_window):
+                step()
+            times.append((time.perf_counter() - t0) / per_window)
+    return statistics.median(times), times
+
+
+def count_macs(build, shape):
+    """Forward MACs of build() on one input of `shape` (batch 1), counted on the meta device: no memory, no time.
+    torch.utils.flop_counter counts 2 FLOPs per MAC for conv/linear/matmul and the attention matmuls (on the
+    meta device SDPA decomposes into bmm, which is counted; CPU's fused SDPA kernel is not registered with the
+    counter). BatchNorm, activations, softmax and pooling are not counted, as in every model zoo's GFLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+    try:
+        with torch.device("meta"):
+            model = build()
+    except (NotImplementedError, RuntimeError):  # a constructor that needs real data (e.g. .tolist()): build on CPU
+        model = build().to("meta")
+    x = torch.empty(shape, device="meta")
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(x)
+    return fc.get_total_flops() / 2
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 1. model step
+# ----------------------------------------------------------------------------------------------------------------------
+
+def native_bf16(device):
+    """bf16 autocast only pays off with bf16 hardware: GPUs, and CPUs with AVX512-BF16 or AMX. Elsewhere oneDNN
+    emulates it and a bf16 step is several times slower than fp32."""
+    if device.type == "cuda":
+        return True
+    try:
+        flags = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def variants(kind, compile_ok, bf16_base=True):
+    """fp32, bf16 autocast, then a cumulative ladder on the device's better dtype (bf16 on GPUs; fp32 on a CPU
+    without bf16 hardware, where the bf16 row shows the emulation cost): + channels_last_3d (CVRL), + torch.compile,
+    + fused optimizer. With a bf16 base, CVRL also gets fp32 + channels_last_3d alone (the layout matters without
+    bf16 too)."""
+    base = "bf16" if bf16_base else "fp32"
+    v = [dict(name="fp32", bf16=False, cl3d=False, compile=False, fused=False),
+         dict(name="bf16 autocast", bf16=True, cl3d=False, compile=False, fused=False)]
+    cl = kind == "cvrl"
+    name = base
+    if cl:
+        name += " + channels_last_3d"
+        v.append(dict(name=name, bf16=bf16_base, cl3d=True, compile=False, fused=False))
+    name += " + torch.compile"
+    v.append(dict(name=name, bf16=bf16_base, cl3d=cl, compile=True, fused=False,
+                  skip=None if compile_ok else "skipped in this preset (compiling takes minutes)"))
+    name = (name if compile_ok else name.replace(" + torch.compile", "")) + " + fused " + ("SGD" if cl else "AdamW")
+    v.append(dict(name=name, bf16=bf16_base, cl3d=cl, compile=compile_ok, fused=True))
+    if cl and bf16_base:
+        v.append(dict(name="fp32 + channels_last_3d", bf16=False, cl3d=True, compile=False, fused=False))
+    return v
+
+
+def build_cvrl_step(m, batch, device, v):
+    """CVRL's real step on `batch` clips (batch/2 videos x 2 views in one forward, as cvrl.py): R3D + MLP head,
+    NT-Xent, SGD momentum with cvrl.configure_optimizer's param groups."""
+    enc = cvrl.build_encoder(m["arch"])
+    model = nn.Sequential(enc, cvrl.ProjectionHead(enc.feature_dim, m["head_hidden"], 128, 3)).to(device)
+    if v["cl3d"]:
+        model = model.to(memory_format=torch.channels_last_3d)
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([dict(params=decay, weight_decay=1e-6), dict(params=no_decay, weight_decay=0.0)], lr=0.1,
+                          momentum=0.9, fused=True if v["fused"] else None)
+    fwd = torch.compile(model) if v["compile"] else model
+    x = torch.rand(batch, 3, m["frames"], m["size"], m["size"], device=device)  # (B, C, T, H, W)
+    if v["cl3d"]:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    half = batch // 2
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=v["bf16"]):
+            z = fwd(x)
+            loss = cvrl.nt_xent(z[:half], z[half:], 0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+    return step, (model, opt, x)
+
+
+def build_lss_step(m, batch, device, v):
+    """The shape of LSS's step: a VideoViT student fwd+bwd and an EMA-teacher VideoViT fwd on the same `batch`
+    clips (the global views), cross-entropy between their softmaxed similarities to fixed concept vectors, DINO's
+    per-parameter gradient clipping, AdamW, then the EMA update teacher <- m teacher + (1-m) student (_foreach ops,
+    as lss.ema_update). Local views are left out: per clip seen by both networks this is 3 + 1 forward costs."""
+    def vit():
+        return VideoViT(m["size"], m["patch"], m["width"], m["layers"], m["heads"], m["out_dim"], num_frames=m["frames"])
+    student = vit().to(device)
+    teacher = vit().to(device)
+    teacher.load_state_dict(student.state_dict())
+    teacher.requires_grad_(False).eval()
+    decay = [p for n, p in student.named_parameters() if not (n.endswith(".bias") or p.ndim <= 1)]
+    no_decay = [p for n, p in student.named_parameters() if n.endswith(".bias") or p.ndim <= 1]
+    opt = torch.optim.AdamW([dict(params=decay, weight_decay=0.04), dict(params=no_decay, weight_decay=0.0)],
+                            lr=1e-5, fused=True if v["fused"] else None)
+    s_fwd = torch.compile(student) if v["compile"] else student
+    t_fwd = torch.compile(teacher) if v["compile"] else teacher
+    concepts = F.normalize(torch.randn(m["concepts"], m["out_dim"], device=device), dim=-1)
+    x = torch.rand(batch, m["frames"], 3, m["size"], m["size"], device=device)  # (B, T, C, H, W): ViT layout
+    s_params, t_params = list(student.parameters()), list(teacher.parameters())
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=v["bf16"]):
+            s = s_fwd(x)
+            with torch.no_grad():
+                t = t_fwd(x)
+        s_sim = F.normalize(s.float(), dim=-1) @ concepts.T
+        t_sim = F.normalize(t.float(), dim=-1) @ concepts.T
+        loss = -(F.softmax(t_sim / 0.04, -1) * F.log_softmax(s_sim / 0.1, -1)).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in s_params if p.grad is not None]
+        norms = torch._foreach_norm(grads)
+        torch._foreach_mul_(grads, [(3.0 / (n + 1e-6)).clamp(max=1.0) for n in norms])
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_mul_(t_params, 0.996)
+            torch._foreach_add_(t_params, s_params, alpha=0.004)
+        return loss
+    return step, (student, teacher, opt, x)
+
+
+def fwd_macs(m):
+    if m["kind"] == "cvrl":
+        def build():
+            enc = cvrl.build_encoder(m["arch"])
+            return nn.Sequential(enc, cvrl.ProjectionHead(enc.feature_dim, m["head_hidden"], 128, 3).eval())
+        return count_macs(build, (1, 3, m["frames"], m["size"], m["size"]))
+    return count_macs(lambda: VideoViT(m["size"], m["patch"], m["width"], m["layers"], m["heads"], m["out_dim"],
+                                       num_frames=m["frames"]), (1, m["frames"], 3, m["size"], m["size"]))
+
+
+def train_flops_per_clip(m, macs):
+    """2 FLOPs per MAC; backward = 2 x forward. CVRL: fwd+bwd = 3 fwd. LSS: student 3 fwd + teacher 1 fwd."""
+    return 2 * macs * (3 if m["kind"] == "cvrl" else 4)
+
+
+def _free(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def find_batch(m, device, log):
+    """GPU: double the batch until a fp32 eager step (the most memory-hungry variant) runs out of memory or the cap
+    is reached; keep the last that fit. All variants then use that batch, so their rows compare like with like."""
+    builder = build_cvrl_step if m["kind"] == "cvrl" else build_lss_step
+    fp32 = dict(bf16=False, cl3d=False, compile=False, fused=False)
+    b, best = m["batch_start"], None
+    while b <= m["batch_cap"]:
+        oom = False
+        try:
+            step, keep = builder(m, b, device, fp32)
+            step()
+            step()
+            sync(device)
+        except torch.cuda.OutOfMemoryError:
+            oom = True
+        step = keep = None  # noqa: F841 -- drop references before freeing
+        _free(device)
+        if oom:
+            break
+        best = b
+        log(f"    batch {b} fits")
+        b *= 2
+    if best is None:
+        raise RuntimeError(f"{m['name']}: even batch {m['batch_start']} does not fit")
+    return best
+
+
+def bench_models(P, device, log):
+    peak = peak_flops(device)
+    out = {"peak_flops_bf16": peak, "models": [], "flop_check": [], "bf16_base": native_bf16(device)}
+    # cross-check of the FLOP counter against perf.md's analytic numbers (full-size models, meta device)
+    checks = [("r3d50 16x224", lambda: cvrl.build_encoder("r3d50"), (1, 3, 16, 224, 224)),
+              ("ViT-B/16 divST 8x224", lambda: VideoViT(224, 16, 768, 12, 12, 512, num_frames=8), (1, 8, 3, 224, 224))]
+    for name, build, shape in checks[:P.get("flop_checks", 2)]:  # ViT-B is built on the CPU first (seconds)
+        macs = count_macs(build, shape)
+        ref = PERF_MD[name]
+        out["flop_check"].append(dict(model=name, gmac_counted=macs / 1e9, gmac_perf_md=ref / 1e9,
+                                      rel_diff=macs / ref - 1))
+        log(f"  FLOPs {name}: {macs / 1e9:.2f} GMAC counted vs {ref / 1e9:.2f} in perf.md")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as cvrl.py/lss.py do
+    for m in P["models"]:
+        macs = fwd_macs(m)
+        flops_clip = train_flops_per_clip(m, macs)
+        batch = m["batch"] if m["batch"] else find_batch(m, device, log)
+        res = dict(name=m["name"], kind=m["kind"], fwd_gmac_per_clip=macs / 1e9,
+                   train_gflop_per_clip=flops_clip / 1e9, batch_clips=batch, batch_source="preset" if m["batch"]
+                   else "largest power of 2 that fits (fp32 eager)", rows=[])
+        log(f"  {m['name']}: {macs / 1e9:.3f} GMAC fwd/clip, batch {batch} clips")
+        builder = build_cvrl_step if m["kind"] == "cvrl" else build_lss_step
+        # On a shared CPU the load drifts over minutes, so windows are taken round-robin over the variants (each
+        # variant sees the same mix of quiet and busy moments). A GPU is measured one variant at a time: it is not
+        # shared, and holding every variant's model and optimizer at the largest batch would not fit.
+        interleave = device.type != "cuda"
+        pending = []  # (row, step, keep) waiting for their round-robin windows
+
+        def finish(row, times):
+            sec = statistics.median(times)
+            row.update(step_s=sec, window_s=times, steps_per_s=1 / sec, clips_per_s=batch / sec,
+                       tflops=flops_clip * batch / sec / 1e12,
+                       mfu=flops_clip * batch / sec / peak if peak else None,
+                       peak_mem_gb=torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None)
+            log(f"    {row['variant']:<48} {row['steps_per_s']:.3f} steps/s  {row['clips_per_s']:.2f} clips/s"
+                + (f"  MFU {row['mfu']:.1%}" if row["mfu"] else "")
+                + (f"  {row['peak_mem_gb']:.1f} GB" if row["peak_mem_gb"] else "")
+                + f"  (first step {row['first_step_s']:.1f} s)")
+
+        for v in variants(m["kind"], P["compile"], native_bf16(device)):
+            row = dict(variant=v["name"])
+            res["rows"].append(row)
+            if v.get("skip"):
+                row["skipped"] = v["skip"]
+                continue
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            step = keep = None
+            try:
+                torch.manual_seed(0)
+                step, keep = builder(m, batch, device, v)
+                t0 = time.perf_counter()
+                step()  # first call: compiles, autotunes, allocates
+                sync(device)
+                row["first_step_s"] = time.perf_counter() - t0
+                if interleave:
+                    for _ in range(P["warmup"]):
+                        step()
+                    pending.append((row, step, keep))
+                else:
+                    finish(row, time_steps(step, device, P["warmup"], P["windows"], P["per_window"])[1])
+            except Exception as e:  # noqa: BLE001 -- one failing variant (no compiler, OOM) must not stop the rest
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                log(f"    {v['name']}: {row['error']}")
+            if not interleave:
+                step = keep = None  # noqa: F841
+                if v["compile"]:
+                    torch._dynamo.reset()  # compiled graphs of this variant are not reused by the next
+                _free(device)
+        if pending:
+            times = [[] for _ in pending]
+            for _ in range(P["windows"]):
+                for i, (row, step, _) in enumerate(pending):
+                    times[i].append(time_steps(step, device, 0, 1, P["per_window"])[0])
+            for (row, _, _), t in zip(pending, times):
+                finish(row, t)
+            pending = None
+            _free(device)
+        out["models"].append(res)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 2. input pipeline
+# ----------------------------------------------------------------------------------------------------------------------
+
+def textured_video(seed, w, h, frames):
+    """Camera-like content: a multi-scale random texture panned along a smooth path, a bright shape moving across
+    it, and a little per-frame sensor noise (which sets the residual bitrate). uint8 (T, H, W, 3)."""
+    rng = np.random.default_rng(seed)
+    H2, W2 = h + h // 2, w + w // 2
+    tex = np.zeros((3, H2, W2), np.float32)
+    for cells, amp in ((4, 0.45), (16, 0.25), (64, 0.15), (H2 // 2, 0.3)):
+        g = torch.from_numpy(rng.random((1, 3, cells, max(2, cells * W2 // H2)), dtype=np.float32))
+        tex += amp * F.interpolate(g, size=(H2, W2), mode="bicubic", align_corners=False)[0].numpy()
+    tex = np.clip(tex * 255, 0, 255).transpose(1, 2, 0)
+    t = np.arange(frames) / max(1, frames - 1)
+    ox = ((np.sin(2 * np.pi * (0.3 * t + rng.random())) + 1) / 2 * (W2 - w)).astype(int)
+    oy = ((np.cos(2 * np.pi * (0.2 * t + rng.random())) + 1) / 2 * (H2 - h)).astype(int)
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = np.empty((frames, h, w, 3), np.uint8)
+    r = min(w, h) / 8
+    for i in range(frames):
+        f = tex[oy[i]:oy[i] + h, ox[i]:ox[i] + w].copy()
+        cx, cy = w * (0.1 + 0.8 * t[i]), h * (0.5 + 0.3 * np.sin(4 * np.pi * t[i]))
+        f[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = (230, 200, 60)
+        f += rng.normal(0, 8.0, f.shape).astype(np.float32)  # ~0.8 Mb/s at 340x256, CRF 23: perf.md §4b's files
+        out[i] = np.clip(f, 0, 255).astype(np.uint8)
+    return out
+
+
+def make_videos(P, cache: Path, log):
+    """Encode (once; cached under a versioned name) P['n_videos'] videos per format. Returns {format name: [paths]} and file stats."""
+    out, info = {}, {}
+    for fmt in P["formats"]:
+        paths = []
+        for i in range(P["n_videos"]):
+            tag = f"v2-{fmt.codec}-{fmt.width}x{fmt.height}-{fmt.fps}fps-g{fmt.gop or 'def'}-{P['seconds']}s-{i}{fmt.ext}"
+            p = cache / tag
+            if not p.exists():
+                frames = textured_video(1000 + i, fmt.width, fmt.height, int(P["seconds"] * fmt.fps))
+                opts = {"threads": "1"}
+                if fmt.codec == "libx264":
+                    opts["crf"] = "23"
+                else:
+                    opts["b"] = "500000"  # UCF101's XviD files run at a few hundred kb/s
+                if fmt.gop:
+                    opts["g"] = str(fmt.gop)
+                tmp = p.with_name(p.name + ".tmp" + fmt.ext)
+                data.write_video(tmp, frames, fmt.fps, fmt.codec, opts)
+                os.replace(tmp, p)
+            paths.append(str(p))
+        with av.open(paths[0]) as c:
+            s = c.streams.video[0]
+            keys = [i for i, pk in enumerate(c.demux(s)) if pk.size and pk.is_keyframe]
+        gaps = np.diff(keys) if len(keys) > 1 else np.array([data.probe(paths[0]).num_frames])
+        kbps = os.path.getsize(paths[0]) * 8 / P["seconds"] / 1e3
+        info[fmt.name] = dict(paths=paths, kbps=round(kbps), keyframes=len(keys), max_key_gap=int(gaps.max()),
+                              frames=data.probe(paths[0]).num_frames, note=fmt.note)
+        out[fmt.name] = paths
+        log(f"  {fmt.name}: {len(keys)} keyframes, {kbps:.0f} kb/s")
+    return out, info
+
+
+def _read_clips(path, sampler, rng, canvas, acc):
+    stats = {}
+    t0 = time.perf_counter()
+    data.read_clips(path, sampler, rng, canvas, stats=stats)
+    acc["t"] += time.perf_counter() - t0
+    acc["n"] += 1
+    acc["decoded"] += stats.get("decoded", 0)
+    acc["seeks"] += stats.get("seeks", 0)
+
+
+def _whole_video_pair(path, sampler, rng, acc):
+    """The baseline a first implementation writes: decode the whole video sequentially (rgb24, one thread) and
+    slice the two clips out of the list."""
+    t0 = time.perf_counter()
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        s.thread_count = 1
+        allf = [f.to_ndarray(format="rgb24") for f in c.decode(s)]
+    a, b = sampler(len(allf), 1.0, rng)
+    _ = np.stack([allf[j] for j in a]), np.stack([allf[j] for j in b])
+    acc["t"] += time.perf_counter() - t0
+    acc["n"] += 1
+    acc["decoded"] += len(allf)
+
+
+def decode_rates(P, videos):
+    """In-process, one thread (what one DataLoader worker does), for every format: random clips through
+    read_clips; CVRL pairs through read_clips; the same pairs by whole-video decode. Rounds go over all formats in
+    turn (and pair/whole-video alternate video by video), so load drifts on a shared machine hit every row alike;
+    every format gets the same random clip starts (same seeds, same frame count)."""
+    frames, stride = P["clip"]
+    rounds = max(1, min(P.get("rounds", 3), P["decode_clips"], P["pair_reps"]))
+    zero = lambda: dict(t=0.0, n=0, decoded=0, seeks=0)  # noqa: E731
+    acc = {f.name: dict(clip=zero(), pair=zero(), whole=zero()) for f in P["formats"]}
+    for f in P["formats"]:  # warm the page cache and the libraries
+        data.read_clips(videos[f.name][0], data.RandomClip(frames, stride), np.random.default_rng(0),
+                        (f.height, f.width))
+    for r in range(rounds):
+        for f in P["formats"]:
+            paths, canvas, a = videos[f.name], (f.height, f.width), acc[f.name]
+            rng = np.random.default_rng([r, 0])
+            for i in range(P["decode_clips"] // rounds):
+                _read_clips(paths[i % len(paths)], data.RandomClip(frames, stride), rng, canvas, a["clip"])
+            pair = cvrl.PairSampler(frames, stride, "decreasing", 1.0)
+            rng_p, rng_w = np.random.default_rng([r, 1]), np.random.default_rng([r, 1])  # the same pairs
+            for i in range(P["pair_reps"] // rounds):
+                _read_clips(paths[i % len(paths)], pair, rng_p, canvas, a["pair"])
+                _whole_video_pair(paths[i % len(paths)], pair, rng_w, a["whole"])
+    return acc
+
+
+def loader_rate(paths, sampler, canvas, batch, workers, batches, crop, device, augment=True):
+    """clips/s delivered by data.make_loader (decode in `workers` processes), copied to `device` and, with
+    `augment`, through data.augment there; steady state: the first `workers` batches (worker start-up, prefetch)
+    are not timed."""
+    videos = data.VideoList(paths * 64, [0] * len(paths) * 64, ["x"])
+    ds = data.VideoDataset(videos, sampler, canvas=canvas)
+    loader = data.make_loader(ds, batch, workers, shuffle=True, seed=0)
+    g = torch.Generator().manual_seed(0)
+    it = iter(loader)
+    n_clips, t0 = 0, None
+    try:
+        for i in range(workers + batches):
+            if i == workers:
+                sync(device)
+                t0 = time.perf_counter()
+            b = next(it)
+            v = b["video"].to(device, non_blocking=True)        # (B, K, T, H, W, 3)
+            x = v = v.flatten(0, 1)
+            if augment:
+                x = data.augment(data.to_bcthw(v), crop, data.AugmentConfig(), g)
+            if i >= workers:
+                n_clips += x.shape[0]
+        sync(device)
+        dt = time.perf_counter() - t0
+    finally:
+        del it
+        del loader
+    return dict(clips_per_s=n_clips / dt, batch=batch, workers=workers)
+
+
+def data_wait(paths, P, device, workers, log):
+    """A CVRL training loop as cvrl.py runs it (loader -> two augmentations -> encoder + head -> NT-Xent -> SGD),
+    timing the wait for the next batch against the step. The step synchronises (cvrl.py reads loss.item())."""
+    arch = P["wait_model"]
+    frames, stride = P["clip"]
+    enc = cvrl.build_encoder(arch)
+    model = nn.Sequential(enc, cvrl.ProjectionHead(enc.feature_dim, 2048 if arch == "r3d50" else 512, 128, 3))
+    model = model.to(device)
+    gpu = device.type == "cuda"
+    if gpu:
+        model = model.to(memory_format=torch.channels_last_3d)
+    opt = cvrl.configure_optimizer(model, 0.1)
+    aug1, aug2 = cvrl.augment_configs(cvrl.Config(frames=frames, stride=stride))
+    videos = data.VideoList(paths * 256, [0] * len(paths) * 256, ["x"])
+    probe = data.probe(paths[0])
+    ds = data.VideoDataset(videos, cvrl.PairSampler(frames, stride, "decreasing", 1.0),
+                           canvas=(probe.height, probe.width), min_frames=frames)
+    loader = data.make_loader(ds, P["wait_batch"], workers, shuffle=True, seed=0)
+    it = iter(loader)
+    g = torch.Generator().manual_seed(0)
+    wait = busy = aug = 0.0
+    warm = 2
+    try:
+        t_ready = time.perf_counter()
+        for step in range(warm + P["wait_steps"]):
+            batch = next(it)
+            t_batch = time.perf_counter()
+            video = batch["video"].to(device, non_blocking=True)
+            x1 = data.augment(data.to_bcthw(video[:, 0]), P["wait_crop"], aug1, g)
+            x2 = data.augment(data.to_bcthw(video[:, 1]), P["wait_crop"], aug2, g)
+            x = torch.cat([x1, x2])
+            if gpu:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            sync(device)
+            t_aug = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=gpu):
+                z = model(x)
+                loss = cvrl.nt_xent(z[:x1.shape[0]], z[x1.shape[0]:], 0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss.item()
+            t_done = time.perf_counter()
+            if step >= warm:
+                wait += t_batch - t_ready
+                busy += t_done - t_batch
+                aug += t_aug - t_batch
+            t_ready = t_done
+    finally:
+        del it
+        del loader
+    n = P["wait_steps"]
+    return dict(model=arch + (" bf16 channels_last_3d" if gpu else " fp32"), batch_videos=P["wait_batch"],
+                clips_per_step=2 * P["wait_batch"], crop=P["wait_crop"], workers=workers, steps=n,
+                data_wait=wait / (wait + busy), step_s=(wait + busy) / n, compute_s=busy / n, augment_s=aug / n,
+                clips_per_s=2 * P["wait_batch"] * n / (wait + busy))
+
+
+def bench_pipeline(P, device, workers, cache, log):
+    videos, info = make_videos(P, cache, log)
+    frames, stride = P["clip"]
+    res = dict(clip=f"{frames} frames, stride {stride}", crop=P["crop"], device=str(device), workers_max=workers,
+               loader_batch=P["loader_batch"],
+               formats=[], pairs=[], data_wait=[])
+    acc = decode_rates(P, videos)
+    for fmt in P["formats"]:
+        paths = videos[fmt.name]
+        canvas = (fmt.height, fmt.width)
+        row = dict(format=fmt.name, **{k: v for k, v in info[fmt.name].items() if k != "paths"})
+        c, pr, wh = acc[fmt.name]["clip"], acc[fmt.name]["pair"], acc[fmt.name]["whole"]
+        row.update(decode_clips_per_s_1core=c["n"] / c["t"], frames_decoded_per_clip=c["decoded"] / c["n"],
+                   clips_timed=c["n"])
+        for w in sorted({1, workers}):  # decode only: what the workers deliver
+            r = loader_rate(paths, data.RandomClip(frames, stride), canvas, P["loader_batch"], w, P["loader_batches"],
+                            P["crop"], device, augment=False)
+            row[f"loader_clips_per_s_w{w}"] = r["clips_per_s"]
+        r = loader_rate(paths, data.RandomClip(frames, stride), canvas, P["loader_batch"], workers,
+                        P["loader_batches"], P["crop"], device, augment=True)
+        row["loader_aug_clips_per_s"] = r["clips_per_s"]
+        log(f"  {fmt.name}: {row['decode_clips_per_s_1core']:.1f} clips/s/core decode "
+            f"({row['frames_decoded_per_clip']:.0f} frames/clip); loader "
+            + ", ".join(f"{w} workers {row[f'loader_clips_per_s_w{w}']:.1f}" for w in sorted({1, workers}))
+            + f" clips/s; + augmentation on {device}: {row['loader_aug_clips_per_s']:.1f}")
+        res["formats"].append(row)
+        pair_rate, whole_rate = pr["n"] / pr["t"], wh["n"] / wh["t"]
+        res["pairs"].append(dict(format=fmt.name, pair_videos_per_s=pair_rate, pair_frames_decoded=pr["decoded"] / pr["n"],
+                                 pair_seeks=pr["seeks"] / pr["n"], naive_videos_per_s=whole_rate,
+                                 naive_frames_decoded=wh["decoded"] / wh["n"], speedup=pair_rate / whole_rate,
+                                 videos_timed=pr["n"]))
+        log(f"    CVRL pair: {pair_rate:.1f} videos/s ({pr['decoded'] / pr['n']:.0f} frames) vs whole-video decode "
+            f"{whole_rate:.1f} ({wh['decoded'] / wh['n']:.0f} frames): x{pair_rate / whole_rate:.2f}")
+    h264 = [f for f in P["formats"] if f.codec == "libx264"]
+    # data-wait on the Kinetics-like format at both keyframe spacings (the largest frame size in the preset)
+    big = max(h264, key=lambda f: f.width * f.height)
+    chosen = [f for f in h264 if (f.width, f.height) == (big.width, big.height)][:P["wait_formats"]]
+    for fmt in chosen:
+        r = data_wait(videos[fmt.name], P, device, workers, log)
+        r["format"] = fmt.name
+        res["data_wait"].append(r)
+        log(f"  data wait, {r['model']} on {fmt.name}, {workers} workers: {r['data_wait']:.0%} of the step "
+            f"({r['clips_per_s']:.1f} clips/s); augmentation {r['augment_s'] / r['step_s']:.0%}, model "
+            f"{(r['compute_s'] - r['augment_s']) / r['step_s']:.0%}")
+    return res
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 3. augmentation
+# ----------------------------------------------------------------------------------------------------------------------
+
+def torchvision_loop(video, size):
+    """Per-clip torchvision.transforms.v2: each clip as a (T, C, H, W) tensor, so one draw of parameters is shared
+    by its frames. The same ops as data.AugmentConfig()'s defaults."""
+    from torchvision.transforms import v2
+    tf = v2.Compose([v2.RandomResizedCrop(size, scale=(0.3, 1.0), ratio=(0.5, 2.0), antialias=True),
+                     v2.RandomHorizontalFlip(0.5),
+                     v2.RandomApply([v2.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+                     v2.RandomGrayscale(0.2),
+                     v2.ToDtype(torch.float32, scale=True)])
+    out = [tf(clip.transpose(0, 1)).transpose(0, 1) for clip in video]  # (C, T, H, W) -> (T, C, H, W) and back
+    return torch.stack(out)  # (B, C, T, size, size)
+
+
+def bench_augment(P, devices, log):
+    a = P["augment"]
+    res = dict(batch=f"uint8 ({a['B']}, 3, {a['T']}, {a['H']}, {a['W']}) -> {a['size']}x{a['size']}", rows=[])
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randint(0, 256, (a["B"], 3, a["T"], a["H"], a["W"]), dtype=torch.uint8, generator=gen)
+    for dev in devices:
+        video = base.to(dev)
+        g = torch.Generator().manual_seed(0)
+        ours, _ = time_steps(lambda: data.augment(video, a["size"], data.AugmentConfig(), g), dev, 1, a["windows"], 1)
+        theirs, _ = time_steps(lambda: torchvision_loop(video, a["size"]), dev, 1, a["windows"], 1)
+        row = dict(device=str(dev), augment_s=ours, torchvision_s=theirs, augment_clips_per_s=a["B"] / ours,
+                   torchvision_clips_per_s=a["B"] / theirs, speedup=theirs / ours)
+        res["rows"].append(row)
+        log(f"  {dev}: data.augment {ours * 1e3:.0f} ms/batch ({row['augment_clips_per_s']:.1f} clips/s), "
+            f"torchvision per clip {theirs * 1e3:.0f} ms ({row['torchvision_clips_per_s']:.1f} clips/s): "
+            f"x{row['speedup']:.1f}")
+    return res
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# markdown
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _f(x, fmt="{:.2f}", none="n/a"):
+    return none if x is None else fmt.format(x)
+
+
+def _flops(x):
+    for unit, scale in (("TFLOP/s", 1e12), ("GFLOP/s", 1e9)):
+        if x >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x / 1e6:.3g} MFLOP/s"
+
+
+DATA_TAG = "<!-- bench-data"
+
+
+def _provenance(sec, env):
+    """A section kept from an earlier (--only) run says when and how it was measured."""
+    m = sec.get("measured")
+    if not m or (m["command"], m["date"]) == (env["command"], env["date"]):
+        return []
+    return [f"*(measured {m['date']} by `{m['command']}`, load average {', '.join(map(str, m['load_avg']))})*", ""]
+
+
+def render_run(r, lines):
+    env, P = r["env"], r["preset"]
+    lines += [f"## Preset `{P}` — {env['device']}", "",
+              f"- command: `{env['command']}`",
+              f"- date: {env['date']}; git {env['git'] or 'n/a'}",
+              f"- device: {env['device']}; CPU: {env['cpu']} ({env['cpu_cores']} cores visible, load average "
+              f"{', '.join(map(str, env['load_avg']))} at start)",
+              f"- torch {env['torch']} (cuDNN {env['cudnn'] or 'n/a'}), torchvision {env['torchvision']}, "
+              f"PyAV {env['av']}, Python {env['python']}; {env.get('torch_threads', '?')} torch thread(s) in the "
+              f"main process, 1 in each DataLoader worker", ""]
+    if env["device"].startswith("CPU"):
+        lines += ["> CPU numbers were measured on a shared 2-core VM under load; relative comparisons only. "
+                  "MFU and peak memory are reported on GPUs only.", ""] if env["cpu_cores"] <= 2 else \
+                 ["> CPU run: MFU and peak memory are reported on GPUs only.", ""]
+    if r.get("model"):
+        m = r["model"]
+        how = "CUDA events" if m["peak_flops_bf16"] or env["device"] != "CPU only (no GPU visible)" else "wall clock"
+        lines += ["### 1. Model step", ""] + _provenance(m, env) + [
+                  f"Synthetic inputs already on the device; median of {r['timing']['windows']} windows of "
+                  f"{r['timing']['per_window']} steps after {r['timing']['warmup']} warm-up steps ({how}). Rows "
+                  "after the first two are cumulative, top to bottom, on "
+                  + ("bf16" if m.get("bf16_base", True) else "fp32 (this CPU has no bf16 hardware: see the bf16 row)")
+                  + "; *first step* includes compilation (short when inductor's on-disk cache already holds the "
+                  "graphs from an earlier run). "
+                  + (f"MFU = analytic training FLOPs / time / dense bf16 peak ({m['peak_flops_bf16'] / 1e12:.0f} "
+                     "TFLOP/s), also for the fp32 row." if m["peak_flops_bf16"] else "MFU: n/a (no GPU peak)."), ""]
+        lines += ["FLOP counter (torch.utils.flop_counter on the meta device, MACs = FLOPs / 2) against "
+                  "shared/reference/perf.md:", "", "| model | counted GMAC fwd | perf.md | difference |",
+                  "|---|---|---|---|"]
+        for c in m["flop_check"]:
+            lines.append(f"| {c['model']} | {c['gmac_counted']:.2f} | {c['gmac_perf_md']:.2f} | {c['rel_diff']:+.1%} |")
+        lines.append("")
+        for mod in m["models"]:
+            lines += [f"**{mod['name']}** — {mod['fwd_gmac_per_clip']:.3f} GMAC fwd per clip, "
+                      f"{mod['train_gflop_per_clip']:.2f} GFLOP per clip trained "
+                      f"({'fwd+bwd = 3 fwd' if mod['kind'] == 'cvrl' else 'student 3 fwd + teacher 1 fwd'}), batch "
+                      f"{mod['batch_clips']} clips ({mod['batch_source']})", "",
+                      "| variant | steps/s | clips/s | achieved | MFU | peak memory | first step |",
+                      "|---|---|---|---|---|---|---|"]
+            for row in mod["rows"]:
+                if "skipped" in row or "error" in row:
+                    lines.append(f"| {row['variant']} | {row.get('skipped') or 'error: ' + row['error']} | | | | | |")
+                    continue
+                lines.append(f"| {row['variant']} | {row['steps_per_s']:.3f} | {row['clips_per_s']:.2f} | "
+                             f"{_flops(row['tflops'] * 1e12)} | {_f(row['mfu'], '{:.1%}')} | "
+                             f"{_f(row['peak_mem_gb'], '{:.1f} GB')} | {row['first_step_s']:.1f} s |")
+            lines.append("")
+    if r.get("pipeline"):
+        p = r["pipeline"]
+        ws = sorted({1, p["workers_max"]})
+        lines += ["### 2. Input pipeline", ""] + _provenance(p, env) + [
+                  f"Videos encoded by this script (textured pan + moving shape + sensor noise), clip = {p['clip']}, "
+                  f"decoded at full size. *decode* = read_clips in one process, one thread (what one DataLoader "
+                  f"worker does). *loader* = batches of {p.get('loader_batch', '?')} clips out of data.make_loader, "
+                  f"steady state; *+ augment* = the same with {p['workers_max']} workers, then data.augment to "
+                  f"{p['crop']}x{p['crop']} on {p['device']}"
+                  + (" (on a CPU-only machine the augmentation runs on the cores the workers decode on)."
+                     if p["device"] == "cpu" else "."), "",
+                  "| video | kb/s | keyframes (max gap) | decode clips/s/core | frames decoded per clip | "
+                  + " | ".join(f"loader clips/s, {w} worker{'s' * (w > 1)}" for w in ws) + " | + augment clips/s |",
+                  "|---|---|---|---|---|" + "---|" * (len(ws) + 1)]
+        for row in p["formats"]:
+            lines.append(f"| {row['format']}{' (' + row['note'] + ')' if row.get('note') else ''} | {row['kbps']} | "
+                         f"{row['keyframes']} ({row['max_key_gap']}) | {row['decode_clips_per_s_1core']:.1f} | "
+                         f"{row['frames_decoded_per_clip']:.0f} | "
+                         + " | ".join(f"{row[f'loader_clips_per_s_w{w}']:.1f}" for w in ws)
+                         + f" | {row.get('loader_aug_clips_per_s', float('nan')):.1f} |")
+        lines += ["", "CVRL's two clips per video: cvrl.PairSampler through read_clips (one open; clips closer than "
+                  "1 s share a seek) against decoding the whole video sequentially with PyAV (rgb24) and slicing "
+                  "two clips. One process, one thread.", "",
+                  "| video | PairSampler videos/s | frames decoded | seeks | whole-video videos/s | frames decoded | "
+                  "speed-up |", "|---|---|---|---|---|---|---|"]
+        for row in p["pairs"]:
+            lines.append(f"| {row['format']} | {row['pair_videos_per_s']:.1f} | {row['pair_frames_decoded']:.0f} | "
+                         f"{row['pair_seeks']:.1f} | {row['naive_videos_per_s']:.1f} | "
+                         f"{row['naive_frames_decoded']:.0f} | x{row['speedup']:.2f} |")
+        redo = [row["format"] for row in p["pairs"] if row["pair_frames_decoded"] >= 0.8 * row["naive_frames_decoded"]]
+        if redo:
+            lines += ["", f"Note ({', '.join(redo)}): with a long keyframe interval two clips more than 1 s apart "
+                      "each seek to the same keyframe (read_clips splits the wanted frames into runs at gaps > 1 s "
+                      "and seeks per run), so the stretch before the first clip is decoded twice and pair sampling "
+                      "decodes about as many frames as the whole video; it still wins by converting only the kept "
+                      "frames to RGB. Re-encoding with `python data.py reencode` removes the problem."]
+        lines += ["", "Data wait in a real CVRL training loop (loader -> 2 augmentations -> encoder + head -> NT-Xent "
+                  "-> SGD, synchronised each step as cvrl.py is):", "",
+                  "| video | model | videos/step | workers | step | of which: waiting for data | augmentation "
+                  "(2 views) | model step | clips/s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for row in p["data_wait"]:
+            aug = row.get("augment_s", 0.0)
+            lines.append(f"| {row['format']} | {row['model']} @ {row['crop']} | {row['batch_videos']} | "
+                         f"{row['workers']} | {row['step_s'] * 1e3:.0f} ms | **{row['data_wait']:.0%}** | "
+                         f"{aug / row['step_s']:.0%} | {(row['compute_s'] - aug) / row['step_s']:.0%} | "
+                         f"{row['clips_per_s']:.1f} |")
+        lines.append("")
+    if r.get("augment"):
+        a = r["augment"]
+        lines += ["### 3. Augmentation", ""] + _provenance(a, env) + [
+                  f"{a['batch']}: random resized crop (area 0.3-1, aspect 0.5-2), flip, colour jitter (p 0.8, "
+                  "random order), grayscale (p 0.2). data.augment draws parameters per clip in one batched pass; "
+                  "the baseline loops over clips with torchvision.transforms.v2 on each (T, C, H, W) clip.", "",
+                  "| device | data.augment | clips/s | torchvision per-clip loop | clips/s | speed-up |",
+                  "|---|---|---|---|---|---|"]
+        for row in a["rows"]:
+            lines.append(f"| {row['device']} | {row['augment_s'] * 1e3:.0f} ms | {row['augment_clips_per_s']:.1f} | "
+                         f"{row['torchvision_s'] * 1e3:.0f} ms | {row['torchvision_clips_per_s']:.1f} | "
+                         f"x{row['speedup']:.1f} |")
+        lines.append("")
+
+
+def render_pending(lines):
+    lines += ["## Preset `gpu` — " + PENDING, "",
+              "Command: `python scripts/bench.py --preset gpu` (one GPU; CVRL R3D-50 16x224 and LSS ViT-B/16 8x224 at "
+              "the largest batch that fits, 224 crops, all CPU cores as decode workers).", "",
+              "| section | row | result |", "|---|---|---|"]
+    for model in ("CVRL R3D-50 16x224", "LSS ViT-B/16 8x224"):
+        for v in variants("cvrl" if model.startswith("CVRL") else "lss", True, True):
+            lines.append(f"| 1. model step | {model}, {v['name']}: steps/s, clips/s, MFU, peak memory | {PENDING} |")
+    lines += [f"| 2. input pipeline | loader clips/s with GPU augmentation, per worker and at all cores | {PENDING} |",
+              f"| 2. input pipeline | data-wait fraction, CVRL R3D-50 bf16 fed by the loader | {PENDING} |",
+              f"| 3. augmentation | data.augment vs torchvision per-clip loop on the GPU | {PENDING} |", ""]
+
+
+def write_markdown(path, runs):
+    lines = ["# Benchmarks", "",
+             "Generated by `scripts/bench.py` — do not edit by hand. Regenerate with `python scripts/bench.py` "
+             "(CPU preset) or `python scripts/bench.py --preset gpu`; each run replaces its own preset's section and "
+             "keeps the others (their data sit in a comment at the end of this file). What is measured and how: "
+             "the docstring of scripts/bench.py. Targets and published numbers: shared/reference/perf.md.", ""]
+    order = [p for p in ("gpu", "cpu", "smoke") if p in runs] + [p for p in runs if p not in ("gpu", "cpu", "smoke")]
+    if "gpu" not in runs:
+        render_pending(lines)
+    for p in order:
+        render_run(runs[p], lines)
+    lines += [f"{DATA_TAG}\n{json.dumps(runs, separators=(',', ':'))}\n-->", ""]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines))
+
+
+def previous_runs(path):
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return {}
+    i = text.rfind(DATA_TAG)
+    if i < 0:
+        return {}
+    try:
+        return json.loads(text[i + len(DATA_TAG):].strip().removesuffix("-->").strip())
+    except json.JSONDecodeError:
+        return {}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=list(PRESETS), default=None,
+                    help="shapes and repetitions (default: gpu when a GPU is visible, else cpu)")
+    ap.add_argument("--only", action="append", choices=["model", "pipeline", "augment"],
+                    help="run only this section (repeatable); default all three")
+    ap.add_argument("--out-md", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--out-json", default=str(ROOT / "results" / "bench.json"))
+    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                    help="DataLoader workers for the 'all workers' rows (default: the visible CPU cores)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads in this process (default: torch's, one per core). On a shared, "
+                         "loaded machine use 1: OpenMP threads that wait for a descheduled sibling at every barrier "
+                         "can make a 2-thread step several times slower than a 1-thread one")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    ap.add_argument("--video-cache", default=None,
+                    help="where the encoded test videos are kept (default: results/cache/bench-videos)")
+    a = ap.parse_args(argv)
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    preset = a.preset or ("gpu" if device.type == "cuda" else "cpu")
+    P = dict(PRESETS[preset])
+    if a.no_compile:
+        P["compile"] = False
+    sections = a.only or ["model", "pipeline", "augment"]
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    env = environment(device)
+    log(f"bench: preset {preset}, device {env['device']}, CPU {env['cpu']} x{env['cpu_cores']}, torch {env['torch']}")
+    run = dict(preset=preset, env=env, timing=dict(warmup=P["warmup"], windows=P["windows"], per_window=P["per_window"]))
+    t_all = time.perf_counter()
+    if "model" in sections:
+        log("1. model step")
+        t0 = time.perf_counter()
+        run["model"] = bench_models(P, device, log)
+        run["model"]["seconds"] = time.perf_counter() - t0
+        log(f"   (model: {run['model']['seconds']:.0f} s)")
+    if "pipeline" in sections:
+        log("2. input pipeline")
+        cache = Path(a.video_cache) if a.video_cache else ROOT / "results" / "cache" / "bench-videos"
+        cache.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        run["pipeline"] = bench_pipeline(P, device, max(1, a.workers), cache, log)
+        run["pipeline"]["seconds"] = time.perf_counter() - t0
+        log(f"   (pipeline: {run['pipeline']['seconds']:.0f} s)")
+    if "augment" in sections:
+        log("3. augmentation")
+        t0 = time.perf_counter()
+        run["augment"] = bench_augment(P, [torch.device("cpu")] + ([device] if device.type == "cuda" else []), log)
+        run["augment"]["seconds"] = time.perf_counter() - t0
+        log(f"   (augment: {run['augment']['seconds']:.0f} s)")
+    for sec in sections:
+        run[sec]["measured"] = dict(date=env["date"], command=env["command"], load_avg=env["load_avg"])
+    run["total_s"] = time.perf_counter() - t_all
+    Path(a.out_json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out_json).write_text(json.dumps(run, indent=1))
+    runs = previous_runs(a.out_md)
+    if a.only and preset in runs:  # a partial run keeps the sections it did not redo
+        run = {**runs[preset], **{k: v for k, v in run.items() if k in sections or k in ("env", "timing", "total_s")}}
+    runs[preset] = run
+    write_markdown(a.out_md, runs)
+    log(f"wrote {a.out_json} and {a.out_md} in {run['total_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""scripts/bench.py (smoke run, FLOP counter) and `python data.py reencode`. No timing assertions: the numbers
+depend on the machine and its load; only structure and exact counts are checked."""
+import json
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import cvrl
+import data
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import bench  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------------------- bench.py
+
+def test_bench_smoke_writes_json_and_markdown(tmp_path):
+    md, js = tmp_path / "B.md", tmp_path / "b.json"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--preset", "smoke", "--out-md", str(md),
+                        "--out-json", str(js), "--workers", "2", "--video-cache", str(tmp_path / "videos")],
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = json.loads(js.read_text())
+    assert run["preset"] == "smoke"
+    assert {"model", "pipeline", "augment"} <= set(run)
+    # 1. every model has every variant, each measured, skipped or with its error recorded
+    assert [m["kind"] for m in run["model"]["models"]] == ["cvrl", "lss"]
+    for m in run["model"]["models"]:
+        names = [row["variant"] for row in m["rows"]]
+        assert names[:2] == ["fp32", "bf16 autocast"] and any(" + fused " in n for n in names)
+        assert any("channels_last_3d" in n for n in names) == (m["kind"] == "cvrl")
+        for row in m["rows"]:
+            assert "skipped" in row or "error" in row or row["clips_per_s"] > 0
+        assert m["rows"][0]["clips_per_s"] > 0  # fp32 always runs
+        if not torch.cuda.is_available():
+            assert all(row.get("mfu") is None for row in m["rows"])  # no MFU without a GPU peak
+    assert abs(run["model"]["flop_check"][0]["rel_diff"]) < 0.03
+    # 2. every format measured; decoded frames per clip come from read_clips' stats
+    p = run["pipeline"]
+    assert len(p["formats"]) == 3 and all(f["frames_decoded_per_clip"] >= 8 for f in p["formats"])
+    assert all(x["speedup"] > 0 for x in p["pairs"]) and 0 <= p["data_wait"][0]["data_wait"] <= 1
+    assert run["augment"]["rows"][0]["speedup"] > 0
+    # markdown: generated, honest about the missing GPU, carries its data for the next run to merge
+    text = md.read_text()
+    assert "# Benchmarks" in text and "python scripts/bench.py --preset gpu" in text
+    if not torch.cuda.is_available():
+        assert bench.PENDING in text
+    assert bench.previous_runs(md)["smoke"]["preset"] == "smoke"
+
+
+def test_markdown_keeps_other_presets(tmp_path):
+    md = tmp_path / "B.md"
+    env = dict(date="d", command="c", device="CPU only (no GPU visible)", cpu="x", cpu_cores=2, load_avg=[0.0],
+               torch="t", torchvision="tv", av="a", cudnn=None, cuda=None, git="", python="3")
+    bench.write_markdown(md, {"cpu": dict(preset="cpu", env=env, timing={})})
+    runs = bench.previous_runs(md)
+    runs["gpu"] = dict(preset="gpu", env={**env, "device": "NVIDIA H100 80GB HBM3"}, timing={})
+    bench.write_markdown(md, runs)
+    text = md.read_text()
+    assert "## Preset `cpu`" in text and "## Preset `gpu` — NVIDIA H100" in text and bench.PENDING not in text
+
+
+def test_flop_counter_single_conv_is_exactly_two_flops_per_mac():
+    conv = lambda: nn.Conv3d(3, 64, (5, 7, 7), stride=(2, 2, 2), padding=(2, 3, 3), bias=False)  # noqa: E731
+    macs = bench.count_macs(conv, (1, 3, 16, 32, 32))
+    assert macs == 64 * (8 * 16 * 16) * (3 * 5 * 7 * 7)  # Cout x output positions x (Cin x kernel volume)
+    lin = bench.count_macs(lambda: nn.Linear(768, 3072), (4, 197, 768))
+    assert lin == 4 * 197 * 768 * 3072
+
+
+def test_flop_counter_matches_analytic_r3d50():
+    # perf.md §1: R3D-50 (CVRL), 16x224^2 -> 45.52 GMAC forward (convs only; BN, ReLU, pooling not counted)
+    macs = bench.count_macs(lambda: cvrl.build_encoder("r3d50"), (1, 3, 16, 224, 224))
+    assert macs / 1e9 == pytest.approx(45.5, rel=0.03)
+    # and the training FLOPs convention: 3 x forward x 2 FLOPs per MAC
+    m = dict(kind="cvrl")
+    assert bench.train_flops_per_clip(m, macs) == 6 * macs
+
+
+def test_flop_counter_counts_attention_on_meta():
+    # On the meta device SDPA decomposes into bmm, so the attention matmuls are counted (CPU's fused SDPA kernel is
+    # not). One divided space-time block, T=1 frame, width 64, 1 head, 16 px patches: every MAC written out.
+    from lss import VideoViT
+    for size in (32, 64):
+        N = (size // 16) ** 2  # patches; spatial attention sees L = N + 1 tokens (with the CLS)
+        L = N + 1
+        D = 64
+        expected = (N * 3 * 16 * 16 * D                      # patchify conv
+                    + N * (3 * D * D + D * D + D * D)        # temporal qkv, out_proj, temporal_fc (patches only)
+                    + N * 2 * 1 * 1 * D                      # temporal attention over T = 1 (QK^T and AV)
+                    + L * (3 * D * D + D * D)                # spatial qkv, out_proj
+                    + 2 * L * L * D                          # spatial attention QK^T and AV
+                    + L * 2 * D * 4 * D                      # MLP
+                    + D * 32)                                # proj of the (frame-averaged) CLS
+        got = bench.count_macs(lambda: VideoViT(size, 16, D, 1, 1, 32, num_frames=1), (1, 1, 3, size, size))
+        assert got == expected
+
+
+# ----------------------------------------------------------------------------------------------------- reencode
+
+def _moving(n, h, w, seed=0):
+    """Smooth content moving over time (realistic GOP structure, unlike per-pixel noise)."""
+    rng = np.random.default_rng(seed)
+    base = np.kron(rng.integers(0, 255, (h // 8 + 2, w // 8 + 2, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    return np.stack([np.roll(base, i, axis=1)[:h, :w] for i in range(n)])
+
+
+def _keyframe_packets(path):
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return [i for i, p in enumerate(c.demux(s)) if p.size and p.is_keyframe]
+
+
+@pytest.fixture
+def source_tree(tmp_path):
+    src = tmp_path / "src"
+    (src / "ClassA").mkdir(parents=True)
+    (src / "ClassB").mkdir(parents=True)
+    frames = _moving(90, 96, 128)
+    data.write_video(src / "ClassA" / "v_a.mp4", frames, 30, options={"crf": "23"})  # x264 default keyint 250
+    data.write_video(src / "ClassA" / "v_b.avi", frames[:75], 25, codec="mpeg4", options={"g": "300"})
+    data.write_video(src / "ClassB" / "v_c.webm", frames[:40], 20, codec="libvpx-vp9")
+    (src / "ClassB" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
+    (src / "trainlist01.txt").write_text("ClassA/v_a.mp4 1\n")
+    return src
+
+
+def test_reencode_cli(tmp_path, source_tree):
+    dst = tmp_path / "dst"
+    before = {p: p.read_bytes() for p in source_tree.rglob("*") if p.is_file()}
+    cmd = [sys.executable, str(ROOT / "data.py"), "reencode", "--src", str(source_tree), "--dst", str(dst),
+           "--short-side", "64", "--gop", "8", "--workers", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr  # one unreadable input -> status 1, listed with its path
+    assert "3 re-encoded" in r.stdout and "1 unreadable" in r.stdout
+    assert "BROKEN" in r.stdout and "broken.mp4" in r.stdout
+    # the source is untouched; names and layout are kept; split files are copied
+    assert {p: p.read_bytes() for p in source_tree.rglob("*") if p.is_file()} == before
+    assert (dst / "trainlist01.txt").read_text() == "ClassA/v_a.mp4 1\n"
+    assert not (dst / "ClassB" / "broken.mp4").exists()
+    for name, n_src in [("ClassA/v_a.mp4", 90), ("ClassA/v_b.avi", 75), ("ClassB/v_c.webm", 40)]:
+        out, src = dst / name, source_tree / name
+        info, src_info = data.probe(out), data.probe(src)
+        assert min(info.width, info.height) == 64 and info.width % 2 == 0  # 128x96 -> 86x64 (even)
+        assert info.width == 86
+        assert info.num_frames == n_src  # every frame kept
+        assert info.fps == pytest.approx(src_info.fps)
+        with av.open(str(out)) as c:
+            assert c.streams.video[0].codec_context.name == "h264" and not c.streams.audio
+            assert c.streams.video[0].codec_context.pix_fmt == "yuv420p"
+        keys = _keyframe_packets(out)
+        assert keys[0] == 0 and max(np.diff(keys + [n_src])) <= 8  # a keyframe at least every --gop frames
+        # read_frames works and finds the right frames (the content moves one pixel per frame to the left)
+        clip = data.read_frames(out, [0, n_src // 2, n_src - 1])
+        ref = data.read_frames(src, [0, n_src // 2, n_src - 1], size=(64, 86))
+        assert clip.shape == (3, 64, 86, 3)
+        assert (clip.float() - ref.float()).abs().mean() < 12  # same frames, up to scaling and re-encoding
+    # the source's long GOP is gone: a seek in the middle now decodes at most a GOP
+    stats = {}
+    data.read_frames(dst / "ClassA" / "v_a.mp4", [60], stats=stats)
+    assert stats["decoded"] <= 8 + 2
+    # resumable: a second run keeps the finished outputs
+    mtimes = {p: p.stat().st_mtime_ns for p in dst.rglob("*.*")}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert "0 re-encoded, 3 already done" in r.stdout, r.stdout + r.stderr
+    assert {p: p.stat().st_mtime_ns for p in dst.rglob("*.*")} == mtimes
+
+
+def test_reencode_redoes_a_broken_output_and_refuses_dst_inside_src(tmp_path, source_tree):
+    dst = tmp_path / "dst"
+    (dst / "ClassA").mkdir(parents=True)
+    (dst / "ClassA" / "v_a.mp4").write_bytes(b"half-written")  # e.g. a copy that was interrupted
+    res = data.reencode_dataset(source_tree, dst, short_side=64, gop=8, workers=1, progress=False)
+    assert str(source_tree / "ClassA" / "v_a.mp4") in res["ok"]
+    assert data.probe(dst / "ClassA" / "v_a.mp4").num_frames == 90
+    assert [p.endswith("broken.mp4") for p in res["failed"]] == [True]
+    assert not list(dst.rglob(".*partial"))  # no temporary files left behind
+    with pytest.raises(data.DatasetError, match="outside"):
+        data.reencode_dataset(source_tree, source_tree / "out", workers=1, progress=False)
+    with pytest.raises(data.DatasetError, match="outside"):
+        data.reencode_dataset(source_tree, source_tree, workers=1, progress=False)
+
+
+def test_reencode_video_keeps_size_when_asked(tmp_path, source_tree):
+    out = tmp_path / "same.mp4"
+    r = data.reencode_video(source_tree / "ClassA" / "v_a.mp4", out, short_side=None, gop=16)
+    assert (r["width"], r["height"], r["frames"]) == (128, 96, 90)
+    with pytest.raises(data.VideoError):
+        data.reencode_video(source_tree / "ClassB" / "broken.mp4", tmp_path / "b.mp4")
+    assert not (tmp_path / "b.mp4").exists()
+
+
+def test_reencode_bakes_a_display_rotation_into_the_pixels(tmp_path):
+    """A phone video stored sideways with a display matrix (as in test_reliability): the output has no rotation and
+    read_frames gives the same upright frames from it as from the source."""
+    import struct
+    stored = tmp_path / "stored.mp4"
+    data.write_video(stored, _moving(30, 96, 64), 25, options={"crf": "18"})
+    b = bytearray(stored.read_bytes())
+    i = b.find(b"tkhd")
+    off = i + 4 + 4 + (20 if b[i + 4] == 0 else 32) + 8 + 8  # the 3x3 matrix of a version 0/1 tkhd box
+    b[off:off + 36] = struct.pack(">9i", 0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)  # display: 90° clockwise
+    phone = tmp_path / "phone.mp4"
+    phone.write_bytes(bytes(b))
+    assert data.probe(phone).rotation != 0
+    out = tmp_path / "out.mp4"
+    r = data.reencode_video(phone, out, short_side=None, gop=8, crf=18)
+    info = data.probe(out)
+    assert info.rotation == 0 and (info.width, info.height) == (96, 64) == (r["width"], r["height"])
+    got, ref = data.read_frames(out, [0, 29]).float(), data.read_frames(phone, [0, 29]).float()
+    assert got.shape == ref.shape and (got - ref).abs().mean() < 6
