@@ -24,27 +24,75 @@ Each such place says so in a comment.
 Layout: tokenizer -> CLIP (plain PyTorch, OpenAI state-dict layout) -> video ViT -> concept spaces -> losses ->
 training. Tensor layout at the video model's boundary is (B, T, C, H, W), CLIP-normalised floats.
 
+Training, as reconstructed (sections below the "config" banner): every video gives 2 global views (the whole
+window, 8 frames, 224 px) and L local views (short windows, fewer frames, 96 px); the EMA teacher embeds the
+globals, the student all views, one backbone pass per view shape; both project onto the frozen concept vectors;
+L = L_CD + lambda_ca L_CA + lambda_up L_UP; AdamW with SVT's lr/weight-decay/momentum schedules. The checkpoint's
+"backbone" is the TEACHER (SVT evaluates the teacher); it also carries the student, optimizer, centre and the text
+tower, so a run resumes exactly and zero-shot evaluation can embed any dataset's class names later.
+
 Commands
-(to be filled in when the training section lands: CPU smoke run on synthetic videos, single GPU, torchrun.)
+    # CPU, no flags: a tiny CLIP from RANDOM weights (both towers) on the built-in synthetic videos, generated once
+    # into ~/.cache/nanovideossl; prints zero-shot top-1 on their test split before and after training
+    python lss.py
+    python eval_linear.py --ckpt runs/lss/checkpoint.pt                 # linear probe of the teacher (CLS feature)
+    python eval_linear.py --ckpt runs/lss/checkpoint.pt --random-init   # baseline: same network, random weights
+    python lss.py zero-shot --ckpt runs/lss/checkpoint.pt --json runs/lss/zero_shot.json
+    # the same on 2 CPU processes (gloo) or N GPUs (NCCL)
+    torchrun --standalone --nproc_per_node=2 lss.py --out runs/lss_ddp
+
+    # the paper's setting (reconstructed): OpenAI CLIP ViT-B/16 weights (a local file; nothing is downloaded),
+    # SVT's views and schedule, Kinetics-400 without labels, 4 GPUs x 8 videos
+    VIEWS="--size 224 --local-size 96 --canvas 256 320 --frames 8 --stride 32 --local-views 8 --local-frames 8 \
+           --local-stride 4"
+    torchrun --standalone --nproc_per_node=4 lss.py --init clip --clip ViT-B-16.pt $VIEWS \
+        --dataset kinetics --data K400/ --annotations K400/annotations/ --epochs 20 --warmup-epochs 10 \
+        --batch-size 8 --lr 5e-4 --momentum-teacher 0.996 --test-clips 1 --workers 8 --out runs/lss_k400
+    # transfer zero-shot (category space = K400 class names in training; UCF101 / HMDB51 class names at test)
+    python lss.py zero-shot --ckpt runs/lss_k400/checkpoint.pt --dataset ucf101 --data UCF-101/ \
+        --annotations ucfTrainTestlist/ --fold 1 --test-clips 1 --json runs/lss_k400/zs_ucf101.json
+    python lss.py zero-shot --ckpt runs/lss_k400/checkpoint.pt --dataset hmdb51 --data hmdb51/ \
+        --annotations testTrainMulti_7030_splits/ --fold 1 --test-clips 1 --json runs/lss_k400/zs_hmdb51.json
+    # transductive: train on the target's unlabeled training videos with its own class names, test on its test split
+    torchrun --standalone --nproc_per_node=4 lss.py --init clip --clip ViT-B-16.pt $VIEWS --stride 16 \
+        --dataset ucf101 --data UCF-101/ --annotations ucfTrainTestlist/ --fold 1 --epochs 20 --warmup-epochs 10 \
+        --batch-size 8 --lr 5e-4 --momentum-teacher 0.996 --test-clips 1 --out runs/lss_ucf101
+    python lss.py zero-shot --ckpt runs/lss_ucf101/checkpoint.pt --test-clips 1   # the checkpoint's own dataset
+    # baseline: frozen image CLIP, features averaged over the frames (= lss.py's network at step 0)
+    python lss.py zero-shot --clip ViT-B-16.pt --dataset ucf101 --data UCF-101/ --annotations ucfTrainTestlist/ \
+        --frames 8 --stride 8 --test-clips 1
+    # linear probes (SVT evaluates 8 x 32 frames, 3 crops)
+    python eval_linear.py --ckpt runs/lss_k400/checkpoint.pt --dataset ucf101 --data UCF-101/ \
+        --annotations ucfTrainTestlist/ --frames 8 --stride 8 --size 224 --canvas 256 320 --test-clips 10 --crops 3
 """
 
+import copy
 import gzip
+import hashlib
 import html
 import importlib.util
+import json
 import math
 import os
+import sys
+import time
 import unicodedata
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
+from pathlib import Path
 
+import numpy as np
 import regex
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from tqdm import tqdm
+
+import data
 
 try:  # ftfy repairs mojibake ("cafÃ©" -> "café") before tokenizing; OpenAI's tokenizer always runs it
     import ftfy
@@ -696,5 +744,896 @@ def ema_update(teacher, student, m):
         tb.copy_(sb)
 
 
-# ----------------------------------------------------------------------------- training (to be written)
-# data pipeline, teacher/student loop, checkpointing and the command line follow here.
+# ----------------------------------------------------------------------------- config
+# Defaults are a CPU-sized run from RANDOM weights on the built-in synthetic videos (`python lss.py`: a few minutes
+# on 2 cores): a tiny CLIP (ViT width 128, 4 blocks, patch 8, 48 px; text width 64, 2 blocks) is built from the
+# flags below and both of its towers start random. The paper's setting (OpenAI CLIP ViT-B/16 weights, Kinetics-400,
+# 224 px, SVT's views and schedule) is a command line in the module docstring. "(SVT: x)" marks SVT's value where
+# ours differs; LSS's own values are unknown (lss.md section 5).
+
+@dataclass
+class Config:
+    # data
+    dataset: str = "synthetic"      # synthetic | folder | ucf101 | hmdb51 | kinetics
+    data: str | None = None         # dataset root (videos); synthetic: generated once into the cache if not given
+    annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
+    fold: int = 1                   # UCF101/HMDB51 split number (1-3)
+    data_fraction: float = 1.0      # use this class-stratified fraction of the training videos
+    nuisance: float = 0.0           # synthetic only: appearance nuisance 0..1 (texture, colour, distractor, pan)
+    canvas: tuple = (64, 64)        # decode size (H, W): frames are scaled to cover it, then centre-cropped
+    # views: SVT's multi-view recipe (lss.md section 4; see MultiViewSampler)
+    frames: int = 8                 # frames decoded per view; a global view uses all of them (SVT: 8)
+    stride: int = 4                 # frames between a global view's frames (SVT: 32, an 8.5 s window at 30 fps)
+    local_views: int = 4            # local views per video (SVT: 8)
+    local_frames: int = 4           # frames per local view, subsampled on the device from --frames (SVT: 8)
+    local_stride: int = 1           # frames between a local view's decoded frames (SVT: a window 1/8 of the global one)
+    size: int = 48                  # global view side in pixels, a multiple of the patch size (SVT: 224)
+    local_size: int = 24            # local view side, a multiple of the patch size (SVT: 96)
+    global_area: tuple = (0.4, 1.0)  # random resized crop area range of the global views (SVT/DINO: 0.4-1)
+    local_area: tuple = (0.05, 0.4)  # random resized crop area range of the local views (SVT/DINO: 0.05-0.4)
+    # model
+    init: str = "random"            # random (a CLIP built from the flags below) | clip (the weights in --clip)
+    clip: str | None = None         # OpenAI-layout CLIP weights (state dict or OpenAI's JIT .pt); needed by --init clip
+    width: int = 96                 # --init random: ViT width; heads = width // 64 (at least 1), as OpenAI (ViT-B: 768)
+    layers: int = 3                 # --init random: ViT blocks (ViT-B: 12)
+    patch: int = 8                  # --init random: patch side in pixels (ViT-B/16: 16)
+    embed_dim: int = 64             # --init random: joint image-text space (ViT-B/16: 512)
+    text_width: int = 64            # --init random: text transformer width (ViT-B/16: 512)
+    text_layers: int = 2            # --init random: text transformer blocks (ViT-B/16: 12)
+    cls_mode: str = "per_frame"     # per_frame (a CLS token per frame; step 0 = frame-averaged CLIP) | shared (SVT's)
+    drop_path: float = 0.1          # stochastic depth of the student (SVT: 0.1); the teacher has none
+    probe_feature: str = "cls"      # feature eval_linear.py sees: cls (ln_post CLS, width-d, as SVT) | proj (embed_dim)
+    # concept spaces (lss.md sections 3.1-3.3)
+    concepts: str = "dataset"       # category space: dataset (its class names) | union (all label sets) | descriptions
+    templates: str = "kinetics"     # prompts per class name: kinetics (CLIP's 28 Kinetics prompts) | single
+    desc_template: str = "{desc}"   # text embedded per description; may use {cls} and {desc}
+    bpe: str | None = None          # CLIP's BPE vocabulary file (default: the copy inside the open_clip package)
+    # losses (lss.md section 3.5; all reconstructions)
+    lambda_ca: float = 1.0          # weight of concept alignment L_CA (0 = off)
+    lambda_up: float = 1.0          # weight of the uniform prior L_UP (0 = off)
+    ca_target: str = "class"        # class (student's description mass summed per class) | description
+    up_scope: str = "global"        # global (p-bar over the batch of all processes) | local (per process)
+    tau_s: float = 0.0              # student temperature; 0 = auto: 0.01 with --init clip, 0.1 with --init random
+    tau_t: float = 0.0              # teacher temperature; 0 = auto: 0.004 with --init clip, 0.04 with --init random
+    tau_t_warmup: float = 0.0       # teacher temperature at step 0, linear to --tau-t over the next flag (0 = off)
+    tau_t_warmup_epochs: float = 0.0  # length of that warmup (DINO: 30 epochs from 0.04; SVT: none)
+    center_momentum: float = 0.9    # EMA momentum of the teacher centre (DINO/SVT: 0.9; 1 = no centring)
+    # optimisation
+    epochs: int = 15                # passes over the training videos (SVT: 20 on Kinetics-400)
+    batch_size: int = 32            # videos per process per step; global batch = batch_size x processes (SVT: 8 x 4)
+    lr: float = 4e-3                # AdamW peak lr at a global batch of 256 videos, scaled linearly (SVT: 5e-4)
+    min_lr: float = 1e-6            # lr at the end of the cosine (SVT: 1e-6)
+    warmup_epochs: float = 1.0      # linear lr warmup from 0 (SVT: 10 of 20 epochs)
+    weight_decay: float = 0.04      # start of the cosine weight-decay schedule; none on biases/1-d params (SVT: 0.04)
+    weight_decay_end: float = 0.4   # end of that schedule (SVT: 0.4)
+    momentum_teacher: float = 0.996  # teacher EMA momentum at step 0, cosine to 1 (SVT; DINO: higher for small batches)
+    clip_grad: float = 3.0          # per-parameter gradient-norm clip, as DINO/SVT (0 = off)
+    # machinery
+    device: str = "auto"            # auto | cpu | cuda
+    workers: int = 2                # DataLoader worker processes per process (decode on the CPU)
+    amp: str = "auto"               # auto (bf16 on GPU, off on CPU) | bf16 | off
+    seed: int = 0
+    out: str = "runs/lss"           # output dir: checkpoint.pt, config.json, log.jsonl, concepts-*.pt, skipped.txt
+    log_every: int = 10             # steps between log lines
+    max_steps: int = 0              # stop after this many steps in total (0 = no limit; for tests and quick looks)
+    zero_shot_eval: bool = True     # zero-shot top-1 on the dataset's test split with its class names, at start and end
+    test_clips: int = 4             # zero-shot: uniformly spaced clips per test video (1 centre crop each)
+
+
+# Changing these between a checkpoint and a resume would load weights into a different network or change the
+# concept space under the centre: refused. (The CLIP architecture itself is checked separately, "clip_arch".)
+ARCH_KEYS = ("init", "width", "layers", "patch", "embed_dim", "text_width", "text_layers", "frames", "cls_mode",
+             "concepts", "templates", "desc_template")
+
+TEMPLATES = {"kinetics": KINETICS_TEMPLATES, "single": DEFAULT_TEMPLATES}
+CHOICES = {"init": ("random", "clip"), "cls_mode": ("per_frame", "shared"), "probe_feature": ("cls", "proj"),
+           "concepts": ("dataset", "union", "descriptions"), "templates": tuple(TEMPLATES),
+           "ca_target": ("class", "description"), "up_scope": ("global", "local"), "amp": ("auto", "bf16", "off")}
+
+# Temperatures by initialisation (lss.md section 3.5). The logits are cosine similarities divided by tau. Real CLIP's
+# image-text cosines sit in a narrow band (~0.15-0.35), so DINO's tau_s = 0.1 would give nearly uniform
+# distributions: use CLIP's own scale, tau_s = 1/100 (= 1/exp(logit_scale)), and DINO's teacher/student ratio 0.4
+# for the teacher, tau_t = 0.004. From random weights nothing confines the cosines to a band (the student can turn
+# its feature onto a concept vector, cosine -> 1), so DINO's 0.1 / 0.04 apply.
+AUTO_TAU = {"clip": (0.01, 0.004), "random": (0.1, 0.04)}
+
+
+def parse_args(argv=None) -> Config:
+    desc = ("LSS pretraining. Zero-shot evaluation: `python lss.py zero-shot --help`. "
+            + __doc__.strip().split("\n\n")[0])
+    cfg = data.parse_config(Config, argv, desc)
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be one of {list(allowed)}, "
+                             f"got {getattr(cfg, name)!r}")
+    if cfg.init == "clip" and not cfg.clip:
+        raise SystemExit("error: --init clip needs --clip PATH (OpenAI-layout CLIP weights, e.g. ViT-B-16.pt)")
+    if cfg.init == "random" and cfg.clip:
+        raise SystemExit("error: --clip is only used with --init clip (with --init random both towers start random)")
+    if not 1 <= cfg.local_frames <= cfg.frames:
+        raise SystemExit(f"error: --local-frames must be in 1..--frames ({cfg.frames}), got {cfg.local_frames}")
+    if cfg.local_views < 0 or cfg.frames < 1 or cfg.stride < 1 or cfg.local_stride < 1:
+        raise SystemExit("error: --local-views must be >= 0 and --frames, --stride, --local-stride >= 1")
+    tau_s, tau_t = AUTO_TAU[cfg.init]
+    return replace(cfg, tau_s=cfg.tau_s or tau_s, tau_t=cfg.tau_t or tau_t)  # the checkpoint records the values used
+
+
+# ----------------------------------------------------------------------------- data: 2 global + L local views
+# SVT's views (lss.md section 4), adapted to one constraint: data.py's collate stacks the views of a video, so
+# every view decodes the same number of frames. The local views' lower frame count is made on the device instead
+# (an evenly spaced subset of their frames), and their smaller crop by the augmentation's output size.
+
+@dataclass
+class MultiViewSampler:
+    """data.py's sampler interface (num_frames, fps, rng) -> [global_1, global_2, local_1, ..., local_L], each
+    `frames` frame indices. A window of about frames x stride frames is placed at random in the video. Both global
+    views span all of it, global_2 shifted by stride // 2 frames (SVT: linspace(0, W-5) and linspace(5, W)): the
+    same moment sampled at two phases. Each local view is `frames` frames `local_stride` apart starting at a random
+    point inside the window: a short moment at a higher frame rate (SVT: W/8 long, 8 frames). Indices past the end
+    of the video wrap around (the video loops), as in data.py's samplers."""
+    frames: int
+    stride: int
+    local_views: int
+    local_stride: int
+
+    def __call__(self, num_frames, fps, rng):
+        n = int(num_frames)
+        shift = self.stride // 2
+        window = (self.frames - 1) * self.stride + 1 + shift  # frames the two global views cover together
+        start = int(rng.integers(max(1, n - window + 1)))
+        g1 = start + self.stride * np.arange(self.frames, dtype=np.int64)
+        views = [g1 % n, (g1 + shift) % n]
+        local_span = (self.frames - 1) * self.local_stride + 1
+        for _ in range(self.local_views):
+            s = start + int(rng.integers(max(1, window - local_span + 1)))
+            views.append((s + self.local_stride * np.arange(self.frames, dtype=np.int64)) % n)
+        return views
+
+
+def view_augmentations(cfg: Config):
+    """SVT's spatial augmentation per view: random resized crop (area per view type, aspect 3/4-4/3), flip 0.5,
+    colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, no hue) with p 0.8, grayscale p 0.2. SVT's Gaussian
+    blur and solarisation are no-ops in its code (lss.md section 4), so they are off. One set of parameters per
+    clip, shared by all its frames."""
+    common = dict(aspect=(3 / 4, 4 / 3), flip_p=0.5, jitter=(0.4, 0.4, 0.2, 0.0), jitter_p=0.8, gray_p=0.2,
+                  blur_p=0.0, solarize_p=0.0)
+    return data.AugmentConfig(area=cfg.global_area, **common), data.AugmentConfig(area=cfg.local_area, **common)
+
+
+def local_frame_index(frames: int, local_frames: int) -> torch.Tensor:
+    """Evenly spaced `local_frames` of a decoded `frames`-frame clip (all of them when equal): 8 -> 4 is 0, 2, 5, 7."""
+    return torch.from_numpy(np.linspace(0, frames - 1, local_frames).round().astype(np.int64))
+
+
+def to_vit(x: torch.Tensor) -> torch.Tensor:
+    """float (B, C, T, H, W) in [0, 1] -> CLIP-normalised (B, T, C, H, W), the ViT layout."""
+    return rearrange(data.normalize(x, CLIP_MEAN, CLIP_STD), "b c t h w -> b t c h w")
+
+
+def make_views(video: torch.Tensor, cfg: Config, aug_global, aug_local, generator) -> list:
+    """uint8 (B, 2+L, T, H, W, 3) -> [globals (2B, T, 3, S, S), locals (L*B, T_l, 3, s, s)], augmented,
+    CLIP-normalised, ViT layout. View-major: rows v*B..v*B+B-1 hold view v of every video, so splitting the
+    features into chunks of B gives the per-view list [global_1, global_2, local_1, ...] the losses expect (student
+    view i and teacher view i are the same crop, i = 0, 1)."""
+    g = rearrange(video[:, :2], "b v t h w c -> (v b) c t h w")  # (2B, C, T, H, W) uint8
+    groups = [data.augment(g, cfg.size, aug_global, generator)]  # (2B, C, T, S, S) in [0, 1]
+    if video.shape[1] > 2:
+        idx = local_frame_index(video.shape[2], cfg.local_frames).to(video.device)
+        loc = rearrange(video[:, 2:, idx], "b v t h w c -> (v b) c t h w")  # (L*B, C, T_l, H, W)
+        groups.append(data.augment(loc, cfg.local_size, aug_local, generator))  # (L*B, C, T_l, s, s)
+    return [to_vit(x) for x in groups]
+
+
+# ----------------------------------------------------------------------------- networks
+# The student and the teacher are VideoViTs made from the same CLIP visual tower (from_clip: spatial weights copied,
+# temporal branch a no-op at step 0); the teacher is the EMA of the student and sees only the global views. The
+# text tower is kept only to build concept vectors and is frozen; it travels in the checkpoint so that zero-shot
+# evaluation can embed any dataset's class names later.
+
+def clip_config_from_flags(cfg: Config) -> CLIPConfig:
+    """The CLIP that --init random builds. Heads = width // 64 (at least 1): the rule load_clip infers them by."""
+    return CLIPConfig(embed_dim=cfg.embed_dim, image_resolution=cfg.size, vision_layers=cfg.layers,
+                      vision_width=cfg.width, vision_patch_size=cfg.patch, vision_heads=max(1, cfg.width // 64),
+                      text_width=cfg.text_width, text_heads=max(1, cfg.text_width // 64), text_layers=cfg.text_layers)
+
+
+class MultiView(nn.Module):
+    """One backbone pass per view shape (DINO's MultiCropWrapper): [(N_i, T_i, 3, H_i, W_i)] -> [(N_i, embed_dim)].
+    A module of its own so that DDP sees one forward per step, however many view shapes there are."""
+
+    def __init__(self, vit: VideoViT):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, groups):
+        return [self.vit(x) for x in groups]
+
+
+class Backbone(nn.Module):
+    """What eval_linear.py and zero-shot evaluation see: float clips in [0, 1], (B, C, T, H, W), the layout every
+    method is fed -> (B, feature_dim). CLIP normalisation and the ViT layout (B, T, C, H, W) happen here.
+    feature 'cls': ln_post of the CLS token(s), width-d (SVT's linear-probe feature); 'proj': the same projected
+    into the joint image-text space, embed_dim-d (the feature the concept losses and zero-shot use)."""
+
+    def __init__(self, cfg: dict, feature: str | None = None, vit: VideoViT | None = None):
+        super().__init__()
+        a = cfg["clip_arch"]
+        self.vit = vit if vit is not None else VideoViT(
+            a["image_resolution"], a["vision_patch_size"], a["vision_width"], a["vision_layers"], a["vision_heads"],
+            a["embed_dim"], num_frames=cfg["frames"], cls_mode=cfg["cls_mode"])
+        self.feature = feature or cfg.get("probe_feature", "cls")
+        self.feature_dim = a["vision_width"] if self.feature == "cls" else a["embed_dim"]
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1, 1), persistent=False)
+
+    def forward(self, x):  # (B, C, T, H, W) in [0, 1]
+        x = rearrange((x - self.mean) / self.std, "b c t h w -> b t c h w")  # (B, T, C, H, W), CLIP-normalised
+        return self.vit.features(x, self.feature)  # (B, feature_dim)
+
+
+def build_backbone(cfg: dict) -> nn.Module:
+    """eval_linear.py's entry point: the network the checkpoint's "backbone" (the TEACHER) belongs to."""
+    return Backbone(cfg)
+
+
+def text_tower(clip: CLIP) -> CLIP:
+    """The CLIP with its visual tower dropped (it lives on as the student/teacher), frozen. encode_text works."""
+    clip.visual = None
+    return clip.requires_grad_(False).eval()
+
+
+# ----------------------------------------------------------------------------- concept spaces for a run
+# lss.md sections 3.1-3.3. The label lists and the (hand-written, not the paper's LLM) descriptions are in
+# lss_concepts.json. Three category spaces (--concepts):
+#   dataset       the training dataset's own class names x templates (transductive or K400-transfer settings)
+#   union         the union of every label list in lss_concepts.json (UCF101, HMDB51, Kinetics-400; the synthetic
+#                 labels only when training on them) plus the dataset's own, deduplicated by their text
+#   descriptions  the dataset's classes, but each category vector is the normalised mean of the class's description
+#                 embeddings: class names never reach the text tower
+# The description space always covers the same classes as the category space (CA needs the assignment).
+# Vectors are computed once per run and cached in the out dir under a key of everything they depend on (label
+# list, templates, descriptions, text-tower weights).
+
+CONCEPTS_FILE = Path(__file__).resolve().with_name("lss_concepts.json")
+
+
+@lru_cache(maxsize=2)
+def load_concepts_file(path=CONCEPTS_FILE) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def category_names(mode: str, classes) -> list:
+    """The category space's class names for --concepts `mode`, given the training dataset's classes."""
+    if mode != "union":
+        return list(classes)
+    labels = load_concepts_file()["labels"]
+    names, seen = [], set()
+    for name in list(classes) + labels["ucf101"] + labels["hmdb51"] + labels["kinetics400"]:
+        if class_to_text(name) not in seen:  # 'Archery' (UCF101) and 'archery' (K400) are one concept
+            seen.add(class_to_text(name))
+            names.append(name)
+    return names
+
+
+def descriptions_for(names) -> tuple[dict, list]:
+    """{name: [descriptions]} for every name (matched exactly, then by its text), and the names that have none;
+    those get their plain name prompt as their only description, so CA still sees every class."""
+    table = load_concepts_file()["descriptions"]
+    by_text = {class_to_text(k): v for k, v in table.items()}
+    out, missing = {}, []
+    for n in names:
+        d = table.get(n) or by_text.get(class_to_text(n))
+        if not d:
+            missing.append(n)
+            d = [DEFAULT_TEMPLATES[0].format(class_to_text(n))]
+        out[n] = list(d)
+    return out, missing
+
+
+def build_concepts(text: CLIP, names, mode: str, templates, desc_template="{desc}", bpe=None) -> dict:
+    """{"C_cat" (K, D), "C_desc" (M, D), "assign" (M,)} from the frozen text tower, unit rows."""
+    desc, _ = descriptions_for(names)
+    C_desc, assign = build_description_space(text, desc, names, bpe, template=desc_template)  # (M, D), (M,)
+    if mode == "descriptions":  # mean of the class's unit description vectors, back onto the sphere
+        C_cat = F.normalize(C_desc.new_zeros(len(names), C_desc.shape[1]).index_add_(0, assign, C_desc), dim=-1)
+    else:
+        C_cat = build_concept_space(text, names, templates, bpe)  # (K, D): prompt ensemble per class name
+    return {"C_cat": C_cat, "C_desc": C_desc, "assign": assign}
+
+
+def state_dict_sha1(sd: dict) -> str:
+    h = hashlib.sha1()
+    for k in sorted(sd):
+        t = sd[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_concepts(cfg: Config, text: CLIP, names, out: Path, device, rank: int, world: int, print0) -> dict:
+    """The run's concept spaces: built (or read from the out dir's cache) on rank 0, broadcast to the others."""
+    desc, missing = descriptions_for(names)
+    if missing:
+        print0(f"warning: {len(missing)} of {len(names)} classes have no descriptions in {CONCEPTS_FILE.name} "
+               f"(e.g. {missing[:3]}); their name prompt stands in as their only description")
+    K, M, D = len(names), sum(len(v) for v in desc.values()), text.text_projection.shape[1]
+    if rank == 0:
+        key_fields = {"version": 1, "names": list(names), "concepts": cfg.concepts,
+                      "templates": TEMPLATES[cfg.templates], "desc_template": cfg.desc_template,
+                      "descriptions": hashlib.sha1(json.dumps(desc, sort_keys=True).encode()).hexdigest(),
+                      "text_sha1": state_dict_sha1(text.state_dict())}
+        path = out / f"concepts-{hashlib.sha1(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]}.pt"
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+        except Exception:  # noqa: BLE001 -- an unreadable cache file is rebuilt
+            cached = None
+        if cached is not None and cached.get("key_fields") == key_fields:
+            concepts = {k: cached[k] for k in ("C_cat", "C_desc", "assign")}
+            print0(f"concept vectors from the cache {path}")
+        else:
+            t0 = time.perf_counter()
+            concepts = build_concepts(text.to(device), names, cfg.concepts, TEMPLATES[cfg.templates],
+                                      cfg.desc_template, cfg.bpe)
+            text.cpu()
+            concepts = {k: v.cpu() for k, v in concepts.items()}
+            data.save_checkpoint(path, {**concepts, "key_fields": key_fields})
+            print0(f"built {K} category and {M} description vectors in {time.perf_counter() - t0:.1f}s -> {path}")
+        concepts = {k: v.to(device) for k, v in concepts.items()}
+    else:
+        concepts = {"C_cat": torch.empty(K, D, device=device), "C_desc": torch.empty(M, D, device=device),
+                    "assign": torch.empty(M, dtype=torch.long, device=device)}
+    if world > 1:
+        for v in concepts.values():
+            dist.broadcast(v, src=0)
+    return concepts
+
+
+def class_vectors(text: CLIP, classes, how: str, templates, desc_template="{desc}", bpe=None, device="cpu"):
+    """Zero-shot classifier weights (C, D) for a dataset's classes: 'names' = class names x templates (CLIP's
+    prompt ensemble), 'descriptions' = mean of each class's description vectors."""
+    text.to(device)
+    c = build_concepts(text, classes, "descriptions" if how == "descriptions" else "dataset", templates,
+                       desc_template, bpe)["C_cat"]
+    text.cpu()
+    return c.to(device)
+
+
+# ----------------------------------------------------------------------------- schedules, optimizer, DDP prior
+
+def cosine(step: int, total: int, start: float, end: float) -> float:
+    """start -> end along half a cosine over `total` steps (DINO's cosine_scheduler without warmup)."""
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float, min_lr: float) -> float:
+    """Linear warmup 0 -> peak over `warmup` steps, then cosine peak -> min_lr (DINO/SVT)."""
+    if step < warmup:
+        return peak * step / warmup
+    return cosine(step - warmup, total - warmup, peak, min_lr)
+
+
+def tau_t_at(step: int, warmup: int, cfg: Config) -> float:
+    """Teacher temperature: linear from --tau-t-warmup to --tau-t over `warmup` steps (DINO), then constant."""
+    if warmup <= 0 or cfg.tau_t_warmup <= 0 or step >= warmup:
+        return cfg.tau_t
+    return cfg.tau_t_warmup + (cfg.tau_t - cfg.tau_t_warmup) * step / warmup
+
+
+def param_groups(model: nn.Module):
+    """DINO's get_params_groups: weight decay on matrices and embeddings, none on biases and 1-d parameters
+    (LayerNorm gains, the class embedding). The first group's decay follows the schedule."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if name.endswith(".bias") or p.ndim <= 1 else decay).append(p)
+    return [dict(params=decay), dict(params=no_decay, weight_decay=0.0)]
+
+
+def clip_gradients(params, clip: float) -> torch.Tensor:
+    """DINO/SVT utils.clip_gradients: EACH parameter's gradient is scaled down to norm <= clip on its own (not
+    torch's clip_grad_norm_ over all of them). Returns the global gradient norm before clipping, for the log."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norms = torch._foreach_norm(grads)
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    if clip > 0:
+        torch._foreach_mul_(grads, [(clip / (n + 1e-6)).clamp(max=1.0) for n in norms])
+    return total
+
+
+def global_mean_probs(p_local: torch.Tensor, scope: str) -> torch.Tensor:
+    """p-bar for the uniform prior under DDP. 'global': the mean of every process's p-bar (equal batch sizes, so
+    exactly the p-bar of the global batch) through a DIFFERENTIABLE all-reduce. Its backward all-reduces the
+    incoming gradients, so each process's p-bar_r receives f'(p-bar) (W processes x 1/W each), its parameter
+    gradient is f'(p-bar) dp-bar_r/dtheta, and DDP's averaging makes that (1/W) sum_r f'(p-bar) dp-bar_r/dtheta =
+    d f(p-bar_global)/dtheta: exactly the gradient of one process on the whole batch, the same scale as the other
+    losses (batch means whose gradients DDP averages). A test checks this with 2 processes.
+    'local': every process penalises its own p-bar (then L_UP is the mean over processes of KL(U || p-bar_r): a
+    stronger push to spread each small per-GPU batch; identical to 'global' with one process)."""
+    if scope == "local" or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return p_local
+    with warnings.catch_warnings():  # torch 2.14 marks it deprecated; its suggested replacement has no autograd
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.distributed.nn.functional.all_reduce(p_local.contiguous()) / dist.get_world_size()
+
+
+# ----------------------------------------------------------------------------- one training step
+
+@dataclass
+class Run:
+    """What a training step touches. student_vit is the plain student; student is what gets called (the MultiView
+    wrapper, inside DDP under torchrun)."""
+    student_vit: VideoViT
+    student: nn.Module
+    teacher: VideoViT              # EMA of the student, no gradient, eval mode (no drop-path)
+    text: CLIP                     # frozen text tower (visual tower removed), on the CPU
+    concepts: dict                 # C_cat (K, D), C_desc (M, D), assign (M,), on the device
+    names: list                    # the K category names
+    center: torch.Tensor           # (K,) teacher centre, cosine units
+    optimizer: torch.optim.Optimizer
+    aug_global: data.AugmentConfig
+    aug_local: data.AugmentConfig
+    total_steps: int
+    warmup_steps: int
+    tau_warmup_steps: int
+    peak_lr: float
+    use_amp: bool
+    rank: int = 0
+    world: int = 1
+
+
+def step_seed(cfg: Config, step: int, rank: int, salt: int = 0) -> int:
+    """The seed of one step's random draws on one process: a function of (seed, step, rank), so resuming at any
+    step reproduces them, and processes draw different augmentations and drop-path masks."""
+    return int(np.random.SeedSequence([cfg.seed, step, rank, salt]).generate_state(1)[0])
+
+
+def train_step(cfg: Config, run: Run, video: torch.Tensor, step: int) -> dict:
+    """One LSS step on a batch of decoded videos, uint8 (B, 2+L, T, H, W, 3) on the device. Returns log values
+    (averaged over processes). L = L_CD + lambda_ca L_CA + lambda_up L_UP (lss.md section 3.5):
+      P_t^i = softmax((s_t^i - c) / tau_t)      teacher, global views i = 1, 2, category space, no gradient
+      P_s^v = softmax(s_s^v / tau_s)            student, all 2 + L views v
+      L_CD = mean_{i, v != i} H(P_t^i, P_s^v)
+      L_CA = mean_{i, v != i} H(P_t^i, Q~_s^v), Q~ = the student's distribution over descriptions summed per class
+      L_UP = KL(U || p-bar),  p-bar = mean over views and the (global) batch of P_s^v
+    where s = cosine similarities between the normalised feature and the concept vectors."""
+    B = video.shape[0]
+    device = video.device
+    # schedules: functions of the step, so a resumed run continues exactly
+    lr = lr_at(step, run.total_steps, run.warmup_steps, run.peak_lr, cfg.min_lr)
+    wd = cosine(step, run.total_steps, cfg.weight_decay, cfg.weight_decay_end)
+    m = cosine(step, run.total_steps, cfg.momentum_teacher, 1.0)
+    tau_t = tau_t_at(step, run.tau_warmup_steps, cfg)
+    for i, group in enumerate(run.optimizer.param_groups):
+        group["lr"] = lr
+        if i == 0:  # the decayed group (param_groups); biases and 1-d params stay at 0
+            group["weight_decay"] = wd
+    # views: augmentation drawn from a generator seeded by the step (and rank), drop-path masks likewise
+    g = torch.Generator().manual_seed(step_seed(cfg, step, run.rank))
+    views = make_views(video, cfg, run.aug_global, run.aug_local, g)  # [(2B, T, 3, S, S), (L*B, T_l, 3, s, s)]
+    torch.manual_seed(step_seed(cfg, step, run.rank, salt=1))
+    C_cat, C_desc, assign = run.concepts["C_cat"], run.concepts["C_desc"], run.concepts["assign"]
+    K = C_cat.shape[0]
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.use_amp):
+        s_feats = torch.cat(run.student(views)).split(B)  # 2 + L views, each (B, E)
+        with torch.no_grad():
+            t_feats = run.teacher(views[0]).split(B)  # the 2 global views, each (B, E)
+    # similarities in fp32 (concept_similarities turns autocast off: tau ~ 0.01 amplifies bf16 rounding)
+    t_cat = [concept_similarities(f, C_cat) for f in t_feats]  # 2 x (B, K)
+    s_cat = [concept_similarities(f, C_cat) for f in s_feats]  # (2+L) x (B, K)
+    cd = concept_distillation_loss(t_cat, s_cat, run.center, tau_t, cfg.tau_s)
+    loss, ca, up = cd, torch.zeros((), device=device), torch.zeros((), device=device)
+    if cfg.lambda_ca > 0:
+        s_desc = [concept_similarities(f, C_desc) for f in s_feats]  # (2+L) x (B, M)
+        ca = concept_alignment_loss(t_cat, s_desc, assign, K, tau_t, cfg.tau_s, run.center, cfg.ca_target)
+        loss = loss + cfg.lambda_ca * ca
+    if cfg.lambda_up > 0:
+        p_bar = global_mean_probs(mean_student_probs(s_cat, cfg.tau_s), cfg.up_scope)  # (K,)
+        up = uniform_prior_loss(p_bar)
+        loss = loss + cfg.lambda_up * up
+    # diagnostics, from the same centre the loss used. t_entropy = mean H(P_t), t_batch_entropy = H(mean P_t), and
+    # t_mi = their difference = the mutual information between the video and the teacher's concept (0: the teacher
+    # gives every video the same distribution). Collapse onto one concept: both entropies -> 0; uniform collapse:
+    # both -> log K; in either case t_mi -> 0, while a teacher that discriminates has t_mi up to log K.
+    with torch.no_grad():
+        P = torch.cat(teacher_probs(t_cat, run.center, tau_t))  # (2B, K)
+        Ps = torch.cat([F.softmax(s / cfg.tau_s, dim=-1) for s in s_cat])  # ((2+L)B, K)
+        stats = torch.cat([torch.stack([loss.detach(), cd.detach(), ca.detach(), up.detach(),
+                                        -(P * P.clamp_min(1e-12).log()).sum(-1).mean(), P.max(-1).values.mean(),
+                                        -(Ps * Ps.clamp_min(1e-12).log()).sum(-1).mean()]), P.mean(0)])
+        if run.world > 1:
+            dist.all_reduce(stats, op=dist.ReduceOp.AVG)
+    # every process sees the same averaged loss, so a non-finite loss stops all of them at the same step
+    if not math.isfinite(stats[0].item()):
+        raise FloatingPointError(f"loss is {stats[0].item()} at step {step}; stopping (the last checkpoint is kept). "
+                                 f"Try a lower --lr, higher --tau-s/--tau-t, or --amp off.")
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = clip_gradients(list(run.student_vit.parameters()), cfg.clip_grad)
+    run.optimizer.step()
+    ema_update(run.teacher, run.student_vit, m)  # teacher <- m teacher + (1 - m) student
+    run.center = update_center(run.center, t_cat, cfg.center_momentum)  # all-reduced batch mean (DINO/SVT)
+    p_mean = stats[7:]  # (K,) batch-mean teacher distribution
+    h_mean = -(p_mean * p_mean.clamp_min(1e-12).log()).sum().item()
+    return dict(loss=stats[0].item(), cd=stats[1].item(), ca=stats[2].item(), up=stats[3].item(),
+                t_entropy=stats[4].item(), t_max_prob=stats[5].item(), s_entropy=stats[6].item(),
+                t_batch_entropy=h_mean, t_mi=h_mean - stats[4].item(),
+                lr=lr, wd=wd, momentum=m, tau_t=tau_t, grad_norm=grad_norm.item())
+
+
+# ----------------------------------------------------------------------------- zero-shot evaluation
+# lss.md section 6 [D]: each test video -> K uniformly spaced clips (the global view's frames and stride) x 1 centre
+# crop (short side scaled to --size); the teacher's projected feature of each clip is L2-normalised, averaged over
+# the clips and re-normalised; the prediction is the class whose concept vector (class name x templates, from the
+# checkpoint's text tower) has the largest cosine similarity. Top-1 / top-5 in percent over decodable videos.
+
+@torch.no_grad()
+def zero_shot_eval(backbone: Backbone, vectors: torch.Tensor, videos: data.VideoList, frames: int, stride: int,
+                   size: int, canvas, test_clips: int, batch_size: int, workers: int, device, rank=0, world=1,
+                   progress=True) -> dict:
+    """backbone with feature 'proj', vectors (C, D) unit rows in the order of videos.classes. Under DDP every
+    process takes a shard of the videos and the counts are summed, so every process must call this."""
+    dataset = data.VideoDataset(videos, data.UniformClips(frames, stride, test_clips), canvas=canvas, resample=False,
+                                min_frames=1)
+    loader = data.make_loader(dataset, batch_size, workers, shuffle=False, drop_last=False, rank=rank,
+                              world_size=world)
+    C = len(videos.classes)
+    counts = torch.zeros(3, C, dtype=torch.float64, device=device)  # videos, top-1 hits, top-5 hits per class
+    skipped = []
+    backbone.eval()
+    for batch in tqdm(loader, desc="zero-shot", unit="batch", disable=not progress, dynamic_ncols=True, leave=False):
+        for i, msg in zip(batch["failed"], batch["bad"]):
+            path = videos.paths[i]
+            skipped.append({"path": path, "reason": msg[len(path) + 2:] if msg.startswith(path + ": ") else msg})
+        if len(batch["index"]) == 0:
+            continue
+        video = batch["video"].to(device, non_blocking=True)  # (B, K, T, H, W, 3)
+        Bv, Kc = video.shape[:2]
+        x = data.spatial_crops(data.to_bcthw(video.flatten(0, 1)), size, 1)  # (B*K, C, T, s, s) in [0, 1]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            f = backbone(x)  # (B*K, E)
+        f = F.normalize(F.normalize(f.float(), dim=-1).view(Bv, Kc, -1).mean(1), dim=-1)  # (B, E), clip-averaged
+        top = (f @ vectors.float().t()).topk(min(5, C), dim=-1).indices  # (B, 5)
+        labels = batch["label"].to(device)
+        counts[0].index_add_(0, labels, torch.ones(Bv, dtype=torch.float64, device=device))
+        counts[1].index_add_(0, labels, (top[:, 0] == labels).double())
+        counts[2].index_add_(0, labels, (top == labels[:, None]).any(-1).double())
+    if world > 1:
+        dist.all_reduce(counts)
+        gathered = [None] * world
+        dist.all_gather_object(gathered, skipped)
+        skipped = [s for part in gathered for s in part]
+    counts = counts.cpu()
+    n = int(counts[0].sum().item())
+    pct = lambda hits, total: round(100.0 * float(hits) / float(total), 2) if total else None  # noqa: E731
+    return {"top1": pct(counts[1].sum(), n), "top5": pct(counts[2].sum(), n), "num_test": n, "num_classes": C,
+            "skipped": skipped, "per_class": {c: pct(counts[1, k], counts[0, k]) for k, c in enumerate(videos.classes)}}
+
+
+# ----------------------------------------------------------------------------- training
+
+def build_run(cfg: Config, rank: int, world: int, device, print0, ckpt: dict | None):
+    """Data, networks, concept spaces, optimizer; restored from `ckpt` when resuming. Returns (run, loader,
+    steps_per_epoch, start_step, skipped, config_dict, videos)."""
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    out = Path(cfg.out)
+    # data
+    videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train",
+                             synthetic_kwargs=dict(nuisance=cfg.nuisance))
+    if cfg.data_fraction < 1.0:
+        videos = videos.subset(cfg.data_fraction, seed=cfg.seed)
+    sampler = MultiViewSampler(cfg.frames, cfg.stride, cfg.local_views, cfg.local_stride)
+    dataset = data.VideoDataset(videos, sampler, canvas=cfg.canvas, resample=True, min_frames=cfg.frames)
+    loader = data.make_loader(dataset, cfg.batch_size, cfg.workers, shuffle=True, drop_last=True, seed=cfg.seed,
+                              rank=rank, world_size=world)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise SystemExit(f"error: {len(videos)} training videos cannot fill one batch of {cfg.batch_size} x {world} "
+                         f"processes; lower --batch-size")
+    total_steps = cfg.epochs * steps_per_epoch
+    # CLIP: from the file, from the flags (random, seeded: the same on every process), or a skeleton to be filled
+    # from the checkpoint (its text tower is in it; its visual tower lives on as student/teacher)
+    if ckpt is not None:
+        clip = CLIP(CLIPConfig(**ckpt["config"]["clip_arch"]))
+    elif cfg.init == "clip":
+        clip = load_clip(cfg.clip)
+    else:
+        clip = CLIP(clip_config_from_flags(cfg))
+    arch = clip.cfg
+    if cfg.init == "clip" and cfg.size != arch.image_resolution:
+        print0(f"note: --size {cfg.size} differs from the CLIP's input resolution {arch.image_resolution}: its "
+               f"position embeddings are resized (nearest); for the paper's setting use --size 224 --local-size 96")
+    for name, side in (("size", cfg.size), ("local-size", cfg.local_size)):
+        if side % arch.vision_patch_size:
+            raise SystemExit(f"error: --{name} {side} is not a multiple of the patch size {arch.vision_patch_size}")
+    student_vit = VideoViT.from_clip(clip.visual, cfg.cls_mode, cfg.frames, cfg.drop_path).to(device)
+    text = text_tower(clip)
+    if ckpt is not None:
+        text.load_state_dict(ckpt["text"])
+    teacher = copy.deepcopy(student_vit).requires_grad_(False).eval()  # starts equal to the student
+    # concept spaces
+    names = category_names(cfg.concepts, videos.classes)
+    if ckpt is not None and list(ckpt["concept_names"]) != names:
+        raise SystemExit(f"error: the checkpoint in --out was trained with another category space "
+                         f"({len(ckpt['concept_names'])} names vs {len(names)} now): same --dataset/--concepts, "
+                         f"or another --out")
+    concepts = run_concepts(cfg, text, names, out, device, rank, world, print0)
+    optimizer = torch.optim.AdamW(param_groups(student_vit), lr=0.0, weight_decay=cfg.weight_decay)
+    center = torch.zeros(len(names), device=device)
+    start_step, skipped = 0, []
+    if ckpt is not None:
+        student_vit.load_state_dict(ckpt["student"])
+        teacher.load_state_dict(ckpt["teacher"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        center = ckpt["center"].to(device)
+        start_step, skipped = ckpt["step"], list(ckpt.get("skipped", []))
+    wrapper = MultiView(student_vit)
+    student = wrapper if world == 1 else nn.parallel.DistributedDataParallel(
+        wrapper, device_ids=[device.index] if device.type == "cuda" else None)
+    aug_global, aug_local = view_augmentations(cfg)
+    run = Run(student_vit=student_vit, student=student, teacher=teacher, text=text, concepts=concepts, names=names,
+              center=center, optimizer=optimizer, aug_global=aug_global, aug_local=aug_local,
+              total_steps=total_steps, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+              tau_warmup_steps=round(cfg.tau_t_warmup_epochs * steps_per_epoch),
+              peak_lr=cfg.lr * cfg.batch_size * world / 256,
+              use_amp=cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda"), rank=rank, world=world)
+    config = {**asdict(cfg), "clip_arch": asdict(arch)}  # what build_backbone / zero-shot rebuild the networks from
+    return run, loader, steps_per_epoch, start_step, skipped, config, videos
+
+
+def train(cfg: Config):
+    rank, world, device = data.setup_distributed(cfg.device)
+    master = rank == 0
+    print0 = print if master else (lambda *a, **k: None)
+    out = Path(cfg.out)
+    ckpt_path = out / "checkpoint.pt"
+    if master:
+        out.mkdir(parents=True, exist_ok=True)
+    if world > 1:
+        dist.barrier()  # the out dir exists before any process looks into it
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    ckpt = None
+    if ckpt_path.exists():
+        ckpt = data.load_checkpoint(ckpt_path)
+        if ckpt.get("method") != "lss":
+            raise SystemExit(f"error: {ckpt_path} is a {ckpt.get('method')!r} checkpoint, not an lss.py one")
+        data.check_resume_config(ckpt["config"], cfg, ARCH_KEYS)
+    run, loader, steps_per_epoch, start_step, skipped, config, videos = build_run(cfg, rank, world, device, print0,
+                                                                                  ckpt)
+    if ckpt is not None:
+        print0(f"resumed from {ckpt_path} at step {start_step} (epoch {start_step / steps_per_epoch:.2f})")
+        del ckpt
+    total_steps = run.total_steps
+    global_batch = cfg.batch_size * world
+    views_per_video = 2 + cfg.local_views
+    a = run.student_vit
+    n_params = sum(p.numel() for p in a.parameters())
+    print0(f"LSS | {videos.name}: {len(videos)} videos | {cfg.init} init, ViT {config['clip_arch']['vision_width']}w x "
+           f"{config['clip_arch']['vision_layers']} ({n_params / 1e6:.2f}M params), cls {cfg.cls_mode} | concepts "
+           f"'{cfg.concepts}': K={len(run.names)} (log K = {math.log(len(run.names)):.2f}), "
+           f"M={run.concepts['C_desc'].shape[0]} descriptions | tau_s {cfg.tau_s:g}, tau_t {cfg.tau_t:g} | "
+           f"{world} process(es) on {device} | global batch {global_batch} videos x {views_per_video} views | "
+           f"lr {run.peak_lr:.3g} | {steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
+    if master:
+        (out / "config.json").write_text(json.dumps(config, indent=1))
+        print0(json.dumps(asdict(cfg)))
+    log = open(out / "log.jsonl", "a") if master else None
+
+    def write(rec):
+        if log:
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+
+    def checkpoint(step):
+        if master:
+            t_sd = run.teacher.state_dict()  # shared storage: "backbone" and "teacher" are written once
+            data.save_checkpoint(ckpt_path, {
+                "method": "lss", "config": config, "step": step, "epoch": step / steps_per_epoch,
+                "backbone": {"vit." + k: v for k, v in t_sd.items()},  # build_backbone's keys: the TEACHER (SVT)
+                "student": run.student_vit.state_dict(), "teacher": t_sd, "optimizer": run.optimizer.state_dict(),
+                "center": run.center.cpu(), "text": run.text.state_dict(), "concept_names": list(run.names),
+                "skipped": sorted(set(skipped)), "versions": {"torch": str(torch.__version__)}})
+        if world > 1:
+            dist.barrier()
+
+    # zero-shot on the dataset's own test split with its class names: the teacher before and after training
+    zs = None
+    if cfg.zero_shot_eval:
+        try:
+            test_videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "test",
+                                          synthetic_kwargs=dict(nuisance=cfg.nuisance))
+            vectors = class_vectors(run.text, test_videos.classes, "names", TEMPLATES[cfg.templates],
+                                    cfg.desc_template, cfg.bpe, device)
+            zs = (test_videos, vectors, Backbone(config, "proj", vit=run.teacher).to(device))
+        except data.DatasetError as e:
+            print0(f"note: no zero-shot evaluation ({e})")
+
+    def evaluate_zero_shot(step):
+        test_videos, vectors, backbone = zs
+        r = zero_shot_eval(backbone, vectors, test_videos, cfg.frames, cfg.stride, cfg.size, cfg.canvas,
+                           cfg.test_clips, cfg.batch_size, cfg.workers, device, rank, world, progress=master)
+        print0(f"zero-shot (teacher, step {step}): top-1 {r['top1']}%  top-5 {r['top5']}%  on {r['num_test']} "
+               f"{test_videos.name} videos, {r['num_classes']} class names (chance {100 / r['num_classes']:.1f}%)")
+        write(dict(step=step, zero_shot_top1=r["top1"], zero_shot_top5=r["top5"], zero_shot_num_test=r["num_test"]))
+        return r
+
+    if zs is not None and start_step == 0:
+        evaluate_zero_shot(0)
+    step = start_step
+    bar = tqdm(total=total_steps, initial=step, disable=not master, unit="step", dynamic_ncols=True)
+    sums, n, wait, busy = {}, 0, 0.0, 0.0
+    try:
+        while step < total_steps and (cfg.max_steps == 0 or step < cfg.max_steps):
+            epoch, offset = divmod(step, steps_per_epoch)
+            loader.sampler.set_epoch(epoch, skip=offset * cfg.batch_size)  # mid-epoch resume: same order, rest of it
+            run.student.train()
+            t_ready = time.perf_counter()
+            for batch in loader:
+                t_batch = time.perf_counter()
+                if batch["bad"]:
+                    skipped += batch["bad"]
+                    for b in batch["bad"]:
+                        tqdm.write(f"skipped unreadable video: {b}") if master else None
+                video = batch["video"].to(device, non_blocking=True)  # (B, 2+L, T, H, W, 3) uint8
+                metrics = train_step(cfg, run, video, step)
+                step += 1
+                t_done = time.perf_counter()
+                wait, busy, n = wait + t_batch - t_ready, busy + t_done - t_batch, n + 1
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                t_ready = t_done
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == total_steps:
+                    rec = dict(step=step, epoch=round(step / steps_per_epoch, 3),
+                               **{k: v / n for k, v in sums.items()},
+                               clips_per_s=views_per_video * global_batch * n / (wait + busy),
+                               data_wait=wait / (wait + busy), skipped=len(set(skipped)))
+                    for k in ("lr", "wd", "momentum", "tau_t"):  # schedules: the value at the last step
+                        rec[k] = metrics[k]
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", cd=f"{rec['cd']:.2f}", up=f"{rec['up']:.3f}",
+                                    H_t=f"{rec['t_entropy']:.2f}", clips_s=f"{rec['clips_per_s']:.0f}",
+                                    wait=f"{rec['data_wait']:.0%}")
+                    write(rec)
+                    sums, n, wait, busy = {}, 0, 0.0, 0.0
+                if step % steps_per_epoch == 0 or step == total_steps or step == cfg.max_steps:
+                    checkpoint(step)
+                    break
+    except KeyboardInterrupt:
+        print0(f"\ninterrupted: saving {ckpt_path} at step {step}; run the same command to resume")
+        checkpoint(step)
+        raise SystemExit(130)
+    finally:
+        bar.close()
+    if zs is not None:
+        evaluate_zero_shot(step)
+    if master:
+        if skipped:
+            (out / "skipped.txt").write_text("\n".join(sorted(set(skipped))) + "\n")
+            print0(f"{len(set(skipped))} unreadable videos were skipped (listed in {out / 'skipped.txt'})")
+        data_flags = f" --dataset {cfg.dataset}" if cfg.dataset != "synthetic" else ""
+        print0(f"done: {step} steps; checkpoint {ckpt_path}\n"
+               f"evaluate: python eval_linear.py --ckpt {ckpt_path}{data_flags}\n"
+               f"          python lss.py zero-shot --ckpt {ckpt_path}{data_flags}")
+    if log:
+        log.close()
+    if world > 1:
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- zero-shot command line
+
+@dataclass
+class ZeroShotConfig:
+    ckpt: str | None = None         # an lss.py checkpoint: its teacher and its text tower are evaluated
+    clip: str | None = None         # instead of --ckpt: CLIP weights evaluated frozen (frame-averaged CLIP baseline)
+    dataset: str | None = None      # synthetic | folder | ucf101 | hmdb51 | kinetics (default: the checkpoint's)
+    data: str | None = None         # dataset root
+    annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
+    fold: int = 0                   # UCF101/HMDB51 split; 0: the checkpoint's (or 1)
+    nuisance: float = -1.0          # synthetic only; -1: the checkpoint's (or 0)
+    split: str = "test"             # which split to classify: test | train
+    frames: int = 0                 # frames per clip; 0: the checkpoint's --frames (--clip: 8)
+    stride: int = 0                 # frames between a clip's frames; 0: the checkpoint's --stride (--clip: 4)
+    size: int = 0                   # centre-crop side; 0: the checkpoint's --size (--clip: the CLIP's resolution)
+    canvas: tuple = (0, 0)          # decode size H W; 0 0: the checkpoint's --canvas (--clip: size x size)
+    test_clips: int = 4             # uniformly spaced clips per video, features averaged
+    templates: str = ""             # kinetics | single; empty: the checkpoint's --templates (--clip: kinetics)
+    class_vectors: str = "names"    # names (class names x templates) | descriptions (mean of the class's descriptions)
+    cls_mode: str = "per_frame"     # --clip only: per_frame (exactly the frame-averaged CLIP) | shared
+    batch_size: int = 8             # videos per forward pass
+    workers: int = 2                # DataLoader decode processes
+    device: str = "auto"            # auto | cpu | cuda
+    bpe: str | None = None          # CLIP's BPE vocabulary file (default: open_clip's copy)
+    json: str | None = None         # write the result here
+
+
+def zero_shot(zc: ZeroShotConfig) -> dict:
+    if bool(zc.ckpt) == bool(zc.clip):
+        raise SystemExit("error: give exactly one of --ckpt (an lss.py checkpoint) or --clip (frozen CLIP weights)")
+    if zc.class_vectors not in ("names", "descriptions") or zc.split not in ("train", "test"):
+        raise SystemExit("error: --class-vectors must be names|descriptions and --split train|test")
+    if zc.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no GPU is visible")
+    device = torch.device("cuda" if zc.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if zc.device == "auto" else zc.device)
+    t0 = time.perf_counter()
+    if zc.ckpt:
+        ckpt = data.load_checkpoint(zc.ckpt)
+        if ckpt.get("method") != "lss" or "text" not in ckpt:
+            raise SystemExit(f"error: {zc.ckpt} is not an lss.py checkpoint (method {ckpt.get('method')!r})")
+        tcfg = dict(ckpt["config"])
+        backbone = Backbone(tcfg, "proj")
+        backbone.load_state_dict(ckpt["backbone"])  # the teacher
+        text = text_tower(CLIP(CLIPConfig(**tcfg["clip_arch"])))
+        text.load_state_dict(ckpt["text"])
+        what, step = f"teacher of {zc.ckpt}", ckpt.get("step")
+        del ckpt
+    else:
+        clip = load_clip(zc.clip)
+        res = clip.cfg.image_resolution
+        tcfg = {"clip_arch": asdict(clip.cfg), "frames": zc.frames or 8, "stride": zc.stride or 4,
+                "cls_mode": zc.cls_mode, "size": zc.size or res, "canvas": [zc.size or res] * 2,
+                "templates": "kinetics", "desc_template": "{desc}", "dataset": "synthetic"}
+        vit = VideoViT.from_clip(clip.visual, zc.cls_mode, tcfg["frames"])  # temporal branch a no-op: image CLIP
+        backbone = Backbone(tcfg, "proj", vit=vit)
+        text = text_tower(clip)
+        what, step = f"frozen CLIP {zc.clip} (frame-averaged, cls {zc.cls_mode})", None
+    if zc.dataset is None:
+        dataset, root, ann = tcfg.get("dataset", "synthetic"), zc.data or tcfg.get("data"), \
+            zc.annotations or tcfg.get("annotations")
+        fold, nuisance = zc.fold or tcfg.get("fold", 1), tcfg.get("nuisance", 0.0) if zc.nuisance < 0 else zc.nuisance
+    else:
+        dataset, root, ann, fold, nuisance = zc.dataset, zc.data, zc.annotations, zc.fold or 1, max(0.0, zc.nuisance)
+    frames, stride = zc.frames or tcfg["frames"], zc.stride or tcfg["stride"]
+    size = zc.size or tcfg["size"]
+    canvas = tuple(zc.canvas) if all(zc.canvas) else tuple(tcfg["canvas"])
+    templates = zc.templates or tcfg.get("templates", "kinetics")
+    if templates not in TEMPLATES:
+        raise SystemExit(f"error: --templates must be one of {list(TEMPLATES)}")
+    try:
+        videos = data.load_split(dataset, root, ann, fold, zc.split,
+                                 synthetic_kwargs=dict(nuisance=nuisance) if dataset == "synthetic" else None)
+    except data.DatasetError as e:
+        raise SystemExit(f"error: {e}")
+    backbone.to(device)
+    vectors = class_vectors(text, videos.classes, zc.class_vectors, TEMPLATES[templates],
+                            tcfg.get("desc_template", "{desc}"), zc.bpe, device)
+    print(f"zero-shot | {what} | {videos.name}: {len(videos)} videos, {len(videos.classes)} classes "
+          f"({zc.class_vectors}, {templates} templates) | {zc.test_clips} clips x {frames} frames (stride {stride}) "
+          f"x 1 centre crop {size}px | {device}")
+    r = zero_shot_eval(backbone, vectors, videos, frames, stride, size, canvas, zc.test_clips, zc.batch_size,
+                       zc.workers, device)
+    missing = [{"path": p, "reason": "listed in the split file but not on disk"} for p in videos.missing]
+    result = {"top1": r["top1"], "top5": r["top5"], "num_test": r["num_test"], "num_classes": r["num_classes"],
+              "skipped": missing + r["skipped"], "per_class": r["per_class"], "ckpt": zc.ckpt, "clip": zc.clip,
+              "step": step, "method": "lss", "split": zc.split,
+              "dataset": {"dataset": dataset, "data": root, "annotations": ann, "fold": fold,
+                          "nuisance": nuisance if dataset == "synthetic" else None},
+              "views": {"frames": frames, "stride": stride, "size": size, "canvas": list(canvas),
+                        "test_clips": zc.test_clips, "crops": 1, "average": "normalised features"},
+              "class_vectors": zc.class_vectors, "templates": templates,
+              "seconds": round(time.perf_counter() - t0, 2)}
+    print(f"top-1 {result['top1']}%  top-5 {result['top5']}%  | {result['num_test']} videos "
+          f"(skipped {len(result['skipped'])}) | chance {100 / result['num_classes']:.1f}%")
+    if zc.json:
+        Path(zc.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(zc.json).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {zc.json}")
+    return result
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["zero-shot"]:
+            return zero_shot(data.parse_config(ZeroShotConfig, argv[1:], "LSS zero-shot classification by class "
+                                               "names: an lss.py checkpoint (--ckpt) or frozen CLIP (--clip)."))
+        return train(parse_args(argv))
+    except (data.DatasetError, FloatingPointError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
