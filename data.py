@@ -1191,7 +1191,7 @@ def check_dataset(videos: Sequence[str], workers=2, progress=True):
 # Re-encoding a dataset for fast random access. Seeking lands on the keyframe before the wanted frame and decodes
 # forward from there, so a random clip costs about GOP/2 extra decoded frames: ~140 frames per 16-frame clip with
 # x264's default keyframe interval of 250 (Kinetics as downloaded) against ~40 with a keyframe every 16 frames
-# (mmaction2's "dense" encoding), 2.5-3x more clips/s per CPU core (shared/reference/perf.md §4, BENCHMARKS.md).
+# (mmaction2's "dense" encoding), 2.5-3x more clips/s per CPU core (docs/perf.md §4, BENCHMARKS.md).
 # Scaling the short side to 256 (the usual training input before 224 crops) cuts decode cost further for HD sources.
 
 # Output container per file-name extension. The file NAME never changes (split files and Kinetics CSVs refer to

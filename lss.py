@@ -11,7 +11,7 @@ distribution over action names across views) and concept alignment (the student'
 summed per action, matches the teacher's distribution over action names).
 
 What is known and what is reconstructed. There is no official code, and only the abstract and the Fig. 1 caption of
-the paper could be read (see shared/reference/lss.md section 0). Verified: image-CLIP initialisation of a space-time
+the paper could be read (see docs/lss.md section 0). Verified: image-CLIP initialisation of a space-time
 backbone, self-distillation, projection onto frozen text "concept" vectors, the two objectives, three benchmarks.
 Everything else here is a RECONSTRUCTION, chosen to be as close as possible to the code LSS builds on (SVT for the
 backbone/views/EMA, DINO for centring and multi-view pairing, MUST for the uniform prior, openai/CLIP for the model):
