@@ -1,0 +1,652 @@
+"""
+The replication study: a grid of short pretraining runs, each read out by a linear probe, every row mean ± std over
+seeds, written as JSON, a markdown table and two plots (and, on request, README.md's results block).
+
+Rows, grouped by the claim they test:
+  baselines     random-init encoder (no pretraining: the floor), supervised training of the same encoder on the
+                labels (scripts/supervised.py: the ceiling), CVRL with its defaults
+  interval      CVRL with each interval distribution between the two clips: decreasing P(t) with power 0.5 / 1
+                (default) / 2, uniform, increasing (paper Fig. 3)
+  consistency   CVRL with spatial augmentation drawn per frame instead of per clip (temporally inconsistent)
+  aug           CVRL with temporal augmentation only (no spatial augmentation) / spatial only (both clips the same
+                frames)
+  data          CVRL on 25 / 50 / 100% of the pretraining videos (the probe always uses all labelled videos)
+  nuisance      the synthetic videos' appearance nuisance (--nuisance): CVRL and random-init at each level
+  lss           LSS, tiny CLIP from random weights: distillation only, + uniform prior, + concept alignment, full;
+                and the LSS network at initialisation (no training)
+
+Every job runs the real scripts as subprocesses, so the study exercises exactly what a user runs:
+    python cvrl.py | lss.py | scripts/supervised.py --out RUN --seed S <preset flags> <row flags> <data flags>
+    python eval_linear.py --ckpt RUN/checkpoint.pt --json RUN/linear.json --seed S <preset eval flags> <data flags>
+A random-init row trains nothing: it runs eval_linear.py --random-init --seed S on the checkpoint of its base row
+(same seed), which only supplies the network's config (architecture, views, data), never its weights.
+
+Commands
+    python scripts/replicate.py --quick                   # the CPU preset on the synthetic videos (hours; resumable)
+    python scripts/replicate.py --quick --update-readme   # ... and rewrite README.md's results block
+    python scripts/replicate.py --preset full             # the GPU preset: longer runs, 5 seeds, 5 nuisance levels
+    python scripts/replicate.py --preset smoke            # tiny everything, seconds per job (the tests run this)
+    python scripts/replicate.py --quick --rows cvrl,cvrl-uniform   # a subset (random-init rows bring their base)
+    python scripts/replicate.py --quick --dry-run         # print every job's commands and exit
+    python scripts/replicate.py --quick --dataset ucf101 --data UCF-101 --annotations ucfTrainTestlist --fold 1
+
+Output in --out (default results/replicate/<preset>, or results/replicate/<preset>-<dataset> for --dataset X):
+    runs/<row>/seed<S>/   the run: checkpoint.pt, log.jsonl, linear.json, <script>.log (each script's stdout+stderr),
+                          job.json (the commands of the attempt), result.json (written when the job ends)
+    results.json          every job (row, seed, top1, top5, final loss, seconds, commands, error) and per-row
+                          aggregates (mean, sample std with ddof=1, n); rewritten after every job
+    table.md              the table (also after every job); curves.png, bars.png at the end (needs matplotlib:
+                          pip install -e ".[study]"; without it the plots are skipped with a message)
+
+Resume: re-running the same command skips every job whose result.json says it succeeded with the same commands. A job
+whose commands changed (any flag: preset, row, data) starts afresh in an emptied run dir, and so does every random-init
+job whose base changed. A job that was interrupted is run again with the same commands: cvrl.py, lss.py and
+supervised.py resume from RUN/checkpoint.pt, and eval_linear.py reuses its cached features. Ctrl-C lets the running
+script save its checkpoint, then stops (exit 130). A job that fails is recorded with its error and the tail of its
+log, the grid goes on, the table marks the row, and the exit status is 1; the next run retries it.
+
+Determinism: with the same seeds, presets and machine, a run from scratch reproduces results.json's numbers, hence
+table.md, the README block's table and the PNGs byte for byte (the plots carry no timestamp or version metadata): on
+the CPU every script is deterministic (per-step/per-item seeds). On a GPU, cuDNN autotuning and atomics make the
+numbers vary in the last digits. The timings, date and environment in results.json and the README block vary.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = {"cvrl": "cvrl.py", "lss": "lss.py", "supervised": "scripts/supervised.py"}
+README_BEGIN, README_END = "<!-- replicate:begin -->", "<!-- replicate:end -->"
+
+# ----------------------------------------------------------------------------- the grid
+# Table sections, in order: key -> the claim its rows test.
+GROUPS = {
+    "baselines": "Baselines: no pretraining (floor) and supervised training of the same encoder (ceiling)",
+    "interval": "CVRL: the interval between the two clips (paper Fig. 3: decreasing P(t) is best)",
+    "consistency": "CVRL: temporally consistent spatial augmentation beats per-frame augmentation",
+    "aug": "CVRL: temporal and spatial augmentation both matter",
+    "data": "CVRL: more pretraining videos help",
+    "nuisance": "Synthetic appearance nuisance (default rows: 0): per-video looks are a shortcut for instance "
+                "discrimination",
+    "lss": "LSS (tiny CLIP, random init): distillation, + uniform prior, + concept alignment",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str                 # id: run dir and JSON key
+    label: str                # what the table and the plots call it
+    groups: tuple             # table sections it is shown in (GROUPS keys): its own first, then those it anchors
+    kind: str                 # cvrl | lss | supervised | random (eval_linear.py --random-init, nothing trained)
+    train: tuple = ()         # flags for the training script, after the preset's
+    eval: tuple = ()          # flags for eval_linear.py, after the preset's
+    base: str | None = None   # random rows: the trained row (same seed) whose checkpoint gives the network's config
+    ref: str | None = "random-init"  # the no-pretraining row the table's Δ column subtracts (None: no Δ)
+
+
+def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
+    """The whole grid, in run order (a random row after its base). Every flag below exists in cvrl.Config /
+    lss.Config / eval_linear.Config (tests/test_replicate.py parses each command with the script's own parser)."""
+    rows = [
+        Row("cvrl", "CVRL default (decreasing P(t), p = 1)", ("baselines", "interval", "consistency", "aug", "data"),
+            "cvrl"),
+        Row("random-init", "random-init encoder (no pretraining)", ("baselines",), "random", base="cvrl", ref=None),
+        Row("supervised", "supervised on the labels (same encoder)", ("baselines",), "supervised"),
+        Row("cvrl-p0.5", "CVRL decreasing, p = 0.5", ("interval",), "cvrl", ("--power", "0.5")),
+        Row("cvrl-p2", "CVRL decreasing, p = 2", ("interval",), "cvrl", ("--power", "2")),
+        Row("cvrl-uniform", "CVRL uniform P(t)", ("interval",), "cvrl", ("--interval", "uniform")),
+        Row("cvrl-increasing", "CVRL increasing P(t)", ("interval",), "cvrl", ("--interval", "increasing")),
+        Row("cvrl-per-frame", "CVRL per-frame augmentation", ("consistency",), "cvrl", ("--spatial-aug", "per-frame")),
+        Row("cvrl-temporal-only", "CVRL temporal augmentation only", ("aug",), "cvrl", ("--spatial-aug", "none")),
+        Row("cvrl-spatial-only", "CVRL spatial augmentation only (same frames)", ("aug",), "cvrl",
+            ("--interval", "same")),
+        Row("cvrl-data25", "CVRL on 25% of the videos", ("data",), "cvrl", ("--data-fraction", "0.25")),
+        Row("cvrl-data50", "CVRL on 50% of the videos", ("data",), "cvrl", ("--data-fraction", "0.5")),
+    ]
+    for level in nuisance_levels:
+        if level == 0:  # the default rows are the level-0 rows (the synthetic default is --nuisance 0)
+            rows = [Row(r.name, r.label, r.groups + ("nuisance",), r.kind, r.train, r.eval, r.base, r.ref)
+                    if r.name in ("cvrl", "random-init") else r for r in rows]
+            continue
+        n = f"{level:g}"
+        # eval_linear.py gets --nuisance too: with --dataset given it would not inherit the checkpoint's
+        rows += [Row(f"cvrl-nuisance{n}", f"CVRL, nuisance {n}", ("nuisance",), "cvrl", ("--nuisance", n),
+                     ("--nuisance", n), ref=f"random-init-nuisance{n}"),
+                 Row(f"random-init-nuisance{n}", f"random-init, nuisance {n}", ("nuisance",), "random",
+                     eval=("--nuisance", n), base=f"cvrl-nuisance{n}", ref=None)]
+    rows += [
+        Row("lss", "LSS full (distillation + uniform prior + alignment)", ("lss",), "lss", ref="lss-init"),
+        # --init random: the network at step 0 is a randomly initialised CLIP, so "frozen init" IS lss.py's network
+        # with random weights: eval_linear.py --random-init on an LSS checkpoint (its config, not its weights)
+        Row("lss-init", "LSS network at init, frozen (no training)", ("lss",), "random", base="lss", ref=None),
+        Row("lss-distill", "LSS distillation only", ("lss",), "lss", ("--lambda-up", "0", "--lambda-ca", "0"),
+            ref="lss-init"),
+        Row("lss-up", "LSS distillation + uniform prior", ("lss",), "lss", ("--lambda-ca", "0"), ref="lss-init"),
+        Row("lss-ca", "LSS distillation + concept alignment", ("lss",), "lss", ("--lambda-up", "0"), ref="lss-init"),
+    ]
+    return rows
+
+
+# Presets: the flags every job of a kind gets. "encoder" goes to cvrl.py AND supervised.py: the upper bound trains
+# the same network on the same clips. Step counts marked TUNE are placeholders until timed on the target machine.
+TINY_VIEWS = ["--frames", "4", "--stride", "2", "--size", "32", "--canvas", "32", "32"]
+PRESETS = {
+    "quick": dict(  # CPU, synthetic videos (cvrl.py's defaults otherwise: tiny R3D, 8x48 px, batch 64)
+        seeds=[0, 1, 2],
+        encoder=[],
+        cvrl=["--epochs", "40", "--workers", "2"],                       # TUNE
+        lss=["--epochs", "15", "--workers", "2"],                        # TUNE
+        supervised=["--epochs", "20", "--workers", "2"],                 # TUNE
+        eval=["--workers", "2"],
+        nuisance=[0.0, 0.5, 1.0],
+        rows=None,  # all
+    ),
+    "full": dict(  # one GPU, synthetic videos: longer schedules, more seeds and nuisance levels
+        seeds=[0, 1, 2, 3, 4],
+        encoder=[],
+        cvrl=["--epochs", "200", "--workers", "8"],                      # TUNE
+        lss=["--epochs", "60", "--workers", "8"],                        # TUNE
+        supervised=["--epochs", "60", "--workers", "8"],                 # TUNE
+        eval=["--workers", "8"],
+        nuisance=[0.0, 0.25, 0.5, 0.75, 1.0],
+        rows=None,
+    ),
+    "smoke": dict(  # plumbing only: 2 steps per run, a 5-epoch probe at a fixed lr, one seed
+        seeds=[0],
+        encoder=TINY_VIEWS,
+        cvrl=["--batch-size", "8", "--head-hidden", "64", "--epochs", "1", "--max-steps", "2", "--workers", "0",
+              "--log-every", "1"],
+        lss=["--width", "64", "--layers", "2", "--embed-dim", "32", "--text-width", "64", "--text-layers", "1",
+             "--size", "32", "--local-size", "16", "--canvas", "32", "32", "--frames", "4", "--stride", "2",
+             "--local-frames", "2", "--local-views", "2", "--templates", "single", "--batch-size", "4",
+             "--workers", "0", "--log-every", "1", "--epochs", "1", "--max-steps", "2", "--no-zero-shot-eval"],
+        supervised=["--batch-size", "8", "--epochs", "1", "--max-steps", "2", "--workers", "0", "--log-every", "1"],
+        eval=["--epochs", "5", "--lr", "0.1", "--train-views", "1", "--test-clips", "1", "--workers", "0"],
+        nuisance=[0.0],
+        rows=["cvrl", "random-init", "supervised", "lss", "lss-init"],
+    ),
+}
+
+
+def select_rows(rows: list[Row], names) -> list[Row]:
+    """The rows named (all if None), plus the base of every random row among them, in grid order."""
+    if not names:
+        return rows
+    by_name = {r.name: r for r in rows}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise SystemExit(f"error: unknown row(s) {unknown}; the grid has {list(by_name)}")
+    keep = set(names) | {by_name[n].base for n in names if by_name[n].base}
+    return [r for r in rows if r.name in keep]
+
+
+# ----------------------------------------------------------------------------- jobs
+
+@dataclass
+class Job:
+    row: Row
+    seed: int
+    dir: Path
+    cmds: list             # [[script, flags...], ...]: run as `python script flags...` from the repository root
+    key: dict              # what must not change for a finished result to be reused
+    needs: str | None = None  # id of the job that must have succeeded first (a random row's base)
+    id: str = field(init=False)
+
+    def __post_init__(self):
+        self.id = f"{self.row.name}/seed{self.seed}"
+
+
+def rel(path: Path) -> str:
+    """Paths in commands relative to the repository root when inside it (the scripts run there): the recorded
+    commands then do not depend on where the repository is checked out."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def make_jobs(rows: list[Row], P: dict, out: Path, data_flags: list) -> list[Job]:
+    """Seed-major (every row of seed 0, then seed 1, ...): a partial grid already has a full first table."""
+    jobs, by_id = [], {}
+    for seed in P["seeds"]:
+        for row in rows:
+            run = out / "runs" / row.name / f"seed{seed}"
+            probe = ["eval_linear.py", "--seed", str(seed), "--json", rel(run / "linear.json"), *P["eval"], *row.eval,
+                     *data_flags]
+            if row.kind == "random":
+                base = by_id.get(f"{row.base}/seed{seed}")
+                if base is None:
+                    raise ValueError(f"row {row.name}: its base {row.base!r} must come earlier in the grid")
+                # --cache: the random network's features live in this row's own run dir, not in the base's
+                cmds = [probe[:1] + ["--ckpt", rel(base.dir / "checkpoint.pt"), "--random-init", "--cache",
+                                     rel(run / "features")] + probe[1:]]
+                job = Job(row, seed, run, cmds, {"cmds": cmds, "base": base.key["cmds"]}, needs=base.id)
+            else:
+                shared = P["encoder"] if row.kind in ("cvrl", "supervised") else []
+                train = [SCRIPTS[row.kind], "--out", rel(run), "--seed", str(seed), *shared, *P[row.kind],
+                         *row.train, *data_flags]
+                cmds = [train, probe[:1] + ["--ckpt", rel(run / "checkpoint.pt")] + probe[1:]]
+                job = Job(row, seed, run, cmds, {"cmds": cmds})
+            jobs.append(job)
+            by_id[job.id] = job
+    return jobs
+
+
+class JobFailed(Exception):
+    def __init__(self, message: str, tail: str = ""):
+        super().__init__(message)
+        self.tail = tail
+
+
+def run_command(cmd: list, log_path: Path) -> float:
+    """`python cmd...` from the repository root, stdout+stderr appended to log_path (`tail -f` it to watch).
+    Returns its wall-clock seconds; raises JobFailed with the log's tail on a nonzero exit."""
+    t = time.perf_counter()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_MININTERVAL="30")  # live logs, few progress-bar redraws
+    with open(log_path, "a") as f:
+        f.write(f"\n$ python {' '.join(cmd)}\n")
+        f.flush()
+        proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        try:
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reached the child too (same process group): cvrl.py / lss.py / supervised.py write their
+            # checkpoint before exiting. Give them time, so the next run resumes instead of starting over.
+            try:
+                proc.wait(timeout=120)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                proc.kill()
+                proc.wait()
+            raise
+    if rc != 0:
+        raise JobFailed(f"`python {cmd[0]}` exited with status {rc} (log: {rel(log_path)})", tail(log_path))
+    return time.perf_counter() - t
+
+
+def tail(path: Path, chars: int = 3000) -> str:
+    try:
+        return Path(path).read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+def read_log(path: Path) -> list[dict]:
+    """The training records of a log.jsonl that carry a loss, one per step: a resumed run re-logs the steps after
+    its last checkpoint (the file is appended to), and the later record wins."""
+    by_step = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            if "loss" in rec or "zero_shot_top1" in rec:
+                by_step.setdefault(rec["step"], {}).update(rec)
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def run_job(job: Job) -> dict:
+    """The real runner: every command of the job, then what the study keeps from their outputs."""
+    seconds = {}
+    for cmd in job.cmds:
+        name = Path(cmd[0]).stem
+        seconds[name] = round(run_command(cmd, job.dir / f"{name}.log"), 1)
+    probe = json.loads((job.dir / "linear.json").read_text())
+    res = {"top1": probe["top1"], "top5": probe["top5"], "num_train": probe["num_train"],
+           "num_test": probe["num_test"], "probe_lr": probe["classifier"]["lr"], "seconds": seconds}
+    if job.row.kind != "random":
+        log = read_log(job.dir / "log.jsonl")
+        losses = [r for r in log if "loss" in r]
+        res["curve"] = [[r["step"], round(r["loss"], 5)] for r in losses]  # rounded: results.json stays readable
+        res["final_loss"] = losses[-1]["loss"] if losses else None
+        res["steps"] = losses[-1]["step"] if losses else None
+        zero_shot = [r["zero_shot_top1"] for r in log if "zero_shot_top1" in r]
+        if zero_shot:
+            res["zero_shot_top1"] = zero_shot[-1]  # lss.py: the teacher's zero-shot top-1 at the end of training
+    return res
+
+
+# ----------------------------------------------------------------------------- running the grid
+
+def read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: Path, obj):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)  # atomic: an interrupted write never leaves a half file that a resume would trust
+
+
+def execute(job: Job, runner, records: dict) -> dict:
+    started = read_json(job.dir / "job.json")
+    if job.dir.exists() and (started is None or started.get("key") != job.key):
+        # different commands (or unknown provenance): a checkpoint there belongs to another run, and cvrl.py would
+        # resume from it with a warning only. Start this job afresh.
+        why = "no record of the last attempt's commands" if started is None else "the commands changed"
+        tqdm.write(f"{job.id}: {why}; emptying {rel(job.dir)} and starting afresh")
+        shutil.rmtree(job.dir)
+    job.dir.mkdir(parents=True, exist_ok=True)
+    write_json(job.dir / "job.json", {"id": job.id, "key": job.key})
+    rec = {"row": job.row.name, "seed": job.seed, "key": job.key}
+    t = time.perf_counter()
+    try:
+        if job.needs and records.get(job.needs, {}).get("status") != "ok":
+            raise JobFailed(f"needs {job.needs}, which did not succeed")
+        rec.update(runner(job), status="ok")
+    except JobFailed as e:
+        rec.update(status="failed", error=str(e), log_tail=e.tail)
+    except Exception as e:  # noqa: BLE001 -- one broken job (e.g. unreadable output) must not stop the grid
+        rec.update(status="failed", error=f"{type(e).__name__}: {e}", log_tail="")
+    rec["wall_seconds"] = round(time.perf_counter() - t, 1)
+    write_json(job.dir / "result.json", rec)
+    return rec
+
+
+def run_grid(jobs: list[Job], runner=run_job, on_update=None) -> dict:
+    """Run every job that has no reusable result; returns {job id: record}. on_update(records) after each job.
+    KeyboardInterrupt propagates (after the running script has saved its checkpoint)."""
+    records, todo = {}, []
+    for job in jobs:
+        prev = read_json(job.dir / "result.json")
+        if prev and prev.get("status") == "ok" and prev.get("key") == job.key:
+            records[job.id] = prev
+        else:
+            todo.append(job)
+    print(f"{len(jobs)} jobs: {len(jobs) - len(todo)} done earlier, {len(todo)} to run")
+    t0 = time.perf_counter()
+    bar = tqdm(todo, unit="job", dynamic_ncols=True)
+    for i, job in enumerate(bar):
+        bar.set_description(job.id)
+        rec = records[job.id] = execute(job, runner, records)
+        elapsed = time.perf_counter() - t0
+        eta = elapsed / (i + 1) * (len(todo) - i - 1)
+        what = f"top-1 {rec['top1']:.1f}%" if rec["status"] == "ok" else f"FAILED: {rec['error']}"
+        tqdm.write(f"[{i + 1}/{len(todo)}] {job.id}: {what} ({rec['wall_seconds']:.0f} s) | elapsed "
+                   f"{hms(elapsed)}, ETA {hms(eta)}")
+        if on_update:
+            on_update(records)
+    bar.close()
+    return records
+
+
+def hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+# ----------------------------------------------------------------------------- aggregation and the table
+
+def aggregate(values) -> dict:
+    """Mean and sample standard deviation (ddof=1: the seeds are a sample of all seeds) of a row's per-seed values.
+    One value has no std: None in the JSON, shown without ± in the table. None values (missing) are dropped."""
+    v = [float(x) for x in values if x is not None]
+    return {"mean": statistics.fmean(v) if v else None, "std": statistics.stdev(v) if len(v) > 1 else None,
+            "n": len(v)}
+
+
+def summarize(rows: list[Row], jobs: list[Job], records: dict) -> list[dict]:
+    """Per row: its description, the aggregates over its successful seeds, and how many seeds failed."""
+    out = []
+    for row in rows:
+        recs = [records[j.id] for j in jobs if j.row.name == row.name and j.id in records]
+        ok = [r for r in recs if r["status"] == "ok"]
+        out.append({"name": row.name, "label": row.label, "kind": row.kind, "groups": list(row.groups),
+                    "ref": row.ref, "seeds": sorted(r["seed"] for r in ok),
+                    "failed": sorted(r["seed"] for r in recs if r["status"] != "ok"),
+                    "top1": aggregate(r["top1"] for r in ok), "top5": aggregate(r["top5"] for r in ok),
+                    "final_loss": aggregate(r.get("final_loss") for r in ok),
+                    "wall_seconds": aggregate(r["wall_seconds"] for r in ok)})
+    return out
+
+
+def format_cell(s: dict) -> str:
+    a, failed = s["top1"], len(s["failed"])
+    if a["n"] == 0:
+        return f"**failed** ({plural(failed, 'seed')})" if failed else "not run"
+    seeds = plural(a["n"], "seed") + (f", **{failed} failed**" if failed else "")
+    return f"{a['mean']:.1f} ± {a['std']:.1f} ({seeds})" if a["std"] is not None else f"{a['mean']:.1f} ({seeds})"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def format_delta(s: dict, by_name: dict) -> str:
+    ref = by_name.get(s["ref"])
+    if ref is None or s["top1"]["n"] == 0 or ref["top1"]["n"] == 0:
+        return "—"
+    return f"{s['top1']['mean'] - ref['top1']['mean']:+.1f}"
+
+
+def format_table(summary: list[dict]) -> str:
+    """Markdown: one section per claim (GROUPS order), one line per row; a row may appear in several sections."""
+    by_name = {s["name"]: s for s in summary}
+    lines = ["| | top-1 % (mean ± std, seeds) | Δ vs no pretraining |", "|---|---|---|"]
+    for group, title in GROUPS.items():
+        members = [s for s in summary if group in s["groups"]]
+        if any(s["groups"][0] == group for s in members):  # not a section of anchors only (a partial grid)
+            lines.append(f"| **{title}** | | |")
+            lines += [f"| {s['label']} | {format_cell(s)} | {format_delta(s, by_name)} |" for s in members]
+    lines.append("")
+    lines.append("Top-1: linear probe on frozen features (eval_linear.py), % of test videos; mean ± sample std "
+                 "(ddof=1) over seeds, a single seed has no std. Δ: the row's mean minus the mean of its "
+                 "no-pretraining row: the random-init encoder (nuisance rows: at the same nuisance level; LSS rows: "
+                 "the LSS network at init).")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- plots (optional: matplotlib)
+
+COLORS = {"cvrl": "tab:blue", "lss": "tab:orange", "supervised": "tab:green", "random": "tab:gray"}
+CURVE_TITLES = {"cvrl": "CVRL: NT-Xent (sum of both directions)", "lss": "LSS: total loss",
+                "supervised": "supervised: cross-entropy"}
+
+
+def mean_curve(curves: list) -> tuple[list, list]:
+    """Mean over seeds at the steps every seed logged."""
+    steps = sorted(set.intersection(*[{s for s, _ in c} for c in curves]))
+    maps = [dict(map(tuple, c)) for c in curves]
+    return steps, [statistics.fmean(m[s] for m in maps) for s in steps]
+
+
+def make_plots(summary: list[dict], jobs: list[Job], records: dict, out: Path) -> list[Path]:
+    """curves.png (training loss vs step, mean over seeds, one panel per kind) and bars.png (top-1 mean ± std per
+    row). Agg backend, matplotlib's default style and no metadata: the same numbers give the same bytes."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed, so no plots (curves.png, bars.png); "
+              "pip install -e \".[study]\" and re-run the same command (finished jobs are not re-run)")
+        return []
+    written = []
+    with plt.style.context("default"):
+        kinds = [k for k in CURVE_TITLES if any(s["kind"] == k and s["seeds"] for s in summary)]
+        if kinds:
+            fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4.5), squeeze=False)
+            for ax, kind in zip(axes[0], kinds):
+                rows = [s for s in summary if s["kind"] == kind and s["seeds"]]
+                cmap = plt.get_cmap("tab20")
+                for i, s in enumerate(rows):
+                    curves = [records[j.id]["curve"] for j in jobs if j.row.name == s["name"] and j.id in records
+                              and records[j.id]["status"] == "ok" and records[j.id].get("curve")]
+                    if curves:
+                        steps, loss = mean_curve(curves)
+                        ax.plot(steps, loss, color=cmap(i % 20), lw=1.2, label=f"{s['label']} ({len(curves)})")
+                ax.set_title(CURVE_TITLES[kind], fontsize=10)
+                ax.set_xlabel("step")
+                ax.set_ylabel("training loss, mean over seeds")
+                ax.legend(fontsize=6)
+            fig.tight_layout()
+            written.append(out / "curves.png")
+            fig.savefig(written[-1], dpi=100, metadata={"Software": None})
+            plt.close(fig)
+        rows = [s for s in summary if s["top1"]["n"]]
+        if rows:
+            fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.3))
+            y = list(range(len(rows)))
+            ax.barh(y, [s["top1"]["mean"] for s in rows], xerr=[s["top1"]["std"] or 0.0 for s in rows],
+                    color=[COLORS[s["kind"]] for s in rows], capsize=2)
+            ax.set_yticks(y, [f"{s['label']} ({s['top1']['n']})" for s in rows], fontsize=7)
+            ax.invert_yaxis()
+            base = next((s for s in rows if s["name"] == "random-init"), None)
+            if base:
+                ax.axvline(base["top1"]["mean"], color="k", ls="--", lw=1, label="random-init encoder")
+                ax.legend(fontsize=7, loc="lower right")
+            ax.set_xlabel("linear-probe top-1 (%), mean ± std over seeds (n)")
+            fig.tight_layout()
+            written.append(out / "bars.png")
+            fig.savefig(written[-1], dpi=100, metadata={"Software": None})
+            plt.close(fig)
+    return written
+
+
+# ----------------------------------------------------------------------------- environment and README
+
+def environment(argv: list) -> dict:
+    import torch
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+                   platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+        device = f"CPU only: {cpu or 'unknown'}, {len(os.sched_getaffinity(0))} cores"
+    return {"date": datetime.date.today().isoformat(), "device": device, "torch": torch.__version__,
+            "python": platform.python_version(), "git": commit,
+            "command": " ".join(["python", "scripts/replicate.py", *argv])}
+
+
+def readme_block(table: str, env: dict, out: Path, plots: list, wall_seconds: float) -> str:
+    where = rel(out)
+    lines = [README_BEGIN,
+             "<!-- written by scripts/replicate.py --update-readme: edit the script, not this block -->",
+             f"`{env['command']}` (commit {env['git'] or '?'}, {env['date']}; {env['device']}; torch {env['torch']}, "
+             f"Python {env['python']}; {hms(wall_seconds)} of job wall-clock). Per-job numbers: "
+             f"[{where}/results.json]({where}/results.json).", "", table.rstrip("\n"), ""]
+    lines += [f"![{p.stem}]({rel(p)})" for p in plots]
+    return "\n".join(lines + [README_END]) + "\n"
+
+
+def update_readme(readme: Path, block: str) -> bool:
+    """Replace the marked block of README.md; False (and nothing written) when the markers are not there."""
+    text = readme.read_text() if readme.exists() else ""
+    pattern = re.compile(re.escape(README_BEGIN) + r".*?" + re.escape(README_END) + r"\n?", re.S)
+    if not pattern.search(text):
+        return False
+    readme.write_text(pattern.sub(lambda _: block, text, count=1))
+    return True
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", choices=["auto", *PRESETS], default="auto",
+                   help="auto: full with a GPU, quick without")
+    p.add_argument("--quick", action="store_true", help="same as --preset quick")
+    p.add_argument("--rows", default=None, help="comma-separated row names to run (default: the preset's)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
+    p.add_argument("--out", default=None, help="default: results/replicate/<preset>[-<dataset>]")
+    p.add_argument("--dataset", default=None, choices=["synthetic", "folder", "ucf101", "hmdb51", "kinetics"],
+                   help="passed to every job (default: the scripts' own, synthetic)")
+    p.add_argument("--data", default=None, help="passed to every job")
+    p.add_argument("--annotations", default=None, help="passed to every job")
+    p.add_argument("--fold", type=int, default=None, choices=[1, 2, 3], help="passed to every job")
+    p.add_argument("--update-readme", action="store_true",
+                   help=f"rewrite the block between {README_BEGIN} and {README_END} in --readme")
+    p.add_argument("--readme", default=str(ROOT / "README.md"))
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="print every job's commands and exit")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.preset = "quick"
+    if a.preset == "auto":
+        import torch
+        a.preset = "full" if torch.cuda.is_available() else "quick"
+    return a
+
+
+def main(argv=None, runner=run_job) -> int:
+    a = parse_args(argv)
+    P = dict(PRESETS[a.preset])
+    if a.seeds:
+        P["seeds"] = a.seeds
+    data_flags = [x for flag, v in [("--dataset", a.dataset), ("--data", a.data and os.path.abspath(a.data)),
+                                    ("--annotations", a.annotations and os.path.abspath(a.annotations)),
+                                    ("--fold", a.fold)] if v is not None for x in (flag, str(v))]
+    levels = P["nuisance"]
+    if (a.dataset not in (None, "synthetic") or a.data) and any(levels):
+        # --nuisance only changes the videos that data.py generates into its cache; a given root is used as it is
+        print("note: the nuisance rows need the built-in synthetic videos (no --data, no other --dataset); skipped")
+        levels = [0.0]
+    names = a.rows.split(",") if a.rows else P["rows"]
+    rows = select_rows(build_rows(levels), names)
+    out = Path(a.out or ROOT / "results" / "replicate" / (
+        a.preset + (f"-{a.dataset}" if a.dataset not in (None, "synthetic") else ""))).resolve()
+    jobs = make_jobs(rows, P, out, data_flags)
+    print(f"replication study | preset {a.preset} | {len(rows)} rows x {len(P['seeds'])} seeds | {rel(out)}")
+    if a.dry_run:
+        for job in jobs:
+            print(f"# {job.id}" + (f" (after {job.needs})" if job.needs else ""))
+            for cmd in job.cmds:
+                print("python " + " ".join(cmd))
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment(sys.argv[1:] if argv is None else list(argv))
+
+    def write_results(records):
+        summary = summarize(rows, jobs, records)
+        write_json(out / "results.json", {"preset": a.preset, "seeds": P["seeds"], "environment": env,
+                                          "rows": summary, "jobs": [records[j.id] for j in jobs if j.id in records]})
+        (out / "table.md").write_text(format_table(summary))
+        return summary
+
+    try:
+        records = run_grid(jobs, runner, on_update=write_results)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished jobs are saved in {rel(out)}; run the same command to resume")
+        return 130
+    summary = write_results(records)
+    table = (out / "table.md").read_text()
+    plots = [] if a.no_plots else make_plots(summary, jobs, records, out)
+    print("\n" + table)
+    print(f"wrote {rel(out / 'results.json')}, {rel(out / 'table.md')}" + "".join(f", {rel(p)}" for p in plots))
+    if a.update_readme:
+        wall = sum(records[j.id]["wall_seconds"] for j in jobs if records[j.id]["status"] == "ok")
+        block = readme_block(table, env, out, plots, wall)
+        if update_readme(Path(a.readme), block):
+            print(f"updated the results block of {a.readme}")
+        else:
+            print(f"{a.readme} has no {README_BEGIN} ... {README_END} markers; paste this block where the results "
+                  f"belong:\n\n{block}")
+    failed = [j.id for j in jobs if records[j.id]["status"] != "ok"]
+    if failed:
+        print(f"{len(failed)} job(s) failed: {', '.join(failed)} (errors and log tails in "
+              f"{rel(out / 'results.json')}; re-run the same command to retry them)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""
+Supervised upper bound for the replication study: CVRL's encoder trained with the labels, then evaluated by the
+same linear probe as the self-supervised runs.
+
+The network is exactly the one a CVRL run with the same flags would train (cvrl.build_encoder(--arch)), fed the
+same clips (--frames/--stride/--canvas/--size); a linear classifier on its pooled feature is trained with softmax
+cross-entropy on the labelled training split, each video seen as one random clip (data.RandomClip) with the
+linear probe's augmentation (random resized crop + flip, eval_linear.train_augment_config), SGD momentum 0.9,
+linear warmup then cosine. The checkpoint is written in cvrl.py's format ("method": "cvrl", the encoder under
+"backbone" with the "encoder." prefix, the config with every view setting), so eval_linear.py reads it unchanged
+and the probe measures the representation, not this classifier. One process (no torchrun): it is a reference
+number, not a method.
+
+    python scripts/supervised.py --out runs/supervised                   # CPU: tiny R3D, synthetic videos
+    python eval_linear.py --ckpt runs/supervised/checkpoint.pt           # what the study reports
+    python scripts/supervised.py --epochs 1 --max-steps 2 --out runs/sup_smoke --workers 0   # seconds
+
+Re-running a command with the same --out resumes from OUT/checkpoint.pt (same schedule, also mid-epoch).
+Outputs in --out: checkpoint.pt, config.json, log.jsonl (step, epoch, loss, acc, lr, clips_per_s).
+"""
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import cvrl  # noqa: E402
+import data  # noqa: E402
+from eval_linear import resolve_device, train_augment_config  # noqa: E402
+
+C = cvrl.Config  # data, clip and network defaults are CVRL's own, so "the same encoder" cannot drift
+
+
+@dataclass
+class Config:
+    # data (as cvrl.py)
+    dataset: str = C.dataset        # synthetic | folder | ucf101 | hmdb51 | kinetics
+    data: str | None = C.data       # dataset root (videos); synthetic: generated once into the cache if not given
+    annotations: str | None = C.annotations  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
+    fold: int = C.fold              # UCF101/HMDB51 split number (1-3)
+    nuisance: float = C.nuisance    # synthetic only: appearance nuisance 0..1
+    canvas: tuple = C.canvas        # decode size (H, W)
+    frames: int = C.frames          # frames per clip
+    stride: int = C.stride          # frames between sampled frames
+    size: int = C.size              # crop size fed to the network
+    arch: str = C.arch              # encoder: tiny, r3d18, r3d50, r3d101 (cvrl.build_encoder)
+    # optimisation
+    epochs: int = 20                # passes over the labelled training videos
+    batch_size: int = 32            # videos per step
+    lr: float = 0.1                 # SGD peak learning rate at this batch size (not rescaled)
+    warmup_epochs: float = 1.0      # linear warmup, then cosine to 0
+    weight_decay: float = 1e-4      # on conv/linear weights only
+    momentum: float = 0.9
+    # machinery
+    device: str = "auto"            # auto | cpu | cuda (bf16 autocast on cuda)
+    workers: int = 2                # DataLoader decode processes
+    seed: int = 0
+    out: str = "runs/supervised"    # output dir: checkpoint.pt, config.json, log.jsonl
+    log_every: int = 10             # steps between log lines
+    max_steps: int = 0              # stop after this many steps in total (0 = no limit)
+
+
+def train(cfg: Config):
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train",
+                             synthetic_kwargs=dict(nuisance=cfg.nuisance))
+    dataset = data.VideoDataset(videos, data.RandomClip(cfg.frames, cfg.stride), canvas=cfg.canvas, resample=True,
+                                min_frames=cfg.frames)
+    loader = data.make_loader(dataset, cfg.batch_size, cfg.workers, shuffle=True, drop_last=True, seed=cfg.seed)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise SystemExit(f"error: {len(videos)} training videos cannot fill one batch of {cfg.batch_size}; "
+                         f"lower --batch-size")
+    total_steps, warmup_steps = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
+    aug = train_augment_config()
+
+    encoder = cvrl.build_encoder(cfg.arch)
+    classifier = nn.Linear(encoder.feature_dim, len(videos.classes))
+    model = nn.Sequential(encoder, classifier).to(device)
+    optimizer = cvrl.configure_optimizer(model, cfg.lr, cfg.weight_decay, cfg.momentum, "sgd")
+    step = 0
+    if ckpt_path.exists():
+        ckpt = data.load_checkpoint(ckpt_path)
+        data.check_resume_config(ckpt["config"], cfg, ("arch",))
+        encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in ckpt["backbone"].items()})
+        classifier.load_state_dict(ckpt["classifier"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+        print(f"resumed from {ckpt_path} at step {step}")
+    print(f"supervised | {videos.name}: {len(videos)} videos, {len(videos.classes)} classes | encoder {cfg.arch} | "
+          f"{device} | {steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+
+    def checkpoint():
+        # cvrl.py's layout: eval_linear.py builds cvrl.build_backbone(config) and loads "backbone" into it
+        data.save_checkpoint(ckpt_path, {
+            "method": "cvrl", "trained_by": "scripts/supervised.py", "config": asdict(cfg), "step": step,
+            "epoch": step / steps_per_epoch, "backbone": {"encoder." + k: v for k, v in encoder.state_dict().items()},
+            "classifier": classifier.state_dict(), "optimizer": optimizer.state_dict(),
+            "versions": {"torch": str(torch.__version__)}})
+
+    log = open(out / "log.jsonl", "a")
+    sums, t0 = dict(loss=0.0, acc=0.0, n=0), time.perf_counter()
+    try:
+        while step < total_steps and (cfg.max_steps == 0 or step < cfg.max_steps):
+            epoch, offset = divmod(step, steps_per_epoch)
+            loader.sampler.set_epoch(epoch, skip=offset * cfg.batch_size)  # mid-epoch resume: same order, rest of it
+            model.train()
+            for batch in loader:
+                video = batch["video"].to(device, non_blocking=True)[:, 0]  # (B, T, H, W, 3) uint8: one clip per video
+                label = batch["label"].to(device)
+                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101)  # a function of the step
+                x = data.augment(data.to_bcthw(video), cfg.size, aug, g)         # (B, C, T, S, S) in [0, 1]
+                for group in optimizer.param_groups:
+                    group["lr"] = cvrl.lr_at(step, total_steps, warmup_steps, cfg.lr)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    logits = model(x)                                            # (B, classes)
+                loss = F.cross_entropy(logits.float(), label)
+                if not math.isfinite(loss.item()):
+                    raise SystemExit(f"error: loss is {loss.item()} at step {step}; lower --lr "
+                                     f"(the last good checkpoint {ckpt_path} is kept)")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                sums["loss"] += loss.item()
+                sums["acc"] += (logits.argmax(1) == label).float().mean().item()
+                sums["n"] += 1
+                if step % cfg.log_every == 0 or step == total_steps:
+                    n, dt = sums["n"], time.perf_counter() - t0
+                    rec = dict(step=step, epoch=round(step / steps_per_epoch, 3), loss=sums["loss"] / n,
+                               acc=sums["acc"] / n, lr=optimizer.param_groups[0]["lr"],
+                               clips_per_s=cfg.batch_size * n / dt)
+                    print(json.dumps(rec))
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                    sums, t0 = dict(loss=0.0, acc=0.0, n=0), time.perf_counter()
+                if step % steps_per_epoch == 0 or step == total_steps or step == cfg.max_steps:
+                    checkpoint()
+                    break
+    except KeyboardInterrupt:  # Ctrl-C (also the study's): save, so the same command resumes here
+        print(f"\ninterrupted: saving {ckpt_path} at step {step}; run the same command to resume")
+        checkpoint()
+        raise SystemExit(130)
+    log.close()
+    print(f"done: {step} steps; checkpoint {ckpt_path}\nevaluate: python eval_linear.py --ckpt {ckpt_path}")
+
+
+if __name__ == "__main__":
+    try:
+        train(data.parse_config(Config, None, __doc__.strip().split("\n\n")[0]))
+    except data.DatasetError as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,328 @@
+"""scripts/replicate.py's plumbing, not its numbers: aggregation, the table, resuming a grid, failed jobs, the
+commands it builds (each parsed by its script's own parser), the README block, byte-stable plots, and one real
+subprocess run of the smoke preset on the tiny synthetic dataset. The fake runners below stand in for the
+subprocesses: they record which jobs run and return made-up accuracies."""
+import json
+import math
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+
+import cvrl
+import data
+import eval_linear
+import lss
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import replicate as R  # noqa: E402
+import supervised  # noqa: E402
+
+# a small grid for the fake-runner tests: 3 rows (one random-init row and its base) x 2 seeds = 6 jobs
+TEST_PRESET = dict(seeds=[0, 1], encoder=[], cvrl=["--epochs", "1"], lss=[], supervised=[], eval=[], nuisance=[0.0],
+                   rows=["cvrl", "random-init", "cvrl-uniform"])
+ORDER = ["cvrl/seed0", "random-init/seed0", "cvrl-uniform/seed0", "cvrl/seed1", "random-init/seed1",
+         "cvrl-uniform/seed1"]
+
+
+class FakeRunner:
+    """Records the jobs it is asked to run; a trained job leaves a 'checkpoint' in its run dir, as cvrl.py would.
+    `fail`: {job id: exception to raise}; `interrupt_after`: raise KeyboardInterrupt on the call after that many."""
+
+    def __init__(self, fail=None, interrupt_after=None):
+        self.calls, self.fail, self.interrupt_after = [], fail or {}, interrupt_after
+        self.found_checkpoint = {}
+
+    def __call__(self, job):
+        self.calls.append(job.id)
+        ckpt = job.dir / "checkpoint.pt"
+        self.found_checkpoint[job.id] = ckpt.exists()
+        if job.row.kind != "random":
+            ckpt.write_text("fake")
+        if self.interrupt_after is not None and len(self.calls) > self.interrupt_after:
+            raise KeyboardInterrupt
+        if job.id in self.fail:
+            raise self.fail[job.id]
+        top1 = {"cvrl": 50.0, "random-init": 30.0, "cvrl-uniform": 40.0}[job.row.name] + 2 * job.seed
+        out = {"top1": top1, "top5": 90.0}
+        if job.row.kind != "random":
+            out.update(curve=[[1, 5.0 + job.seed], [2, 4.0]], final_loss=4.0)
+        return out
+
+
+@pytest.fixture
+def grid(monkeypatch, tmp_path):
+    """main() on TEST_PRESET into tmp_path/out; returns a function runner -> exit code."""
+    monkeypatch.setitem(R.PRESETS, "test", dict(TEST_PRESET))
+    out = tmp_path / "out"
+
+    def run(runner, *extra):
+        return R.main(["--preset", "test", "--out", str(out), "--no-plots", *extra], runner=runner)
+    run.out = out
+    return run
+
+
+# ----------------------------------------------------------------------------------------------- aggregation
+
+def test_aggregate_mean_and_sample_std():
+    a = R.aggregate([1.0, 2.0, 3.0, 4.0])
+    assert a["n"] == 4 and a["mean"] == 2.5
+    assert math.isclose(a["std"], math.sqrt(5 / 3))  # ddof=1: sum of squares 5 over n-1 = 3
+    assert R.aggregate([50.0, 54.0]) == {"mean": 52.0, "std": math.sqrt(8), "n": 2}
+    assert R.aggregate([42.0]) == {"mean": 42.0, "std": None, "n": 1}  # one seed: no std
+    assert R.aggregate([None, 7.0, None, 9.0]) == {"mean": 8.0, "std": math.sqrt(2), "n": 2}  # missing values dropped
+    assert R.aggregate([]) == {"mean": None, "std": None, "n": 0}
+
+
+# ----------------------------------------------------------------------------------------------- the table
+
+def fake_summary(tmp_path):
+    rows = R.select_rows(R.build_rows(), ["cvrl", "random-init", "cvrl-uniform", "cvrl-per-frame"])
+    P = dict(TEST_PRESET, seeds=[0, 1, 2])
+    jobs = R.make_jobs(rows, P, tmp_path, [])
+    top1 = {"cvrl": [50, 52, 54], "random-init": [30, 32, None], "cvrl-uniform": [40, None, None],
+            "cvrl-per-frame": [None, None, None]}
+    records = {}
+    for j in jobs:
+        v = top1[j.row.name][j.seed]
+        if v is None and j.row.name != "cvrl-uniform":  # cvrl-uniform seeds 1, 2: not run (yet)
+            records[j.id] = {"row": j.row.name, "seed": j.seed, "status": "failed", "error": "boom"}
+        elif v is not None:
+            records[j.id] = {"row": j.row.name, "seed": j.seed, "status": "ok", "top1": v, "top5": 90.0,
+                             "wall_seconds": 10.0}
+    return R.summarize(rows, jobs, records)
+
+
+def test_table_markdown_exact(tmp_path):
+    table = R.format_table(fake_summary(tmp_path))
+    body, legend = table.split("\n\n")
+    assert body.splitlines() == [
+        "| | top-1 % (mean ± std, seeds) | Δ vs no pretraining |",
+        "|---|---|---|",
+        f"| **{R.GROUPS['baselines']}** | | |",
+        "| CVRL default (decreasing P(t), p = 1) | 52.0 ± 2.0 (3 seeds) | +21.0 |",
+        "| random-init encoder (no pretraining) | 31.0 ± 1.4 (2 seeds, **1 failed**) | — |",
+        f"| **{R.GROUPS['interval']}** | | |",
+        "| CVRL default (decreasing P(t), p = 1) | 52.0 ± 2.0 (3 seeds) | +21.0 |",
+        "| CVRL uniform P(t) | 40.0 (1 seed) | +9.0 |",
+        f"| **{R.GROUPS['consistency']}** | | |",
+        "| CVRL default (decreasing P(t), p = 1) | 52.0 ± 2.0 (3 seeds) | +21.0 |",
+        "| CVRL per-frame augmentation | **failed** (3 seeds) | — |",
+    ]  # no "aug"/"data"/"nuisance" sections: the default row anchors them, but none of their own rows is in the grid
+    assert "ddof=1" in legend and legend.endswith("\n")
+
+
+def test_select_rows_brings_the_base_of_a_random_row():
+    rows = R.build_rows([0.0, 0.5])
+    assert [r.name for r in R.select_rows(rows, ["random-init-nuisance0.5"])] == \
+        ["cvrl-nuisance0.5", "random-init-nuisance0.5"]
+    assert [r.name for r in R.select_rows(rows, ["lss-init"])] == ["lss", "lss-init"]
+    with pytest.raises(SystemExit, match="unknown row"):
+        R.select_rows(rows, ["cvrl-typo"])
+
+
+# ----------------------------------------------------------------------------------------------- the commands
+
+def parse(cmd):
+    """The script's own parser on a job's command line: a flag that does not exist is an error (SystemExit)."""
+    script, argv = cmd[0], cmd[1:]
+    if script == "cvrl.py":
+        return cvrl.parse_args(argv)
+    if script == "lss.py":
+        return lss.parse_args(argv)
+    if script == "scripts/supervised.py":
+        return data.parse_config(supervised.Config, argv)
+    assert script == "eval_linear.py"
+    return eval_linear.parse_args(argv)
+
+
+@pytest.mark.parametrize("preset", sorted(R.PRESETS))
+def test_every_command_parses_and_sets_what_its_row_says(preset, tmp_path):
+    P = R.PRESETS[preset]
+    rows = R.select_rows(R.build_rows(P["nuisance"]), P["rows"])
+    data_flags = ["--dataset", "synthetic", "--data", str(tmp_path / "videos")]
+    jobs = R.make_jobs(rows, P, tmp_path / "out", data_flags)
+    assert len(jobs) == len(rows) * len(P["seeds"])
+    by_id = {j.id: j for j in jobs}
+    for job in jobs:
+        cfgs = [parse(cmd) for cmd in job.cmds]
+        probe = cfgs[-1]
+        assert probe.seed == job.seed and probe.json.endswith(f"{job.row.name}/seed{job.seed}/linear.json")
+        assert probe.dataset == "synthetic" and probe.data == str(tmp_path / "videos")  # data flags passed through
+        if job.row.kind == "random":
+            base = by_id[job.needs]
+            assert len(cfgs) == 1 and probe.random_init and probe.ckpt == base.cmds[0][2] + "/checkpoint.pt"
+            assert probe.cache.endswith(f"{job.row.name}/seed{job.seed}/features")  # not the base's cache
+            assert job.key["base"] == base.key["cmds"]  # a change to the base re-runs this job
+            continue
+        train = cfgs[0]
+        assert train.seed == job.seed and train.out.endswith(f"{job.row.name}/seed{job.seed}")
+        assert not probe.random_init and probe.ckpt == train.out + "/checkpoint.pt"
+        assert train.data == str(tmp_path / "videos")
+        expected = {
+            "cvrl-p0.5": dict(power=0.5), "cvrl-p2": dict(power=2.0), "cvrl-uniform": dict(interval="uniform"),
+            "cvrl-increasing": dict(interval="increasing"), "cvrl-per-frame": dict(spatial_aug="per-frame"),
+            "cvrl-temporal-only": dict(spatial_aug="none"), "cvrl-spatial-only": dict(interval="same"),
+            "cvrl-data25": dict(data_fraction=0.25), "cvrl-data50": dict(data_fraction=0.5),
+            "lss-distill": dict(lambda_up=0.0, lambda_ca=0.0), "lss-up": dict(lambda_up=1.0, lambda_ca=0.0),
+            "lss-ca": dict(lambda_up=0.0, lambda_ca=1.0), "lss": dict(lambda_up=1.0, lambda_ca=1.0),
+            "cvrl": dict(interval="decreasing", power=1.0, spatial_aug="consistent", data_fraction=1.0, nuisance=0.0),
+        }.get(job.row.name, {})
+        if job.row.name.startswith("cvrl-nuisance"):
+            expected = dict(nuisance=float(job.row.name.removeprefix("cvrl-nuisance")))
+            assert probe.nuisance == expected["nuisance"]
+        for k, v in expected.items():
+            assert getattr(train, k) == v, (job.id, k)
+    # the supervised upper bound trains the very network and clips of the CVRL rows
+    sup = next((parse(j.cmds[0]) for j in jobs if j.row.kind == "supervised"), None)
+    if sup is not None:
+        c = parse(by_id["cvrl/seed0"].cmds[0])
+        assert (sup.arch, sup.frames, sup.stride, sup.size, tuple(sup.canvas)) == \
+            (c.arch, c.frames, c.stride, c.size, tuple(c.canvas))
+
+
+# ----------------------------------------------------------------------------------------------- resume
+
+def test_resume_runs_only_the_rest_and_reruns_changed_jobs(grid, monkeypatch):
+    first = FakeRunner(interrupt_after=2)
+    assert grid(first) == 130  # Ctrl-C during the 3rd job
+    assert first.calls == ORDER[:3]
+    saved = json.loads((grid.out / "results.json").read_text())
+    assert [(j["row"], j["seed"]) for j in saved["jobs"]] == [("cvrl", 0), ("random-init", 0)]
+
+    second = FakeRunner()
+    assert grid(second) == 0
+    assert second.calls == ORDER[2:]  # the interrupted job again, then the ones never started
+    assert second.found_checkpoint["cvrl-uniform/seed0"]  # same commands: its run dir was kept (the script resumes)
+    saved = json.loads((grid.out / "results.json").read_text())
+    assert len(saved["jobs"]) == 6 and all(j["status"] == "ok" for j in saved["jobs"])
+    cvrl_row = next(r for r in saved["rows"] if r["name"] == "cvrl")
+    assert cvrl_row["top1"] == {"mean": 51.0, "std": math.sqrt(2), "n": 2} and cvrl_row["seeds"] == [0, 1]
+
+    third = FakeRunner()
+    assert grid(third) == 0 and third.calls == []  # everything done with the same commands
+
+    # one row's flags change: only its jobs run again, from an emptied run dir
+    rows = R.build_rows
+    monkeypatch.setattr(R, "build_rows", lambda levels=(0.0,): [
+        replace(r, train=("--power", "3")) if r.name == "cvrl-uniform" else r for r in rows(levels)])
+    fourth = FakeRunner()
+    assert grid(fourth) == 0
+    assert fourth.calls == ["cvrl-uniform/seed0", "cvrl-uniform/seed1"]
+    assert not any(fourth.found_checkpoint.values())  # the old checkpoint belonged to other flags: removed
+
+    # the preset's CVRL flags change: every CVRL job AND the random-init jobs whose base they are
+    R.PRESETS["test"]["cvrl"] = ["--epochs", "2"]
+    fifth = FakeRunner()
+    assert grid(fifth) == 0 and fifth.calls == ORDER
+
+
+def test_failed_jobs_are_recorded_the_grid_goes_on_and_the_exit_code_says_so(grid, capsys):
+    runner = FakeRunner(fail={"cvrl/seed1": R.JobFailed("`python cvrl.py` exited with status 1", tail="Traceback..."),
+                              "cvrl-uniform/seed0": RuntimeError("linear.json is not JSON")})
+    assert grid(runner) == 1
+    assert runner.calls == [j for j in ORDER if j != "random-init/seed1"]  # its base failed: not even started
+    saved = json.loads((grid.out / "results.json").read_text())
+    jobs = {f"{j['row']}/seed{j['seed']}": j for j in saved["jobs"]}
+    assert jobs["cvrl/seed1"]["status"] == "failed" and jobs["cvrl/seed1"]["log_tail"] == "Traceback..."
+    assert "exited with status 1" in jobs["cvrl/seed1"]["error"]
+    assert jobs["cvrl-uniform/seed0"]["error"] == "RuntimeError: linear.json is not JSON"
+    assert jobs["random-init/seed1"]["status"] == "failed" and "needs cvrl/seed1" in jobs["random-init/seed1"]["error"]
+    assert [j for j in ORDER if jobs[j]["status"] == "ok"] == ["cvrl/seed0", "random-init/seed0", "cvrl-uniform/seed1"]
+    table = (grid.out / "table.md").read_text()
+    assert "| CVRL default (decreasing P(t), p = 1) | 50.0 (1 seed, **1 failed**) | +20.0 |" in table
+    assert "3 job(s) failed" in capsys.readouterr().err
+    # the next run retries exactly the failed jobs
+    retry = FakeRunner()
+    assert grid(retry) == 0
+    assert retry.calls == ["cvrl-uniform/seed0", "cvrl/seed1", "random-init/seed1"]
+
+
+# ----------------------------------------------------------------------------------------------- README and plots
+
+def test_update_readme_replaces_only_the_marked_block(grid, tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n\n{R.README_BEGIN}\nold numbers\n{R.README_END}\n\nafter\n")
+    assert grid(FakeRunner(), "--update-readme", "--readme", str(readme)) == 0
+    text = readme.read_text()
+    assert text.startswith("# title\n\nbefore\n\n" + R.README_BEGIN) and text.endswith(R.README_END + "\n\nafter\n")
+    assert "old numbers" not in text
+    assert (grid.out / "table.md").read_text() in text and "--update-readme" in text and "torch " in text
+    assert text.count(R.README_BEGIN) == 1
+    # no markers: nothing written, the block is printed for pasting
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("# no markers\n")
+    assert grid(FakeRunner(), "--update-readme", "--readme", str(plain)) == 0
+    assert plain.read_text() == "# no markers\n"
+    assert "paste this block" in capsys.readouterr().out
+
+
+def test_plots_are_byte_identical_for_the_same_numbers(grid, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    assert grid(FakeRunner()) == 0
+    P = R.PRESETS["test"]
+    rows = R.select_rows(R.build_rows(), P["rows"])
+    jobs = R.make_jobs(rows, P, grid.out, [])
+    records = {j.id: json.loads((j.dir / "result.json").read_text()) for j in jobs}
+    summary = R.summarize(rows, jobs, records)
+    pngs = []
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        written = R.make_plots(summary, jobs, records, tmp_path / d)
+        assert [p.name for p in written] == ["curves.png", "bars.png"]
+        pngs.append([p.read_bytes() for p in written])
+    assert pngs[0] == pngs[1]
+    assert all(b"Software" not in png and b"matplotlib" not in png for png in pngs[0])  # no version/time metadata
+    # without matplotlib: a message, no plots, no crash
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert R.make_plots(summary, jobs, records, tmp_path) == []
+    assert "matplotlib is not installed" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------- real subprocesses
+
+def run_replicate(*args):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "replicate.py"), *args], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+
+
+def test_smoke_preset_two_rows_end_to_end_then_nothing_to_redo(tiny_synthetic, tmp_path):
+    """cvrl.py -> eval_linear.py, then eval_linear.py --random-init on that checkpoint, as real subprocesses."""
+    args = ["--preset", "smoke", "--rows", "cvrl,random-init", "--dataset", "synthetic", "--data",
+            str(tiny_synthetic), "--out", str(tmp_path / "out"), "--no-plots"]
+    r = run_replicate(*args)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    jobs = {j["row"]: j for j in saved["jobs"]}
+    assert set(jobs) == {"cvrl", "random-init"} and all(j["status"] == "ok" for j in jobs.values())
+    for j in jobs.values():
+        assert 0 <= j["top1"] <= 100 and j["num_train"] == 32 and j["num_test"] == 16  # the tiny dataset: 8 x (4 + 2)
+    assert jobs["cvrl"]["steps"] == 2 and [s for s, _ in jobs["cvrl"]["curve"]] == [1, 2]
+    assert math.isfinite(jobs["cvrl"]["final_loss"]) and "curve" not in jobs["random-init"]
+    run = tmp_path / "out" / "runs"
+    assert json.loads((run / "random-init" / "seed0" / "linear.json").read_text())["random_init"] is True
+    assert any((run / "random-init" / "seed0" / "features").iterdir())  # its own feature cache
+    assert "| random-init encoder (no pretraining) |" in (tmp_path / "out" / "table.md").read_text()
+    r = run_replicate(*args)
+    assert r.returncode == 0 and "2 jobs: 2 done earlier, 0 to run" in r.stdout
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["jobs"] == saved["jobs"]
+
+
+@pytest.mark.slow
+def test_smoke_preset_all_rows_with_plots(tiny_synthetic, tmp_path):
+    """Every kind of job (cvrl, supervised, lss, random-init of both) and the plots: about a minute on 2 cores."""
+    r = run_replicate("--preset", "smoke", "--dataset", "synthetic", "--data", str(tiny_synthetic), "--out",
+                      str(tmp_path / "out"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert sorted(j["row"] for j in saved["jobs"]) == ["cvrl", "lss", "lss-init", "random-init", "supervised"]
+    assert all(j["status"] == "ok" for j in saved["jobs"])
+    sup = json.loads((tmp_path / "out" / "runs" / "supervised" / "seed0" / "linear.json").read_text())
+    assert sup["method"] == "cvrl" and sup["arch"] == "tiny" and sup["step"] == 2
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 0 and (tmp_path / "out" / "bars.png").exists()
