@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import av
+from av.video.reformatter import VideoReformatter
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -142,20 +143,24 @@ def probe(path) -> VideoInfo:
         return _stream_info(container, stream, path)[0]
 
 
-def _to_rgb(frame, size):
+def _to_rgb(frame, size, reformatter: VideoReformatter):
     """av.VideoFrame -> uint8 (H, W, 3), upright. With `size=(H, W)` the frame is scaled (swscale, area) to cover the
     canvas and centre-cropped: datasets mix 4:3, 16:9 and portrait videos, and a batch needs one shape.
 
     Phone videos are often stored sideways with a display rotation in the container; `frame.rotation` is that angle
     (counter-clockwise degrees, FFmpeg's display matrix) and we turn the pixels upright, as a player would. For such
-    files the result is the sequential decode rotated, not the raw decode."""
+    files the result is the sequential decode rotated, not the raw decode.
+
+    `reformatter` is reused for every frame of a run: `frame.reformat()` and `frame.to_ndarray(format=...)` build a
+    new swscale context on each call, which cost 1.5-2.5 ms per 64x64 frame, 10x the conversion itself."""
     k = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # np.rot90 turns counter-clockwise for k > 0
     if size is None:
-        return np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), k)) if k else frame.to_ndarray(format="rgb24")
+        img = reformatter.reformat(frame, format="rgb24").to_ndarray()
+        return np.ascontiguousarray(np.rot90(img, k)) if k else img
     H, W = size if k % 2 == 0 else size[::-1]  # scale the stored frame to the rotated canvas
     s = max(H / frame.height, W / frame.width)
     h, w = max(H, round(frame.height * s)), max(W, round(frame.width * s))
-    img = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+    img = reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
     y0, x0 = (h - H) // 2, (w - W) // 2
     img = img[y0:y0 + H, x0:x0 + W]
     return np.ascontiguousarray(np.rot90(img, k)) if k else img
@@ -217,12 +222,13 @@ def _decode_run(container, stream, path, info, start_pts, run, targets, size, st
     half = 0.5 / info.fps
     got: dict[int, np.ndarray] = {}
     converted: dict[int, np.ndarray] = {}  # pts -> rgb, so a frame wanted twice is converted once
+    reformatter = VideoReformatter()        # one swscale context for the run (see _to_rgb)
     k, prev, prev_t, first_t = 0, None, None, None
 
     def take(frame):
         if frame.pts not in converted:
             converted.clear()  # frames arrive in time order: only the latest conversion can be wanted again
-            converted[frame.pts] = _to_rgb(frame, size)
+            converted[frame.pts] = _to_rgb(frame, size, reformatter)
         return converted[frame.pts]
 
     try:
@@ -678,7 +684,7 @@ def _write_synthetic_one(job):
                 options={"crf": "18", "threads": "1", "preset": "veryfast"})
 
 
-def make_synthetic(out, train_per_class=60, test_per_class=20, size=64, frames=48, fps=16, nuisance=0.0, seed=0,
+def make_synthetic(out, train_per_class=60, test_per_class=50, size=64, frames=48, fps=16, nuisance=0.0, seed=0,
                    workers=None, progress=True):
     """Write the synthetic dataset: out/{train,test}/<class>/<class>_NNNN.mp4, train.txt / test.txt
     (`<relative path> <label>`), classes.txt. Deterministic in `seed` (each video has its own seed)."""
@@ -709,7 +715,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("NANOVIDEOSSL_CACHE", Path.home() / ".cache" / "nanovideossl"))
 
 
-def ensure_synthetic(root=None, train_per_class=60, test_per_class=20, size=64, frames=48, fps=16, nuisance=0.0,
+def ensure_synthetic(root=None, train_per_class=60, test_per_class=50, size=64, frames=48, fps=16, nuisance=0.0,
                      seed=0) -> str:
     """The synthetic dataset's folder, generated once. Without `root` it lives in the cache dir under a name that
     encodes every knob, so changing a knob never reuses stale videos. Generation goes to a temporary folder that is
@@ -932,7 +938,7 @@ def _gray(x):  # (..., 3, H, W) -> (..., 1, H, W), ITU-R 601 luma as in torchvis
     return (0.299 * x[..., 0:1, :, :] + 0.587 * x[..., 1:2, :, :] + 0.114 * x[..., 2:3, :, :])
 
 
-def _rgb_to_hsv(x):
+def _rgb_to_hsv(x):  # (..., 3, H, W) -> h, s, v each (..., H, W); torchvision's formulas
     r, g, b = x.unbind(-3)
     maxc, _ = x.max(-3)
     minc, _ = x.min(-3)
@@ -941,17 +947,15 @@ def _rgb_to_hsv(x):
     dc = delta.clamp(min=1e-8)
     h = torch.where(maxc == r, (g - b) / dc, torch.where(maxc == g, 2.0 + (b - r) / dc, 4.0 + (r - g) / dc))
     h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    return torch.stack([h, s, maxc], -3)
+    return h, s, maxc
 
 
-def _hsv_to_rgb(x):
-    h, s, v = x.unbind(-3)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.long() % 6
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    table = torch.stack([torch.stack(c, -3) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))])
-    return torch.gather(table, 0, i[None, ..., None, :, :].expand(1, *i.shape[:-2], 3, *i.shape[-2:]))[0]
+def _hsv_to_rgb(h, s, v):  # -> (..., 3, H, W)
+    """The six-sector HSV -> RGB map in its branch-free form: channel n (5, 3, 1 for R, G, B) is
+    v - v s clamp(min(k, 4 - k), 0, 1) with k = (n + 6h) mod 6. Same values as torchvision's table lookup, without
+    building a (6, 3, ...) table of candidate colours (that table made the hue op the slowest step on CPUs)."""
+    return torch.stack([v - v * s * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
+                        for k in ((n + 6.0 * h) % 6.0 for n in (5.0, 3.0, 1.0))], -3)
 
 
 def _jitter_op(op, x, f):
@@ -964,8 +968,8 @@ def _jitter_op(op, x, f):
     elif op == 2:  # saturation: blend with the grayscale image
         y = x * f + _gray(x) * (1 - f)
     else:          # hue: rotate the hue circle by f (in turns)
-        hsv = _rgb_to_hsv(x)
-        y = _hsv_to_rgb(torch.cat([(hsv[:, :, 0:1] + f) % 1.0, hsv[:, :, 1:]], 2))
+        h, s, v = _rgb_to_hsv(x)                                  # each (G, F, h, w)
+        y = _hsv_to_rgb((h + f.view(-1, 1, 1, 1)) % 1.0, s, v)
     return y.clamp(0, 1)
 
 
@@ -998,8 +1002,11 @@ def augment(video: torch.Tensor, size: int, cfg: AugmentConfig = AugmentConfig()
     rois = torch.cat([torch.arange(B * T, dtype=torch.float)[:, None], boxes], 1).to(dev)
     x = roi_align(frames, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True) / 255.0
     x = rearrange(x, "(g f) c h w -> g f c h w", g=G)                                             # (G, F, C, s, s)
-    flip = (torch.rand(G, generator=generator) < cfg.flip_p).to(dev)
-    x = torch.where(flip.view(-1, 1, 1, 1, 1), x.flip(-1), x)
+    # Flip, grayscale, blur: drawn for every group (so the random stream does not depend on the data), applied by
+    # indexing only the groups that drew them -- a whole-batch torch.where would compute both branches everywhere.
+    flip = torch.nonzero(torch.rand(G, generator=generator) < cfg.flip_p).flatten().to(dev)
+    if len(flip):
+        x[flip] = x[flip].flip(-1)
     # Colour jitter: factors drawn per group; groups that skip jitter (prob 1 - jitter_p) get identity factors.
     # Random order: for each of the 4 positions, each op is applied to the groups that drew it at that position.
     if cfg.jitter_p > 0 and any(cfg.jitter):
@@ -1019,8 +1026,9 @@ def augment(video: torch.Tensor, size: int, cfg: AugmentConfig = AugmentConfig()
                 if len(sel):
                     x[sel] = _jitter_op(op, x[sel], fac[sel, op])
     if cfg.gray_p > 0:
-        g = (torch.rand(G, generator=generator) < cfg.gray_p).to(dev)
-        x = torch.where(g.view(-1, 1, 1, 1, 1), _gray(x).expand_as(x), x)
+        gray = torch.nonzero(torch.rand(G, generator=generator) < cfg.gray_p).flatten().to(dev)
+        if len(gray):
+            x[gray] = _gray(x[gray]).expand(-1, -1, C, -1, -1)
     if cfg.blur_p > 0:
         sel = torch.nonzero(torch.rand(G, generator=generator) < cfg.blur_p).flatten()
         sigma = torch.empty(G).uniform_(*cfg.blur_sigma, generator=generator)
@@ -1237,13 +1245,14 @@ def reencode_video(src, dst, short_side: int | None = 256, gop: int = 16, crf: i
                 raise VideoError(src, "has no frame rate in its header")
             rate = Fraction(rate).limit_denominator(100000)
             with av.open(tmp, "w", format=fmt) as out:
-                ost = None
+                ost, to_rgb, to_yuv = None, VideoReformatter(), VideoReformatter()  # reused: see _to_rgb
                 try:
                     for frame in inp.decode(ist):
                         k = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # as _to_rgb: turn upright
                         if k:
                             frame = av.VideoFrame.from_ndarray(
-                                np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), k)), format="rgb24")
+                                np.ascontiguousarray(np.rot90(to_rgb.reformat(frame, format="rgb24").to_ndarray(), k)),
+                                format="rgb24")
                         if ost is None:
                             W, H = _reencode_size(frame.width, frame.height, short_side)
                             ost = out.add_stream("libx264", rate=rate)
@@ -1254,8 +1263,8 @@ def reencode_video(src, dst, short_side: int | None = 256, gop: int = 16, crf: i
                                 opts["bf"] = "0"  # AVI stores no presentation times: B-frames would need guessing
                             ost.options = opts
                         scale = (frame.width, frame.height) != (ost.width, ost.height)
-                        f = frame.reformat(width=ost.width, height=ost.height, format="yuv420p",
-                                           interpolation="AREA" if scale and ost.width < frame.width else None)
+                        f = to_yuv.reformat(frame, width=ost.width, height=ost.height, format="yuv420p",
+                                            interpolation="AREA" if scale and ost.width < frame.width else None)
                         f.pts, f.time_base = n, ost.codec_context.time_base
                         n += 1
                         for p in ost.encode(f):
@@ -1337,7 +1346,7 @@ def main(argv=None):
     s = sub.add_parser("synthetic", help="write the synthetic action dataset with train/test split files")
     s.add_argument("--out", required=True)
     s.add_argument("--train-per-class", type=int, default=60)
-    s.add_argument("--test-per-class", type=int, default=20)
+    s.add_argument("--test-per-class", type=int, default=50)
     s.add_argument("--size", type=int, default=64, help="frame side in pixels")
     s.add_argument("--frames", type=int, default=48, help="frames per video")
     s.add_argument("--fps", type=int, default=16)

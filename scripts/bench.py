@@ -564,7 +564,8 @@ def loader_rate(paths, sampler, canvas, batch, workers, batches, crop, device, a
     """clips/s delivered by data.make_loader (decode in `workers` processes), copied to `device` and, with
     `augment`, through data.augment there; steady state: the first `workers` batches (worker start-up, prefetch)
     are not timed."""
-    videos = data.VideoList(paths * 64, [0] * len(paths) * 64, ["x"])
+    reps = -(-(workers + batches + 1) * batch // len(paths))  # enough items for every batch drawn below
+    videos = data.VideoList(paths * reps, [0] * len(paths) * reps, ["x"])
     ds = data.VideoDataset(videos, sampler, canvas=canvas)
     loader = data.make_loader(ds, batch, workers, shuffle=True, seed=0)
     g = torch.Generator().manual_seed(0)
@@ -852,6 +853,8 @@ def render_run(r, lines):
                          f"{aug / row['step_s']:.0%} | {(row['compute_s'] - aug) / row['step_s']:.0%} | "
                          f"{row['clips_per_s']:.1f} |")
         lines.append("")
+    if r.get("notes"):
+        lines += ["### Notes on this run", ""] + [f"- {n}" for n in r["notes"]] + [""]
     if r.get("augment"):
         a = r["augment"]
         lines += ["### 3. Augmentation", ""] + _provenance(a, env) + [
@@ -914,6 +917,25 @@ def previous_runs(path):
 # main
 # ----------------------------------------------------------------------------------------------------------------------
 
+def merge_runs(parts):
+    """Partial runs of one preset -> one run: the first file's env, each section from the files that have it (model
+    rows concatenated in file order), notes appended."""
+    presets = {p["preset"] for p in parts}
+    if len(presets) != 1:
+        raise SystemExit(f"error: --merge needs runs of one preset, got {sorted(presets)}")
+    run = dict(preset=presets.pop(), env=parts[0]["env"], timing=parts[0].get("timing", {}), notes=[])
+    for p in parts:
+        for sec in ("pipeline", "augment"):
+            if p.get(sec):
+                run[sec] = p[sec]
+        if p.get("model"):
+            if "model" not in run:
+                run["model"] = dict(p["model"], models=[])
+            run["model"]["models"] += p["model"]["models"]
+        run["notes"] += p.get("notes", [])
+    return run
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=list(PRESETS), default=None,
@@ -929,9 +951,22 @@ def main(argv=None):
                          "loaded machine use 1: OpenMP threads that wait for a descheduled sibling at every barrier "
                          "can make a 2-thread step several times slower than a 1-thread one")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                    help="run nothing: combine the --out-json files of partial runs of one preset (separate --only / "
+                         "--model-kind calls, e.g. on a time-limited GPU lease) into one section of --out-md. Model "
+                         "rows are concatenated; a file's 'notes' list is rendered as bullets")
+    ap.add_argument("--model-kind", choices=["cvrl", "lss"], default=None,
+                    help="model section: only this method's step (a partial run keeps the other's rows)")
     ap.add_argument("--video-cache", default=None,
                     help="where the encoded test videos are kept (default: results/cache/bench-videos)")
     a = ap.parse_args(argv)
+    if a.merge:
+        runs = previous_runs(a.out_md)
+        merged = merge_runs([json.loads(Path(f).read_text()) for f in a.merge])
+        runs[merged["preset"]] = merged
+        write_markdown(a.out_md, runs)
+        print(f"merged {len(a.merge)} file(s) into the {merged['preset']} section of {a.out_md}")
+        return 0
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -939,6 +974,8 @@ def main(argv=None):
     P = dict(PRESETS[preset])
     if a.no_compile:
         P["compile"] = False
+    if a.model_kind:
+        P["models"] = [m for m in P["models"] if m["kind"] == a.model_kind]
     sections = a.only or ["model", "pipeline", "augment"]
     log = lambda s: print(s, flush=True)  # noqa: E731
     env = environment(device)
