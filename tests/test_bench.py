@@ -66,6 +66,32 @@ def test_markdown_keeps_other_presets(tmp_path):
     assert "## Preset `cpu`" in text and "## Preset `gpu` — NVIDIA H100" in text and bench.PENDING not in text
 
 
+def test_merge_combines_partial_runs(tmp_path):
+    """--merge: separate --only / --model-kind calls of one preset become one section; model rows of both calls are
+    kept, notes are rendered, and runs of different presets are refused."""
+    env = dict(date="d", command="c", device="NVIDIA H100 80GB HBM3", cpu="x", cpu_cores=16, load_avg=[0.0],
+               torch="t", torchvision="tv", av="a", cudnn=None, cuda=None, git="", python="3")
+    row = dict(variant="bf16", first_step_s=1.0, step_s=0.1, steps_per_s=10.0, clips_per_s=640.0, tflops=100.0,
+               mfu=0.1, peak_mem_gb=20.0)
+    model = lambda name: dict(peak_flops_bf16=989e12, bf16_base=True, flop_check=[], models=[dict(  # noqa: E731
+        name=name, kind="cvrl", fwd_gmac_per_clip=1.0, train_gflop_per_clip=6.0, batch_clips=64, batch_source="x",
+        rows=[row])])
+    parts = [dict(preset="gpu", env=env, timing=dict(warmup=1, windows=1, per_window=1), model=model("MODEL-A")),
+             dict(preset="gpu", env=env, timing={}, model=model("MODEL-B")),
+             dict(preset="gpu", env=env, notes=["NOTE-ONE"])]
+    files = []
+    for i, p in enumerate(parts):
+        files.append(tmp_path / f"{i}.json")
+        files[-1].write_text(json.dumps(p))
+    md = tmp_path / "B.md"
+    assert bench.main(["--merge", *map(str, files), "--out-md", str(md)]) == 0
+    text = md.read_text()
+    assert "**MODEL-A**" in text and "**MODEL-B**" in text and "- NOTE-ONE" in text and bench.PENDING not in text
+    files[1].write_text(json.dumps(dict(parts[1], preset="cpu")))
+    with pytest.raises(SystemExit, match="one preset"):
+        bench.main(["--merge", *map(str, files), "--out-md", str(md)])
+
+
 def test_flop_counter_single_conv_is_exactly_two_flops_per_mac():
     conv = lambda: nn.Conv3d(3, 64, (5, 7, 7), stride=(2, 2, 2), padding=(2, 3, 3), bias=False)  # noqa: E731
     macs = bench.count_macs(conv, (1, 3, 16, 32, 32))
