@@ -655,7 +655,9 @@ class Config:
 #     size and start position, which is not what the probe asks for.
 # Probe top-1 after 40 epochs (random-init: same network, fresh weights): stride 2, tau 0.1: 27.5% vs 33.8% (H100,
 # 160 test videos, results/gpu-2026-11-23/cvrl_sweep_h100.jsonl); on the CPU with 400 test videos, stride 4,
-# tau 0.1: 44.3% vs 41.3% (seed 0), 58.5% vs 44.0% (seed 1); stride 4, tau 0.2: 68.5% vs 41.3% (seed 0).
+# tau 0.1: 44.3% vs 41.3% (seed 0), 58.5% vs 44.0% (seed 1); stride 4, tau 0.2: 46.3% vs 41.3% (seed 0, 2 threads),
+# 68.5% (seed 0, 1 thread: only the summation order differs), 60.0% vs 44.0% (seed 1). Runs this short are chaotic:
+# the margin of one run is not reliable yet (README, CVRL section).
 # The paper-scale command lines in the docstring pass --stride 2 --temperature 0.1.
 
 # Changing these between a checkpoint and a resume would load weights into a different network: refused.
