@@ -14,6 +14,8 @@ Rows, grouped by the claim they test:
   nuisance      the synthetic videos' appearance nuisance (--nuisance): CVRL and random-init at each level
   lss           LSS, tiny CLIP from random weights: distillation only, + uniform prior, + concept alignment, full;
                 and the LSS network at initialisation (no training)
+  lss_fix       LSS from random weights with what might keep the teacher's output off uniform: a joint space the
+                concepts span, a teacher-temperature warm-up, the uniform prior's weight (preset lss-explore)
 
 Every job runs the real scripts as subprocesses, so the study exercises exactly what a user runs:
     python cvrl.py | lss.py | scripts/supervised.py --out RUN --seed S <preset flags> <row flags> <data flags>
@@ -22,9 +24,10 @@ A random-init row trains nothing: it runs eval_linear.py --random-init --seed S 
 (same seed), which only supplies the network's config (architecture, views, data), never its weights.
 
 Commands
-    python scripts/replicate.py --quick                   # the CPU preset on the synthetic videos (hours; resumable)
+    python scripts/replicate.py --quick                   # the CPU preset on the synthetic videos (~75 min, 2 cores)
     python scripts/replicate.py --quick --update-readme   # ... and rewrite README.md's results block
     python scripts/replicate.py --preset full             # the GPU preset: longer runs, 5 seeds, 5 nuisance levels
+    python scripts/replicate.py --preset lss-explore      # LSS from random init: attempts against its collapse
     python scripts/replicate.py --preset smoke            # tiny everything, seconds per job (the tests run this)
     python scripts/replicate.py --quick --rows cvrl,cvrl-uniform   # a subset (random-init rows bring their base)
     python scripts/replicate.py --quick --dry-run         # print every job's commands and exit
@@ -62,7 +65,9 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +88,7 @@ GROUPS = {
     "nuisance": "Synthetic appearance nuisance (default rows: 0): per-video looks are a shortcut for instance "
                 "discrimination",
     "lss": "LSS (tiny CLIP, random init): distillation, + uniform prior, + concept alignment",
+    "lss_fix": "LSS from random init: attempts to keep the teacher off the uniform distribution (not in --quick)",
 }
 
 
@@ -137,6 +143,14 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
             ref="lss-init"),
         Row("lss-up", "LSS distillation + uniform prior", ("lss",), "lss", ("--lambda-ca", "0"), ref="lss-init"),
         Row("lss-ca", "LSS distillation + concept alignment", ("lss",), "lss", ("--lambda-up", "0"), ref="lss-init"),
+        # what might stop the teacher's distribution over the 8 class concepts from staying uniform (issue #6); the
+        # preset "lss-explore" runs them, --quick does not (time)
+        Row("lss-span", "LSS, 8-d joint space: the 8 concepts span it", ("lss_fix",), "lss", ("--embed-dim", "8"),
+            ref="lss-init"),
+        Row("lss-tau-warmup", "LSS, teacher temperature 0.004 -> 0.04 over the run", ("lss_fix",), "lss",
+            ("--tau-t-warmup", "0.004", "--tau-t-warmup-epochs", "5"), ref="lss-init"),
+        Row("lss-up0.1", "LSS, uniform prior weight 0.1", ("lss_fix",), "lss", ("--lambda-up", "0.1"), ref="lss-init"),
+        Row("lss-up10", "LSS, uniform prior weight 10", ("lss_fix",), "lss", ("--lambda-up", "10"), ref="lss-init"),
     ]
     return rows
 
@@ -145,15 +159,17 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
 # the same network on the same clips. Step counts marked TUNE are placeholders until timed on the target machine.
 TINY_VIEWS = ["--frames", "4", "--stride", "2", "--size", "32", "--canvas", "32", "32"]
 PRESETS = {
-    "quick": dict(  # CPU, synthetic videos (cvrl.py's defaults otherwise: tiny R3D, 8x48 px, batch 64)
+    "quick": dict(  # CPU, synthetic videos (cvrl.py's defaults otherwise: tiny R3D, 8x32 px, batch 64)
         seeds=[0, 1, 2],
+        parallel=2,                                                       # two 1-thread jobs on 2 cores: 1.5x
         encoder=[],
-        cvrl=["--epochs", "40", "--workers", "2"],                       # TUNE
-        lss=["--epochs", "15", "--workers", "2"],                        # TUNE
-        supervised=["--epochs", "20", "--workers", "2"],                 # TUNE
-        eval=["--workers", "2"],
+        cvrl=["--epochs", "18", "--workers", "1"],                # 126 steps, ~3 min per job beside another
+        lss=["--epochs", "2", "--workers", "1", "--test-clips", "1"],  # 30 steps: the teacher is uniform by step 30
+        supervised=["--epochs", "10", "--workers", "1"],
+        eval=["--workers", "1"],
         nuisance=[0.0, 0.5, 1.0],
-        rows=None,  # all
+        rows=None,  # all ...
+        exclude=["lss_fix"],  # ... but the LSS attempts (preset lss-explore): 90 minutes is the budget
     ),
     "full": dict(  # one GPU, synthetic videos: longer schedules, more seeds and nuisance levels
         seeds=[0, 1, 2, 3, 4],
@@ -164,6 +180,16 @@ PRESETS = {
         eval=["--workers", "8"],
         nuisance=[0.0, 0.25, 0.5, 0.75, 1.0],
         rows=None,
+    ),
+    "lss-explore": dict(  # CPU: the LSS rows and the attempts to keep its teacher from a uniform output, one seed
+        seeds=[0],
+        parallel=2,
+        encoder=[],
+        cvrl=[], supervised=[],
+        lss=["--epochs", "5", "--workers", "1", "--test-clips", "1"],
+        eval=["--workers", "1"],
+        nuisance=[0.0],
+        rows=["lss", "lss-init", "lss-distill", "lss-span", "lss-tau-warmup", "lss-up0.1", "lss-up10"],
     ),
     "smoke": dict(  # plumbing only: 2 steps per run, a 5-epoch probe at a fixed lr, one seed
         seeds=[0],
@@ -204,6 +230,7 @@ class Job:
     cmds: list             # [[script, flags...], ...]: run as `python script flags...` from the repository root
     key: dict              # what must not change for a finished result to be reused
     needs: str | None = None  # id of the job that must have succeeded first (a random row's base)
+    threads: int | None = None  # OMP_NUM_THREADS of its scripts (set when jobs run side by side; None: inherit)
     id: str = field(init=False)
 
     def __post_init__(self):
@@ -250,11 +277,13 @@ class JobFailed(Exception):
         self.tail = tail
 
 
-def run_command(cmd: list, log_path: Path) -> float:
+def run_command(cmd: list, log_path: Path, threads: int | None = None) -> float:
     """`python cmd...` from the repository root, stdout+stderr appended to log_path (`tail -f` it to watch).
     Returns its wall-clock seconds; raises JobFailed with the log's tail on a nonzero exit."""
     t = time.perf_counter()
     env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_MININTERVAL="30")  # live logs, few progress-bar redraws
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads: side-by-side jobs share the cores
     with open(log_path, "a") as f:
         f.write(f"\n$ python {' '.join(cmd)}\n")
         f.flush()
@@ -300,7 +329,7 @@ def run_job(job: Job) -> dict:
     seconds = {}
     for cmd in job.cmds:
         name = Path(cmd[0]).stem
-        seconds[name] = round(run_command(cmd, job.dir / f"{name}.log"), 1)
+        seconds[name] = round(run_command(cmd, job.dir / f"{name}.log", job.threads), 1)
     probe = json.loads((job.dir / "linear.json").read_text())
     res = {"top1": probe["top1"], "top5": probe["top5"], "num_train": probe["num_train"],
            "num_test": probe["num_test"], "probe_lr": probe["classifier"]["lr"], "seconds": seconds}
@@ -310,6 +339,9 @@ def run_job(job: Job) -> dict:
         res["curve"] = [[r["step"], round(r["loss"], 5)] for r in losses]  # rounded: results.json stays readable
         res["final_loss"] = losses[-1]["loss"] if losses else None
         res["steps"] = losses[-1]["step"] if losses else None
+        if losses and "t_entropy" in losses[-1]:  # lss.py: is the teacher's output still uniform (ln K)?
+            res["final_teacher_entropy"] = losses[-1]["t_entropy"]
+            res["final_teacher_mi"] = losses[-1].get("t_mi")
         zero_shot = [r["zero_shot_top1"] for r in log if "zero_shot_top1" in r]
         if zero_shot:
             res["zero_shot_top1"] = zero_shot[-1]  # lss.py: the teacher's zero-shot top-1 at the end of training
@@ -341,7 +373,7 @@ def execute(job: Job, runner, records: dict) -> dict:
         shutil.rmtree(job.dir)
     job.dir.mkdir(parents=True, exist_ok=True)
     write_json(job.dir / "job.json", {"id": job.id, "key": job.key})
-    rec = {"row": job.row.name, "seed": job.seed, "key": job.key}
+    rec = {"row": job.row.name, "seed": job.seed, "key": job.key, "threads": job.threads}
     t = time.perf_counter()
     try:
         if job.needs and records.get(job.needs, {}).get("status") != "ok":
@@ -356,9 +388,11 @@ def execute(job: Job, runner, records: dict) -> dict:
     return rec
 
 
-def run_grid(jobs: list[Job], runner=run_job, on_update=None) -> dict:
+def run_grid(jobs: list[Job], runner=run_job, on_update=None, parallel: int = 1) -> dict:
     """Run every job that has no reusable result; returns {job id: record}. on_update(records) after each job.
-    KeyboardInterrupt propagates (after the running script has saved its checkpoint)."""
+    parallel > 1: that many jobs at a time, started in grid order, except that a random row starts only once its
+    base has finished (the next jobs go first meanwhile). KeyboardInterrupt propagates after the running scripts
+    have saved their checkpoints (they get the Ctrl-C too); jobs not yet started are not started."""
     records, todo = {}, []
     for job in jobs:
         prev = read_json(job.dir / "result.json")
@@ -366,19 +400,47 @@ def run_grid(jobs: list[Job], runner=run_job, on_update=None) -> dict:
             records[job.id] = prev
         else:
             todo.append(job)
-    print(f"{len(jobs)} jobs: {len(jobs) - len(todo)} done earlier, {len(todo)} to run")
+    print(f"{len(jobs)} jobs: {len(jobs) - len(todo)} done earlier, {len(todo)} to run"
+          + (f", {parallel} at a time" if parallel > 1 else ""))
     t0 = time.perf_counter()
-    bar = tqdm(todo, unit="job", dynamic_ncols=True)
-    for i, job in enumerate(bar):
-        bar.set_description(job.id)
-        rec = records[job.id] = execute(job, runner, records)
-        elapsed = time.perf_counter() - t0
-        eta = elapsed / (i + 1) * (len(todo) - i - 1)
-        what = f"top-1 {rec['top1']:.1f}%" if rec["status"] == "ok" else f"FAILED: {rec['error']}"
-        tqdm.write(f"[{i + 1}/{len(todo)}] {job.id}: {what} ({rec['wall_seconds']:.0f} s) | elapsed "
-                   f"{hms(elapsed)}, ETA {hms(eta)}")
-        if on_update:
-            on_update(records)
+    bar = tqdm(total=len(todo), unit="job", dynamic_ncols=True)
+    lock = threading.Lock()  # records, the bar and on_update's files are shared by the pool's threads
+
+    def finish(job, rec):
+        with lock:
+            records[job.id] = rec
+            bar.update(1)
+            elapsed, done = time.perf_counter() - t0, bar.n
+            eta = elapsed / done * (len(todo) - done)
+            what = f"top-1 {rec['top1']:.1f}%" if rec["status"] == "ok" else f"FAILED: {rec['error']}"
+            tqdm.write(f"[{done}/{len(todo)}] {job.id}: {what} ({rec['wall_seconds']:.0f} s) | elapsed "
+                       f"{hms(elapsed)}, ETA {hms(eta)}")
+            if on_update:
+                on_update(records)
+
+    if parallel <= 1:
+        for job in todo:
+            bar.set_description(job.id)
+            finish(job, execute(job, runner, records))
+    else:
+        pending, running = list(todo), {}
+        pool = ThreadPoolExecutor(parallel)
+        try:
+            while pending or running:
+                for job in list(pending):  # in grid order, skipping a random row until its base has finished
+                    if len(running) < parallel and (job.needs is None or job.needs in records):
+                        pending.remove(job)
+                        running[pool.submit(lambda j=job: finish(j, execute(j, runner, records)))] = job
+                if not running:
+                    raise RuntimeError(f"jobs wait for bases that are not in the grid: {[j.id for j in pending]}")
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for f in done:
+                    running.pop(f)
+                    f.result()  # re-raises what escaped execute(): KeyboardInterrupt
+        except KeyboardInterrupt:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown()
     bar.close()
     return records
 
@@ -567,6 +629,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="same as --preset quick")
     p.add_argument("--rows", default=None, help="comma-separated row names to run (default: the preset's)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="jobs at a time (default: the preset's; quick: 2, each with half the cores' threads)")
     p.add_argument("--out", default=None, help="default: results/replicate/<preset>[-<dataset>]")
     p.add_argument("--dataset", default=None, choices=["synthetic", "folder", "ucf101", "hmdb51", "kinetics"],
                    help="passed to every job (default: the scripts' own, synthetic)")
@@ -602,10 +666,19 @@ def main(argv=None, runner=run_job) -> int:
         levels = [0.0]
     names = a.rows.split(",") if a.rows else P["rows"]
     rows = select_rows(build_rows(levels), names)
+    if not a.rows:
+        rows = [r for r in rows if r.groups[0] not in P.get("exclude", [])]
     out = Path(a.out or ROOT / "results" / "replicate" / (
         a.preset + (f"-{a.dataset}" if a.dataset not in (None, "synthetic") else ""))).resolve()
     jobs = make_jobs(rows, P, out, data_flags)
-    print(f"replication study | preset {a.preset} | {len(rows)} rows x {len(P['seeds'])} seeds | {rel(out)}")
+    parallel = max(1, a.parallel or P.get("parallel", 1))
+    if parallel > 1:
+        # on 2 CPU cores two 1-thread jobs side by side did 1.46x the work of one 2-thread job (training) and 1.57x
+        # (probe): small convolutions do not use 2 threads well. The thread count changes summation order only.
+        for job in jobs:
+            job.threads = max(1, len(os.sched_getaffinity(0)) // parallel)
+    print(f"replication study | preset {a.preset} | {len(rows)} rows x {len(P['seeds'])} seeds | {rel(out)}"
+          + (f" | {parallel} jobs at a time, {jobs[0].threads} thread(s) each" if parallel > 1 and jobs else ""))
     if a.dry_run:
         for job in jobs:
             print(f"# {job.id}" + (f" (after {job.needs})" if job.needs else ""))
@@ -623,7 +696,7 @@ def main(argv=None, runner=run_job) -> int:
         return summary
 
     try:
-        records = run_grid(jobs, runner, on_update=write_results)
+        records = run_grid(jobs, runner, on_update=write_results, parallel=parallel)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished jobs are saved in {rel(out)}; run the same command to resume")
         return 130

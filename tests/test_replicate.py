@@ -6,6 +6,8 @@ import json
 import math
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import replace
 
 import pytest
@@ -238,6 +240,74 @@ def test_failed_jobs_are_recorded_the_grid_goes_on_and_the_exit_code_says_so(gri
     retry = FakeRunner()
     assert grid(retry) == 0
     assert retry.calls == ["cvrl-uniform/seed0", "cvrl/seed1", "random-init/seed1"]
+
+
+class ConcurrentRunner(FakeRunner):
+    """FakeRunner that takes a little time and logs when each job starts and ends, to check the parallel scheduler."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.events, self.lock = [], threading.Lock()
+
+    def __call__(self, job):
+        with self.lock:
+            self.events.append(("start", job.id))
+        time.sleep(0.05)
+        try:
+            return super().__call__(job)
+        finally:
+            with self.lock:
+                self.events.append(("end", job.id))
+
+
+def test_parallel_runs_two_at_a_time_and_a_random_row_only_after_its_base(grid):
+    runner = ConcurrentRunner()
+    assert grid(runner, "--parallel", "2") == 0
+    assert sorted(runner.calls) == sorted(ORDER)
+    running, most = set(), 0
+    for kind, job_id in runner.events:
+        if kind == "start":
+            running.add(job_id)
+            most = max(most, len(running))
+        else:
+            running.remove(job_id)
+    assert most == 2  # two at a time, never more
+    pos = {e: i for i, e in enumerate(runner.events)}
+    for seed in (0, 1):  # the random-init probe needs its base's checkpoint: it starts after the base has ended
+        assert pos[("start", f"random-init/seed{seed}")] > pos[("end", f"cvrl/seed{seed}")]
+    # while cvrl/seed0 trains, the next job that needs nothing (cvrl-uniform/seed0) runs beside it, not random-init
+    assert {runner.events[0][1], runner.events[1][1]} == {"cvrl/seed0", "cvrl-uniform/seed0"}
+    saved = json.loads((grid.out / "results.json").read_text())
+    assert len(saved["jobs"]) == 6 and all(j["status"] == "ok" and j["threads"] >= 1 for j in saved["jobs"])
+    cvrl_row = next(r for r in saved["rows"] if r["name"] == "cvrl")
+    assert cvrl_row["top1"] == {"mean": 51.0, "std": math.sqrt(2), "n": 2}  # the same numbers as a serial grid
+
+
+def test_parallel_failure_of_a_base_fails_its_random_row(grid):
+    runner = ConcurrentRunner(fail={"cvrl/seed0": R.JobFailed("boom")})
+    assert grid(runner, "--parallel", "2") == 1
+    saved = {f"{j['row']}/seed{j['seed']}": j for j in json.loads((grid.out / "results.json").read_text())["jobs"]}
+    assert "needs cvrl/seed0" in saved["random-init/seed0"]["error"]
+    assert "random-init/seed0" not in runner.calls  # never started
+    assert sum(j["status"] == "ok" for j in saved.values()) == 4
+
+
+def test_parallel_ctrl_c_lets_the_running_job_finish_and_starts_no_other(grid):
+    stop = ConcurrentRunner(fail={"cvrl-uniform/seed0": KeyboardInterrupt()})  # Ctrl-C in the job beside the 1st
+    assert grid(stop, "--parallel", "2") == 130
+    # the fake's "Ctrl-C" surfaces when its job ends, by which time cvrl/seed0 may have ended and let its random-init
+    # row start (a real Ctrl-C reaches the scheduler at once); nothing after those is started
+    assert stop.calls[:2] in (["cvrl/seed0", "cvrl-uniform/seed0"], ["cvrl-uniform/seed0", "cvrl/seed0"])
+    assert stop.calls[2:] in ([], ["random-init/seed0"])
+    saved = json.loads((grid.out / "results.json").read_text())
+    assert ("cvrl", 0, "ok") in [(j["row"], j["seed"], j["status"]) for j in saved["jobs"]]  # finished, so it counts
+    assert grid(FakeRunner()) == 0  # the resumed grid runs the rest
+
+
+def test_side_by_side_jobs_get_their_share_of_threads(tmp_path):
+    out = tmp_path / "env.log"
+    R.run_command(["-c", "import os; print('threads', os.environ.get('OMP_NUM_THREADS'))"], out, threads=3)
+    assert "threads 3" in out.read_text()
 
 
 # ----------------------------------------------------------------------------------------------- README and plots
