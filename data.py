@@ -1125,14 +1125,28 @@ def save_checkpoint(path, state: dict):
 
 def load_checkpoint(path) -> dict:
     """weights_only=True: a checkpoint is tensors and plain containers; a pickle that wants to run code is refused."""
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         raise SystemExit(f"error: checkpoint {path} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise SystemExit(f"error: cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}\n"
+    except Exception as e:  # noqa: BLE001 -- any failure here means "not a checkpoint we can read"
+        lines = str(e).splitlines() or [""]
+        # torch's weights_only refusal is a long text; the line naming the refused object is the useful one
+        why = next((ln.strip() for ln in lines if "Unsupported global" in ln), lines[0])
+        raise SystemExit(f"error: cannot read checkpoint {path}: {type(e).__name__}: {why}\n"
                          f"It is corrupt or not a nanovideossl checkpoint (only tensors and plain containers are "
-                         f"accepted). Move it away to start fresh.")
+                         f"accepted: torch.load(weights_only=True)). Move it away to start fresh.")
+
+
+def state_dict_sha1(sd: dict) -> str:
+    """Content identity of a state dict (feature caches, concept caches): names, dtypes, shapes and raw bytes of
+    every tensor, in key order."""
+    h = hashlib.sha1()
+    for k in sorted(sd):
+        t = sd[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # bytes of any dtype (bf16 has no numpy type)
+    return h.hexdigest()
 
 
 HARMLESS_KEYS = {"workers", "log_every", "device", "out", "compile", "max_steps", "data", "annotations"}

@@ -195,18 +195,8 @@ def resolve_config(cfg: Config, ckpt_cfg: dict) -> Config:
 # ----------------------------------------------------------------------------- the frozen backbone
 
 def load_checkpoint(path) -> dict:
-    """weights_only=True: tensors and plain containers only; a pickle that would run code is refused."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- any failure here means "not a checkpoint we can read"
-        lines = str(e).splitlines() or [""]
-        # torch's weights_only refusal is a long text; the line naming the refused object is the useful one
-        why = next((ln.strip() for ln in lines if "Unsupported global" in ln), lines[0])
-        raise SystemExit(f"error: cannot read checkpoint {path}: {type(e).__name__}: {why}\n"
-                         f"It is corrupt, or not a cvrl.py/lss.py checkpoint (only tensors and plain containers "
-                         f"are accepted: torch.load(weights_only=True)).")
+    """data.load_checkpoint (weights_only=True: a pickle that would run code is refused), then: is it ours?"""
+    ckpt = data.load_checkpoint(path)
     if not isinstance(ckpt, dict) or not {"method", "config", "backbone"} <= set(ckpt):
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise SystemExit(f"error: {path} is not a cvrl.py/lss.py checkpoint: it needs 'method', 'config' and "
@@ -223,16 +213,6 @@ def import_method(method: str):
         raise SystemExit(f"error: {module.__name__}.py has no build_backbone(config) yet, so its checkpoints cannot "
                          f"be evaluated; it must return the network whose state dict is the checkpoint's 'backbone'")
     return module
-
-
-def state_dict_sha1(sd: dict) -> str:
-    """Content identity of a state dict: names, dtypes, shapes and raw bytes of every tensor, in key order."""
-    h = hashlib.sha1()
-    for k in sorted(sd):
-        t = sd[k].detach().cpu().contiguous()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # bytes of any dtype (bf16 has no numpy type)
-    return h.hexdigest()
 
 
 def build_frozen_backbone(module, ckpt: dict, random_init: bool, seed: int) -> nn.Module:
@@ -565,7 +545,7 @@ def main(argv=None) -> dict:
     cfg = resolve_config(cfg, ckpt_cfg)
     device = resolve_device(cfg.device)
     backbone = build_frozen_backbone(module, ckpt, cfg.random_init, cfg.seed).to(device)
-    sha = state_dict_sha1(backbone.state_dict())
+    sha = data.state_dict_sha1(backbone.state_dict())
     arch = ckpt_cfg.get("arch")
     what = (f"RANDOM-INIT BASELINE: {method} {arch} with fresh weights (seed {cfg.seed}), checkpoint weights NOT "
             f"loaded" if cfg.random_init else f"{method} {arch} from {cfg.ckpt} (step {ckpt.get('step')})")

@@ -1042,15 +1042,6 @@ def build_concepts(text: CLIP, names, mode: str, templates, desc_template="{desc
     return {"C_cat": C_cat, "C_desc": C_desc, "assign": assign}
 
 
-def state_dict_sha1(sd: dict) -> str:
-    h = hashlib.sha1()
-    for k in sorted(sd):
-        t = sd[k].detach().cpu().contiguous()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def run_concepts(cfg: Config, text: CLIP, names, out: Path, device, rank: int, world: int, print0) -> dict:
     """The run's concept spaces: built (or read from the out dir's cache) on rank 0, broadcast to the others."""
     desc, missing = descriptions_for(names)
@@ -1062,7 +1053,7 @@ def run_concepts(cfg: Config, text: CLIP, names, out: Path, device, rank: int, w
         key_fields = {"version": 1, "names": list(names), "concepts": cfg.concepts,
                       "templates": TEMPLATES[cfg.templates], "desc_template": cfg.desc_template,
                       "descriptions": hashlib.sha1(json.dumps(desc, sort_keys=True).encode()).hexdigest(),
-                      "text_sha1": state_dict_sha1(text.state_dict())}
+                      "text_sha1": data.state_dict_sha1(text.state_dict())}
         path = out / f"concepts-{hashlib.sha1(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]}.pt"
         try:
             cached = torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
