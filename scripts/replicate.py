@@ -68,7 +68,7 @@ import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -102,6 +102,7 @@ class Row:
     eval: tuple = ()          # flags for eval_linear.py, after the preset's
     base: str | None = None   # random rows: the trained row (same seed) whose checkpoint gives the network's config
     ref: str | None = "random-init"  # the no-pretraining row the table's Δ column subtracts (None: no Δ)
+    epochs_scale: float = 1.0  # multiplies the preset's --epochs: the data-size rows keep the number of steps
 
 
 def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
@@ -120,13 +121,17 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
         Row("cvrl-temporal-only", "CVRL temporal augmentation only", ("aug",), "cvrl", ("--spatial-aug", "none")),
         Row("cvrl-spatial-only", "CVRL spatial augmentation only (same frames)", ("aug",), "cvrl",
             ("--interval", "same")),
-        Row("cvrl-data25", "CVRL on 25% of the videos", ("data",), "cvrl", ("--data-fraction", "0.25")),
-        Row("cvrl-data50", "CVRL on 50% of the videos", ("data",), "cvrl", ("--data-fraction", "0.5")),
+        # the same number of steps as the default (4x / 2x the epochs over fewer videos): the rows then compare
+        # how many videos, not how much training (with equal epochs, 25% of the videos is also 25% of the steps)
+        Row("cvrl-data25", "CVRL on 25% of the videos (same steps)", ("data",), "cvrl", ("--data-fraction", "0.25"),
+            epochs_scale=4.0),
+        Row("cvrl-data50", "CVRL on 50% of the videos (same steps)", ("data",), "cvrl", ("--data-fraction", "0.5"),
+            epochs_scale=2.0),
     ]
     for level in nuisance_levels:
         if level == 0:  # the default rows are the level-0 rows (the synthetic default is --nuisance 0)
-            rows = [Row(r.name, r.label, r.groups + ("nuisance",), r.kind, r.train, r.eval, r.base, r.ref)
-                    if r.name in ("cvrl", "random-init") else r for r in rows]
+            rows = [replace(r, groups=r.groups + ("nuisance",)) if r.name in ("cvrl", "random-init") else r
+                    for r in rows]
             continue
         n = f"{level:g}"
         # eval_linear.py gets --nuisance too: with --dataset given it would not inherit the checkpoint's
@@ -244,6 +249,18 @@ def rel(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def scale_epochs(flags: list, scale: float, kind: str) -> list:
+    """The preset's flags with its --epochs value multiplied by `scale` (rounded: the scripts take whole epochs)."""
+    if scale == 1.0:
+        return list(flags)
+    if "--epochs" not in flags:
+        raise ValueError(f"a row scales the {kind} epochs, so the preset must set --epochs for {kind}")
+    flags = list(flags)
+    i = flags.index("--epochs") + 1
+    flags[i] = str(round(float(flags[i]) * scale))
+    return flags
+
+
 def make_jobs(rows: list[Row], P: dict, out: Path, data_flags: list) -> list[Job]:
     """Seed-major (every row of seed 0, then seed 1, ...): a partial grid already has a full first table."""
     jobs, by_id = [], {}
@@ -262,8 +279,8 @@ def make_jobs(rows: list[Row], P: dict, out: Path, data_flags: list) -> list[Job
                 job = Job(row, seed, run, cmds, {"cmds": cmds, "base": base.key["cmds"]}, needs=base.id)
             else:
                 shared = P["encoder"] if row.kind in ("cvrl", "supervised") else []
-                train = [SCRIPTS[row.kind], "--out", rel(run), "--seed", str(seed), *shared, *P[row.kind],
-                         *row.train, *data_flags]
+                train = [SCRIPTS[row.kind], "--out", rel(run), "--seed", str(seed), *shared,
+                         *scale_epochs(P[row.kind], row.epochs_scale, row.kind), *row.train, *data_flags]
                 cmds = [train, probe[:1] + ["--ckpt", rel(run / "checkpoint.pt")] + probe[1:]]
                 job = Job(row, seed, run, cmds, {"cmds": cmds})
             jobs.append(job)

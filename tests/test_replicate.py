@@ -172,6 +172,8 @@ def test_every_command_parses_and_sets_what_its_row_says(preset, tmp_path):
             "lss-ca": dict(lambda_up=0.0, lambda_ca=1.0), "lss": dict(lambda_up=1.0, lambda_ca=1.0),
             "cvrl": dict(interval="decreasing", power=1.0, spatial_aug="consistent", data_fraction=1.0, nuisance=0.0),
         }.get(job.row.name, {})
+        if job.row.name.startswith("cvrl-data"):  # 1/fraction times the default's epochs: the same number of steps
+            expected["epochs"] = round(parse(by_id[f"cvrl/seed{job.seed}"].cmds[0]).epochs / expected["data_fraction"])
         if job.row.name.startswith("cvrl-nuisance"):
             expected = dict(nuisance=float(job.row.name.removeprefix("cvrl-nuisance")))
             assert probe.nuisance == expected["nuisance"]
