@@ -153,7 +153,7 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
         Row("lss-span", "LSS, 8-d joint space: the 8 concepts span it", ("lss_fix",), "lss", ("--embed-dim", "8"),
             ref="lss-init"),
         Row("lss-tau-warmup", "LSS, teacher temperature 0.004 -> 0.04 over the run", ("lss_fix",), "lss",
-            ("--tau-t-warmup", "0.004", "--tau-t-warmup-epochs", "5"), ref="lss-init"),
+            ("--tau-t-warmup", "0.004", "--tau-t-warmup-epochs", "3"), ref="lss-init"),
         Row("lss-up0.1", "LSS, uniform prior weight 0.1", ("lss_fix",), "lss", ("--lambda-up", "0.1"), ref="lss-init"),
         Row("lss-up10", "LSS, uniform prior weight 10", ("lss_fix",), "lss", ("--lambda-up", "10"), ref="lss-init"),
     ]
@@ -191,7 +191,7 @@ PRESETS = {
         parallel=2,
         encoder=[],
         cvrl=[], supervised=[],
-        lss=["--epochs", "5", "--workers", "1", "--test-clips", "1"],
+        lss=["--epochs", "3", "--workers", "1", "--test-clips", "1"],  # 45 steps: the teacher is uniform by step 30
         eval=["--workers", "1"],
         nuisance=[0.0],
         rows=["lss", "lss-init", "lss-distill", "lss-span", "lss-tau-warmup", "lss-up0.1", "lss-up10"],
@@ -615,12 +615,19 @@ def environment(argv: list) -> dict:
             "command": " ".join(["python", "scripts/replicate.py", *argv])}
 
 
-def readme_block(table: str, env: dict, out: Path, plots: list, wall_seconds: float) -> str:
+def wall_clock(invocations: list) -> str:
+    """'1:10:03' for one timed invocation; the sum and the count for a resumed grid; says so when one was not timed."""
+    timed = [i["elapsed_seconds"] for i in invocations if i.get("elapsed_seconds") is not None]
+    text = hms(sum(timed)) + (f" over {len(invocations)} invocations" if len(invocations) > 1 else "")
+    return text + (" (one or more not timed)" if len(timed) < len(invocations) else "")
+
+
+def readme_block(table: str, env: dict, out: Path, plots: list, invocations: list) -> str:
     where = rel(out)
     lines = [README_BEGIN,
              "<!-- written by scripts/replicate.py --update-readme: edit the script, not this block -->",
              f"`{env['command']}` (commit {env['git'] or '?'}, {env['date']}; {env['device']}; torch {env['torch']}, "
-             f"Python {env['python']}; {hms(wall_seconds)} of job wall-clock). Per-job numbers: "
+             f"Python {env['python']}; wall-clock {wall_clock(invocations)}). Per-job numbers: "
              f"[{where}/results.json]({where}/results.json).", "", table.rstrip("\n"), ""]
     lines += [f"![{p.stem}]({rel(p)})" for p in plots]
     return "\n".join(lines + [README_END]) + "\n"
@@ -704,11 +711,22 @@ def main(argv=None, runner=run_job) -> int:
         return 0
     out.mkdir(parents=True, exist_ok=True)
     env = environment(sys.argv[1:] if argv is None else list(argv))
+    # wall-clock of every invocation that worked on this grid (a resumed grid has several): with jobs side by side,
+    # the sum of the jobs' times is not the time the grid took
+    previous = (read_json(out / "results.json") or {})
+    invocations = list(previous.get("invocations", []))
+    if previous.get("jobs") and "invocations" not in previous:
+        invocations.append({"elapsed_seconds": None, "note": "earlier invocation(s) not timed (older script)"})
+    this = {"date": env["date"], "parallel": parallel, "elapsed_seconds": 0.0}
+    invocations.append(this)
+    t_start = time.perf_counter()
 
     def write_results(records):
         summary = summarize(rows, jobs, records)
+        this["elapsed_seconds"] = round(time.perf_counter() - t_start, 1)
         write_json(out / "results.json", {"preset": a.preset, "seeds": P["seeds"], "environment": env,
-                                          "rows": summary, "jobs": [records[j.id] for j in jobs if j.id in records]})
+                                          "invocations": invocations, "rows": summary,
+                                          "jobs": [records[j.id] for j in jobs if j.id in records]})
         (out / "table.md").write_text(format_table(summary))
         return summary
 
@@ -723,8 +741,7 @@ def main(argv=None, runner=run_job) -> int:
     print("\n" + table)
     print(f"wrote {rel(out / 'results.json')}, {rel(out / 'table.md')}" + "".join(f", {rel(p)}" for p in plots))
     if a.update_readme:
-        wall = sum(records[j.id]["wall_seconds"] for j in jobs if records[j.id]["status"] == "ok")
-        block = readme_block(table, env, out, plots, wall)
+        block = readme_block(table, env, out, plots, invocations)
         if update_readme(Path(a.readme), block):
             print(f"updated the results block of {a.readme}")
         else:

@@ -306,6 +306,17 @@ def test_parallel_ctrl_c_lets_the_running_job_finish_and_starts_no_other(grid):
     assert grid(FakeRunner()) == 0  # the resumed grid runs the rest
 
 
+def test_wall_clock_counts_every_invocation_of_a_resumed_grid(grid):
+    assert grid(FakeRunner(interrupt_after=2)) == 130
+    assert grid(FakeRunner()) == 0
+    inv = json.loads((grid.out / "results.json").read_text())["invocations"]
+    assert len(inv) == 2 and all(i["elapsed_seconds"] >= 0 and i["parallel"] == 1 for i in inv)
+    assert R.wall_clock([{"elapsed_seconds": 3600.0}]) == "1:00:00"
+    assert R.wall_clock([{"elapsed_seconds": 60.0}, {"elapsed_seconds": 61.0}]) == "0:02:01 over 2 invocations"
+    assert R.wall_clock([{"elapsed_seconds": None}, {"elapsed_seconds": 5.0}]) == \
+        "0:00:05 over 2 invocations (one or more not timed)"
+
+
 def test_side_by_side_jobs_get_their_share_of_threads(tmp_path):
     out = tmp_path / "env.log"
     R.run_command(["-c", "import os; print('threads', os.environ.get('OMP_NUM_THREADS'))"], out, threads=3)
