@@ -48,9 +48,10 @@ supervised.py resume from RUN/checkpoint.pt, and eval_linear.py reuses its cache
 script save its checkpoint, then stops (exit 130). A job that fails is recorded with its error and the tail of its
 log, the grid goes on, the table marks the row, and the exit status is 1; the next run retries it.
 
-Determinism: with the same seeds, presets and machine, a run from scratch reproduces results.json's numbers, hence
-table.md, the README block's table and the PNGs byte for byte (the plots carry no timestamp or version metadata): on
-the CPU every script is deterministic (per-step/per-item seeds). On a GPU, cuDNN autotuning and atomics make the
+Determinism: with the same seeds, presets, --parallel and machine, a run from scratch reproduces results.json's
+numbers, hence table.md, the README block's table and the PNGs byte for byte (the plots carry no timestamp or version
+metadata): on the CPU every script is deterministic (per-step/per-item seeds) for a given thread count. Another
+thread count (--parallel sets OMP_NUM_THREADS) changes the summation order, and short runs amplify that. On a GPU, cuDNN autotuning and atomics make the
 numbers vary in the last digits. The timings, date and environment in results.json and the README block vary.
 """
 from __future__ import annotations
