@@ -169,8 +169,9 @@ PRESETS = {
         seeds=[0, 1, 2],
         parallel=2,                                                       # two 1-thread jobs on 2 cores: 1.5x
         encoder=[],
-        # 540 steps of 16 videos at lr 1.6 (0.0025 per 16): the default's batch of 64 at 126 steps (same time) was
-        # +1.7 over random init, batch 16 gave +15.5/+11.5 on seeds 0/1 (README, Results); ~2.5 min per job
+        # 540 steps of 16 videos at lr 1.6 (0.025 at 16 videos, linear scaling). The default's batch of 64 does 126
+        # steps in the same time and was +1.7 over random init; batch 16 gave +15.5/+11.5 on seeds 0/1
+        # (scripts/cvrl_quick_search.sh, results/replicate/cvrl-quick-search/); ~2.5 min per job
         cvrl=["--epochs", "18", "--batch-size", "16", "--lr", "1.6", "--workers", "1"],
         lss=["--epochs", "2", "--workers", "1", "--test-clips", "1"],  # 30 steps: the teacher is uniform by step 30
         supervised=["--epochs", "10", "--workers", "1"],
