@@ -24,7 +24,7 @@ A random-init row trains nothing: it runs eval_linear.py --random-init --seed S 
 (same seed), which only supplies the network's config (architecture, views, data), never its weights.
 
 Commands
-    python scripts/replicate.py --quick                   # the CPU preset on the synthetic videos (~75 min, 2 cores)
+    python scripts/replicate.py --quick                   # the CPU preset on the synthetic videos (~70 min, 2 cores)
     python scripts/replicate.py --quick --update-readme   # ... and rewrite README.md's results block
     python scripts/replicate.py --preset full             # the GPU preset: longer runs, 5 seeds, 5 nuisance levels
     python scripts/replicate.py --preset lss-explore      # LSS from random init: attempts against its collapse
