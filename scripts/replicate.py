@@ -51,8 +51,9 @@ log, the grid goes on, the table marks the row, and the exit status is 1; the ne
 Determinism: with the same seeds, presets, --parallel and machine, a run from scratch reproduces results.json's
 numbers, hence table.md, the README block's table and the PNGs byte for byte (the plots carry no timestamp or version
 metadata): on the CPU every script is deterministic (per-step/per-item seeds) for a given thread count. Another
-thread count (--parallel sets OMP_NUM_THREADS) changes the summation order, and short runs amplify that. On a GPU, cuDNN autotuning and atomics make the
-numbers vary in the last digits. The timings, date and environment in results.json and the README block vary.
+thread count (--parallel sets OMP_NUM_THREADS) changes the summation order, and short runs amplify that. On a GPU,
+cuDNN autotuning and atomics make the numbers vary in the last digits. The timings, date and environment in
+results.json and the README block vary.
 """
 from __future__ import annotations
 
@@ -717,7 +718,7 @@ def main(argv=None, runner=run_job) -> int:
     env = environment(sys.argv[1:] if argv is None else list(argv))
     # wall-clock of every invocation that worked on this grid (a resumed grid has several): with jobs side by side,
     # the sum of the jobs' times is not the time the grid took
-    previous = (read_json(out / "results.json") or {})
+    previous = read_json(out / "results.json") or {}
     invocations = list(previous.get("invocations", []))
     if previous.get("jobs") and "invocations" not in previous:
         invocations.append({"elapsed_seconds": None, "note": "earlier invocation(s) not timed (older script)"})
