@@ -35,4 +35,5 @@ one() {  # NAME SEED FLAGS...
     echo "$name seed=$seed [$*] train_s=$((e-s)) probe_s=$((f-e)) $(python -c "import json,sys; d=[json.loads(l) for l in open(sys.argv[1])][-1]; print(f'steps={d[\"step\"]} final_loss={d[\"loss\"]:.3f}')" "$o/log.jsonl") $(grep -h '^top-1' "$o.eval.log" | cut -c1-14)" >> "$out/results.txt"
 }
 export -f one; export out
-echo "$JOBS" | xargs -P 2 -L 1 bash -c 'one "$@"' _
+# set -e again inside each child (exported functions do not carry shell options): a failed run writes no result line
+echo "$JOBS" | xargs -P 2 -L 1 bash -c 'set -euo pipefail; one "$@"' _
