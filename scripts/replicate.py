@@ -14,14 +14,18 @@ Rows, grouped by the claim they test:
   nuisance      the synthetic videos' appearance nuisance (--nuisance): CVRL and random-init at each level
   lss           LSS, tiny CLIP from random weights: distillation only, + uniform prior, + concept alignment, full;
                 and the LSS network at initialisation (no training)
-  lss_fix       LSS from random weights with what might keep the teacher's output off uniform: a joint space the
-                concepts span, a teacher-temperature warm-up, the uniform prior's weight (preset lss-explore)
+  lss_fix       LSS with what might keep the teacher's output off uniform: a joint space the concepts span, a
+                teacher-temperature warm-up, the uniform prior's weight, a pre-trained start (scripts/lss_start.py:
+                the image tower trained with CVRL's InfoNCE first, probed frozen, then LSS from it) (preset
+                lss-explore)
 
 Every job runs the real scripts as subprocesses, so the study exercises exactly what a user runs:
-    python cvrl.py | lss.py | scripts/supervised.py --out RUN --seed S <preset flags> <row flags> <data flags>
+    python cvrl.py | lss.py | scripts/supervised.py | scripts/lss_start.py --out RUN --seed S <preset flags> <row flags>
+           <data flags>
     python eval_linear.py --ckpt RUN/checkpoint.pt --json RUN/linear.json --seed S <preset eval flags> <data flags>
 A random-init row trains nothing: it runs eval_linear.py --random-init --seed S on the checkpoint of its base row
-(same seed), which only supplies the network's config (architecture, views, data), never its weights.
+(same seed), which only supplies the network's config (architecture, views, data), never its weights. A trained row
+may start from another row's output: lss-from-start runs lss.py --clip RUN_OF(lss-start, same seed)/clip.pt, after it.
 
 Commands
     python scripts/replicate.py --quick                   # the CPU preset on the synthetic videos (~70 min, 2 cores)
@@ -76,7 +80,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = {"cvrl": "cvrl.py", "lss": "lss.py", "supervised": "scripts/supervised.py"}
+SCRIPTS = {"cvrl": "cvrl.py", "lss": "lss.py", "supervised": "scripts/supervised.py",
+           "lss_start": "scripts/lss_start.py"}
 README_BEGIN, README_END = "<!-- replicate:begin -->", "<!-- replicate:end -->"
 
 # ----------------------------------------------------------------------------- the grid
@@ -102,13 +107,14 @@ class Row:
     kind: str                 # cvrl | lss | supervised | random (eval_linear.py --random-init, nothing trained)
     train: tuple = ()         # flags for the training script, after the preset's
     eval: tuple = ()          # flags for eval_linear.py, after the preset's
-    base: str | None = None   # random rows: the trained row (same seed) whose checkpoint gives the network's config
+    base: str | None = None   # random rows: the trained row (same seed) whose checkpoint gives the network's config;
+                              # trained rows: a row (same seed) whose run dir "{base}" in `train` stands for
     ref: str | None = "random-init"  # the no-pretraining row the table's Δ column subtracts (None: no Δ)
     epochs_scale: float = 1.0  # multiplies the preset's --epochs: the data-size rows keep the number of steps
 
 
 def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
-    """The whole grid, in run order (a random row after its base). Every flag below exists in cvrl.Config /
+    """The whole grid, in run order (a row after its base). Every flag below exists in cvrl.Config /
     lss.Config / eval_linear.Config (tests/test_replicate.py parses each command with the script's own parser)."""
     rows = [
         Row("cvrl", "CVRL default (decreasing P(t), p = 1)", ("baselines", "interval", "consistency", "aug", "data"),
@@ -158,6 +164,15 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
             ("--tau-t-warmup", "0.004", "--tau-t-warmup-epochs", "3"), ref="lss-init"),
         Row("lss-up0.1", "LSS, uniform prior weight 0.1", ("lss_fix",), "lss", ("--lambda-up", "0.1"), ref="lss-init"),
         Row("lss-up10", "LSS, uniform prior weight 10", ("lss_fix",), "lss", ("--lambda-up", "10"), ref="lss-init"),
+        # a pre-trained start, the paper's setting in small: lss.py's image tower trained first with CVRL's InfoNCE
+        # on the same videos (scripts/lss_start.py; its text tower stays random), probed frozen, then LSS from it.
+        # Temperatures: the random-init values, since a random text tower has no narrow band of cosines (lss.py
+        # AUTO_TAU); the start's probe is the Δ reference of the LSS run
+        Row("lss-start", "InfoNCE-pretrained image tower, frozen (the start; no LSS)", ("lss_fix",), "lss_start",
+            ref="lss-init"),
+        Row("lss-from-start", "LSS from the InfoNCE-pretrained start", ("lss_fix",), "lss",
+            ("--init", "clip", "--clip", "{base}/clip.pt", "--tau-s", "0.1", "--tau-t", "0.04"), base="lss-start",
+            ref="lss-start"),
     ]
     return rows
 
@@ -175,6 +190,7 @@ PRESETS = {
         # (scripts/cvrl_quick_search.sh, results/replicate/cvrl-quick-search/); ~2.5 min per job
         cvrl=["--epochs", "18", "--batch-size", "16", "--lr", "1.6", "--workers", "1"],
         lss=["--epochs", "2", "--workers", "1", "--test-clips", "1"],  # 30 steps: the teacher is uniform by step 30
+        lss_start=["--epochs", "20", "--workers", "1"],                   # 300 steps, ~7 min (lss-explore only)
         supervised=["--epochs", "10", "--workers", "1"],
         eval=["--workers", "1"],
         nuisance=[0.0, 0.5, 1.0],
@@ -186,6 +202,7 @@ PRESETS = {
         encoder=[],
         cvrl=["--epochs", "200", "--workers", "8"],                      # TUNE
         lss=["--epochs", "60", "--workers", "8"],                        # TUNE
+        lss_start=["--epochs", "100", "--workers", "8"],                 # TUNE
         supervised=["--epochs", "60", "--workers", "8"],                 # TUNE
         eval=["--workers", "8"],
         nuisance=[0.0, 0.25, 0.5, 0.75, 1.0],
@@ -197,9 +214,11 @@ PRESETS = {
         encoder=[],
         cvrl=[], supervised=[],
         lss=["--epochs", "3", "--workers", "1", "--test-clips", "1"],  # 45 steps: the teacher is uniform by step 30
+        lss_start=["--epochs", "20", "--workers", "1"],                   # 300 steps of InfoNCE, ~7 min
         eval=["--workers", "1"],
         nuisance=[0.0],
-        rows=["lss", "lss-init", "lss-distill", "lss-span", "lss-tau-warmup", "lss-up0.1", "lss-up10"],
+        rows=["lss", "lss-init", "lss-distill", "lss-span", "lss-tau-warmup", "lss-up0.1", "lss-up10", "lss-start",
+              "lss-from-start"],
     ),
     "smoke": dict(  # plumbing only: 2 steps per run, a 5-epoch probe at a fixed lr, one seed
         seeds=[0],
@@ -210,6 +229,9 @@ PRESETS = {
              "--size", "32", "--local-size", "16", "--canvas", "32", "32", "--frames", "4", "--stride", "2",
              "--local-frames", "2", "--local-views", "2", "--templates", "single", "--batch-size", "4",
              "--workers", "0", "--log-every", "1", "--epochs", "1", "--max-steps", "2", "--no-zero-shot-eval"],
+        lss_start=["--width", "64", "--layers", "2", "--embed-dim", "32", "--text-width", "64", "--text-layers", "1",
+                   "--size", "32", "--canvas", "32", "32", "--frames", "4", "--stride", "2", "--head-hidden", "64",
+                   "--batch-size", "4", "--workers", "0", "--log-every", "1", "--epochs", "1", "--max-steps", "2"],
         supervised=["--batch-size", "8", "--epochs", "1", "--max-steps", "2", "--workers", "0", "--log-every", "1"],
         eval=["--epochs", "5", "--lr", "0.1", "--train-views", "1", "--test-clips", "1", "--workers", "0"],
         nuisance=[0.0],
@@ -219,7 +241,7 @@ PRESETS = {
 
 
 def select_rows(rows: list[Row], names) -> list[Row]:
-    """The rows named (all if None), plus the base of every random row among them, in grid order."""
+    """The rows named (all if None), plus the base of every row among them that has one, in grid order."""
     if not names:
         return rows
     by_name = {r.name: r for r in rows}
@@ -239,7 +261,7 @@ class Job:
     dir: Path
     cmds: list             # [[script, flags...], ...]: run as `python script flags...` from the repository root
     key: dict              # what must not change for a finished result to be reused
-    needs: str | None = None  # id of the job that must have succeeded first (a random row's base)
+    needs: str | None = None  # id of the job that must have succeeded first (the row's base)
     threads: int | None = None  # OMP_NUM_THREADS of its scripts (set when jobs run side by side; None: inherit)
     id: str = field(init=False)
 
@@ -284,10 +306,17 @@ def make_jobs(rows: list[Row], P: dict, out: Path, data_flags: list) -> list[Job
                 job = Job(row, seed, run, cmds, {"cmds": cmds, "base": base.key["cmds"]}, needs=base.id)
             else:
                 shared = P["encoder"] if row.kind in ("cvrl", "supervised") else []
+                row_flags, base = list(row.train), None
+                if row.base:  # the row starts from another row's output, e.g. lss.py --clip {base}/clip.pt
+                    base = by_id.get(f"{row.base}/seed{seed}")
+                    if base is None:
+                        raise ValueError(f"row {row.name}: its base {row.base!r} must come earlier in the grid")
+                    row_flags = [f.replace("{base}", rel(base.dir)) for f in row_flags]
                 train = [SCRIPTS[row.kind], "--out", rel(run), "--seed", str(seed), *shared,
-                         *scale_epochs(P[row.kind], row.epochs_scale, row.kind), *row.train, *data_flags]
+                         *scale_epochs(P[row.kind], row.epochs_scale, row.kind), *row_flags, *data_flags]
                 cmds = [train, probe[:1] + ["--ckpt", rel(run / "checkpoint.pt")] + probe[1:]]
-                job = Job(row, seed, run, cmds, {"cmds": cmds})
+                job = Job(row, seed, run, cmds, {"cmds": cmds} if base is None else
+                          {"cmds": cmds, "base": base.key["cmds"]}, needs=base.id if base else None)
             jobs.append(job)
             by_id[job.id] = job
     return jobs
@@ -412,8 +441,8 @@ def execute(job: Job, runner, records: dict) -> dict:
 
 def run_grid(jobs: list[Job], runner=run_job, on_update=None, parallel: int = 1) -> dict:
     """Run every job that has no reusable result; returns {job id: record}. on_update(records) after each job.
-    parallel > 1: that many jobs at a time, started in grid order, except that a random row starts only once its
-    base has finished (the next jobs go first meanwhile). KeyboardInterrupt propagates after the running scripts
+    parallel > 1: that many jobs at a time, started in grid order, except that a row with a base starts only once
+    its base has finished (the next jobs go first meanwhile). KeyboardInterrupt propagates after the running scripts
     have saved their checkpoints (they get the Ctrl-C too); jobs not yet started are not started."""
     records, todo = {}, []
     for job in jobs:
@@ -449,7 +478,7 @@ def run_grid(jobs: list[Job], runner=run_job, on_update=None, parallel: int = 1)
         pool = ThreadPoolExecutor(parallel)
         try:
             while pending or running:
-                for job in list(pending):  # in grid order, skipping a random row until its base has finished
+                for job in list(pending):  # in grid order, skipping a row until its base has finished
                     if len(running) < parallel and (job.needs is None or job.needs in records):
                         pending.remove(job)
                         running[pool.submit(lambda j=job: finish(j, execute(j, runner, records)))] = job

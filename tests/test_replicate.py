@@ -20,6 +20,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import replicate as R  # noqa: E402
+import lss_start  # noqa: E402
 import supervised  # noqa: E402
 
 # a small grid for the fake-runner tests: 3 rows (one random-init row and its base) x 2 seeds = 6 jobs
@@ -136,6 +137,8 @@ def parse(cmd):
         return lss.parse_args(argv)
     if script == "scripts/supervised.py":
         return data.parse_config(supervised.Config, argv)
+    if script == "scripts/lss_start.py":
+        return data.parse_config(lss_start.Config, argv)
     assert script == "eval_linear.py"
     return eval_linear.parse_args(argv)
 
@@ -161,6 +164,14 @@ def test_every_command_parses_and_sets_what_its_row_says(preset, tmp_path):
             continue
         train = cfgs[0]
         assert train.seed == job.seed and train.out.endswith(f"{job.row.name}/seed{job.seed}")
+        if job.row.base:  # a trained row that starts from its base's output: after it, and re-run when it changes
+            base = by_id[job.needs]
+            assert base.row.name == job.row.base and base.seed == job.seed and job.key["base"] == base.key["cmds"]
+        else:
+            assert job.needs is None
+        if job.row.name == "lss-from-start":
+            assert train.init == "clip" and train.clip == by_id[job.needs].cmds[0][2] + "/clip.pt"
+            assert (train.tau_s, train.tau_t) == (0.1, 0.04)  # the random-init values: the text tower is random
         assert not probe.random_init and probe.ckpt == train.out + "/checkpoint.pt"
         assert train.data == str(tmp_path / "videos")
         expected = {
@@ -391,6 +402,22 @@ def test_smoke_preset_two_rows_end_to_end_then_nothing_to_redo(tiny_synthetic, t
     r = run_replicate(*args)
     assert r.returncode == 0 and "2 jobs: 2 done earlier, 0 to run" in r.stdout
     assert json.loads((tmp_path / "out" / "results.json").read_text())["jobs"] == saved["jobs"]
+
+
+def test_smoke_preset_lss_from_a_pretrained_start(tiny_synthetic, tmp_path):
+    """lss-from-start brings its base: scripts/lss_start.py -> eval_linear.py, then lss.py --init clip --clip on the
+    start's clip.pt -> eval_linear.py, as real subprocesses."""
+    r = run_replicate("--preset", "smoke", "--rows", "lss-from-start", "--dataset", "synthetic", "--data",
+                      str(tiny_synthetic), "--out", str(tmp_path / "out"), "--no-plots")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    jobs = {j["row"]: j for j in saved["jobs"]}
+    assert set(jobs) == {"lss-start", "lss-from-start"} and all(j["status"] == "ok" for j in jobs.values())
+    assert jobs["lss-start"]["steps"] == jobs["lss-from-start"]["steps"] == 2
+    run = tmp_path / "out" / "runs"
+    cfg = json.loads((run / "lss-from-start" / "seed0" / "config.json").read_text())
+    assert cfg["init"] == "clip" and cfg["clip"] == R.rel(run / "lss-start" / "seed0" / "clip.pt")
+    assert "InfoNCE-pretrained image tower" in (tmp_path / "out" / "table.md").read_text()
 
 
 @pytest.mark.slow
