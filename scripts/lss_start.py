@@ -31,7 +31,7 @@ Outputs in --out:
                  holds the optimizer and head, so re-running the same command resumes
   config.json, log.jsonl (step, epoch, loss, lr, clips_per_s)
 
-    python scripts/lss_start.py --out runs/lss_start                      # CPU: synthetic videos, ~5 min
+    python scripts/lss_start.py --out runs/lss_start                      # CPU: synthetic videos, ~8 min
     python eval_linear.py --ckpt runs/lss_start/checkpoint.pt             # the start, frozen
     python lss.py --init clip --clip runs/lss_start/clip.pt --tau-s 0.1 --tau-t 0.04 --out runs/lss_from_start
     python scripts/lss_start.py --epochs 1 --max-steps 2 --workers 0 --out runs/lss_start_smoke    # seconds
