@@ -564,9 +564,11 @@ def format_table(summary: list[dict]) -> str:
 
 # ----------------------------------------------------------------------------- plots (optional: matplotlib)
 
-COLORS = {"cvrl": "tab:blue", "lss": "tab:orange", "supervised": "tab:green", "random": "tab:gray"}
+# one entry per kind of row (SCRIPTS' keys and "random"); tests/test_replicate.py checks that none is missing
+COLORS = {"cvrl": "tab:blue", "lss": "tab:orange", "supervised": "tab:green", "random": "tab:gray",
+          "lss_start": "tab:purple"}
 CURVE_TITLES = {"cvrl": "CVRL: NT-Xent (sum of both directions)", "lss": "LSS: total loss",
-                "supervised": "supervised: cross-entropy"}
+                "supervised": "supervised: cross-entropy", "lss_start": "LSS start: NT-Xent (scripts/lss_start.py)"}
 
 
 def mean_curve(curves: list) -> tuple[list, list]:

@@ -404,6 +404,11 @@ def test_smoke_preset_two_rows_end_to_end_then_nothing_to_redo(tiny_synthetic, t
     assert json.loads((tmp_path / "out" / "results.json").read_text())["jobs"] == saved["jobs"]
 
 
+def test_every_kind_of_row_has_a_colour_and_every_trained_kind_a_curve_panel():
+    kinds = {r.kind for r in R.build_rows([0.0, 0.5])}
+    assert kinds <= set(R.COLORS) and kinds - {"random"} <= set(R.CURVE_TITLES) == set(R.SCRIPTS)
+
+
 def test_smoke_preset_lss_from_a_pretrained_start(tiny_synthetic, tmp_path):
     """lss-from-start brings its base: scripts/lss_start.py -> eval_linear.py, then lss.py --init clip --clip on the
     start's clip.pt -> eval_linear.py, as real subprocesses."""
