@@ -473,6 +473,19 @@ def topk_correct(probs: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Ten
     return (top == labels[:, None]).any(1)
 
 
+def between_video_cosine(feats: torch.Tensor) -> float | None:
+    """feats (N, views, D) -> mean cosine between the view-averaged features of two DIFFERENT videos. Near 1: every
+    video gets nearly the same feature (a collapsed or untrained network; LSS's teacher cannot tell videos apart
+    then, see README Results). The probe standardises each dimension, so it can still read small differences;
+    this says how small they are. sum_{i != j} x_i.x_j = |sum_i x_i|^2 - N for unit x_i: O(N D), no N x N matrix."""
+    n = feats.shape[0]
+    if n < 2:
+        return None
+    x = F.normalize(feats.float().mean(dim=1), dim=-1)  # (N, D) unit, one per video
+    total = x.sum(dim=0)  # (D,)
+    return ((total @ total - (x * x).sum()) / (n * (n - 1))).item()
+
+
 def split_heldout(labels: torch.Tensor, fraction: float, seed: int):
     """Videos -> (fit, heldout) index tensors: per class, round(fraction * n) of its videos held out, at least 1
     (tiny datasets still get a sweep) and at most n - 1 (every class keeps a training video). By video, never by
@@ -599,6 +612,7 @@ def main(argv=None) -> dict:
         "ckpt": str(cfg.ckpt), "method": method, "arch": arch,
         "step": int(ckpt["step"]) if ckpt.get("step") is not None else None,
         "feature_dim": int(backbone.feature_dim),
+        "between_video_cosine": round(between_video_cosine(fte), 6) if len(fte) > 1 else None,
         "views": {"frames": cfg.frames, "stride": cfg.stride, "size": cfg.size, "test_size": cfg.test_size,
                   "canvas": list(cfg.canvas), "train_views": cfg.train_views, "test_clips": cfg.test_clips,
                   "crops": cfg.crops, "test_views": cfg.test_clips * cfg.crops,
@@ -635,6 +649,8 @@ def print_report(r: dict, classes, test_labels):
     print(f"{'':24s}{'top-1':>8s}{'videos':>8s}")
     for (name, acc), n in zip(r["per_class"].items(), counts):
         print(f"  {name[:22]:22s}{'-' if acc is None else f'{acc:.1f}':>8s}{n:>8d}")
+    if r["between_video_cosine"] is not None:
+        print(f"test features: mean cosine between two videos {r['between_video_cosine']:.4f} (1: all the same)")
     print(f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  | train videos {r['num_train']} (skipped "
           f"{n_skip['train']}) | test videos {r['num_test']} (skipped {n_skip['test']})")
     for s in r["skipped"]:

@@ -85,6 +85,7 @@ class Config:
     embed_dim: int = L.embed_dim    # joint image-text space: the encoder's output, averaged over frames
     text_width: int = L.text_width  # text transformer width (random, not trained)
     text_layers: int = L.text_layers  # text transformer blocks (random, not trained)
+    head: str = "mlp"               # mlp: CVRL's MLP head, discarded after; none: InfoNCE on the joint-space feature
     head_hidden: int = C.head_hidden  # MLP head hidden width (discarded after training)
     head_layers: int = C.head_layers  # MLP head hidden layers
     head_out: int = C.head_out      # embedding size of the InfoNCE
@@ -154,7 +155,13 @@ def train(cfg: Config):
         "width", "layers", "patch", "embed_dim", "text_width", "text_layers")}))
     clip = lss.CLIP(arch)
     visual = clip.visual.to(device)
-    head = cvrl.ProjectionHead(arch.embed_dim, cfg.head_hidden, cfg.head_out, cfg.head_layers).to(device)
+    # --head none: no head, so the videos must be told apart in the joint space itself, by the very feature whose
+    # cosines to the concepts make LSS's logits. With CVRL's MLP head (BatchNorm first) they need not be: the head
+    # subtracts the batch mean, so the tower may keep one large direction common to every video.
+    if cfg.head not in ("mlp", "none"):
+        raise SystemExit(f"error: --head {cfg.head!r}: use mlp or none")
+    head = (cvrl.ProjectionHead(arch.embed_dim, cfg.head_hidden, cfg.head_out, cfg.head_layers) if cfg.head == "mlp"
+            else torch.nn.Identity()).to(device)
     model = torch.nn.ModuleDict(dict(visual=visual, head=head))
     optimizer = torch.optim.AdamW(lss.param_groups(model), lr=0.0, weight_decay=cfg.weight_decay)
     step = 0
@@ -163,7 +170,7 @@ def train(cfg: Config):
         if ckpt.get("trained_by") != "scripts/lss_start.py":
             raise SystemExit(f"error: {ckpt_path} was not written by scripts/lss_start.py; use another --out")
         data.check_resume_config(ckpt["config"]["start_config"], cfg, (
-            "width", "layers", "patch", "embed_dim", "text_width", "text_layers", "head_hidden", "head_layers",
+            "width", "layers", "patch", "embed_dim", "text_width", "text_layers", "head", "head_hidden", "head_layers",
             "head_out", "seed"))
         clip.load_state_dict(ckpt["clip"])  # both towers: the text tower's random draw is kept too
         head.load_state_dict(ckpt["head"])

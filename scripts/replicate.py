@@ -383,7 +383,8 @@ def run_job(job: Job) -> dict:
         seconds[name] = round(run_command(cmd, job.dir / f"{name}.log", job.threads), 1)
     probe = json.loads((job.dir / "linear.json").read_text())
     res = {"top1": probe["top1"], "top5": probe["top5"], "num_train": probe["num_train"],
-           "num_test": probe["num_test"], "probe_lr": probe["classifier"]["lr"], "seconds": seconds}
+           "num_test": probe["num_test"], "probe_lr": probe["classifier"]["lr"], "seconds": seconds,
+           "between_video_cosine": probe.get("between_video_cosine")}  # absent from probes run before it existed
     if job.row.kind != "random":
         log = read_log(job.dir / "log.jsonl")
         losses = [r for r in log if "loss" in r]

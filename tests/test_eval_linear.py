@@ -97,6 +97,16 @@ def test_view_averaging_is_mean_softmax():
     assert E.topk_correct(probs, torch.tensor([0, 0]), 1).all()
 
 
+def test_between_video_cosine_is_the_mean_over_pairs_of_different_videos():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(7, 3, 5, generator=g) + torch.tensor([4.0, 0, 0, 0, 0])  # (N, views, D), a common direction
+    x = torch.nn.functional.normalize(feats.mean(1), dim=-1)
+    pairs = [float(x[i] @ x[j]) for i in range(7) for j in range(7) if i != j]
+    assert E.between_video_cosine(feats) == pytest.approx(sum(pairs) / len(pairs), abs=1e-6)
+    assert E.between_video_cosine(torch.ones(4, 2, 3)) == pytest.approx(1.0)  # collapsed: one feature for all
+    assert E.between_video_cosine(feats[:1]) is None
+
+
 def test_heldout_split_is_by_video_and_stratified():
     labels = torch.arange(8).repeat_interleave(10)
     fit, held = E.split_heldout(labels, 0.1, seed=0)
@@ -202,6 +212,7 @@ def test_end_to_end_folder_with_unreadable_test_video(folder_dataset, tmp_path, 
     assert "empty" in r["skipped"][0]["reason"]
     assert list(r["per_class"]) == classes and r["method"] == "cvrl" and r["random_init"] is False
     assert 0 <= r["top1"] <= r["top5"] <= 100
+    assert -1 <= r["between_video_cosine"] <= 1
     assert r["views"]["crops"] == 3 and r["views"]["test_views"] == 6  # 2 clips x 3 crops on a non-square canvas
     test_cache = next(cache.glob("test-*.pt"))
     feats = torch.load(test_cache, weights_only=True)

@@ -97,3 +97,16 @@ def test_bad_flags_say_what_to_do(tiny_synthetic, tmp_path):
     assert r.returncode != 0 and "--size 30 is not a multiple of --patch 8" in r.stderr + r.stdout
     r = start(tmp_path / "no-such-dir", tmp_path / "d", check=False, dataset="folder")
     assert r.returncode != 0 and "no-such-dir" in r.stderr + r.stdout and "Traceback" not in r.stderr
+    r = start(tiny_synthetic, tmp_path / "e", "--head", "linear", check=False)
+    assert r.returncode != 0 and "--head 'linear': use mlp or none" in r.stderr + r.stdout
+
+
+def test_head_none_trains_the_joint_space_and_a_resume_cannot_switch_heads(tiny_synthetic, tmp_path):
+    start(tiny_synthetic, tmp_path / "n0", "--head", "none", "--epochs", "0")
+    start(tiny_synthetic, tmp_path / "n", "--head", "none", "--max-steps", "2")  # step 0's lr is 0 (warmup)
+    s0, s1 = load(tmp_path / "n0" / "clip.pt"), load(tmp_path / "n" / "clip.pt")
+    ckpt = load(tmp_path / "n" / "checkpoint.pt")
+    assert ckpt["head"] == {} and ckpt["config"]["start_config"]["head"] == "none"  # nothing to discard
+    assert not torch.equal(s0["visual.proj"], s1["visual.proj"])  # the projection into the joint space is trained
+    r = start(tiny_synthetic, tmp_path / "n", "--head", "mlp", "--max-steps", "3", check=False)
+    assert r.returncode != 0 and "--head 'none' (checkpoint) vs 'mlp' (now)" in r.stderr + r.stdout

@@ -393,6 +393,7 @@ def test_smoke_preset_two_rows_end_to_end_then_nothing_to_redo(tiny_synthetic, t
     assert set(jobs) == {"cvrl", "random-init"} and all(j["status"] == "ok" for j in jobs.values())
     for j in jobs.values():
         assert 0 <= j["top1"] <= 100 and j["num_train"] == 32 and j["num_test"] == 16  # the tiny dataset: 8 x (4 + 2)
+        assert -1 <= j["between_video_cosine"] <= 1
     assert jobs["cvrl"]["steps"] == 2 and [s for s, _ in jobs["cvrl"]["curve"]] == [1, 2]
     assert math.isfinite(jobs["cvrl"]["final_loss"]) and "curve" not in jobs["random-init"]
     run = tmp_path / "out" / "runs"
