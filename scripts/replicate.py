@@ -16,8 +16,8 @@ Rows, grouped by the claim they test:
                 and the LSS network at initialisation (no training)
   lss_fix       LSS with what might keep the teacher's output off uniform: a joint space the concepts span, a
                 teacher-temperature warm-up, the uniform prior's weight, a pre-trained start (scripts/lss_start.py:
-                the image tower trained with CVRL's InfoNCE first, probed frozen, then LSS from it) (preset
-                lss-explore)
+                the image tower trained with CVRL's InfoNCE first, probed frozen, then LSS from it; and the same
+                InfoNCE without the MLP head) (preset lss-explore)
 
 Every job runs the real scripts as subprocesses, so the study exercises exactly what a user runs:
     python cvrl.py | lss.py | scripts/supervised.py | scripts/lss_start.py --out RUN --seed S <preset flags> <row flags>
@@ -173,6 +173,10 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
         Row("lss-from-start", "LSS from the InfoNCE-pretrained start", ("lss_fix",), "lss",
             ("--init", "clip", "--clip", "{base}/clip.pt", "--tau-s", "0.1", "--tau-t", "0.04"), base="lss-start",
             ref="lss-start"),
+        # the same start without CVRL's MLP head: InfoNCE on the joint-space feature itself, the one whose cosines to
+        # the concepts are LSS's logits (the head's BatchNorm lets the tower keep a direction common to all videos)
+        Row("lss-start-nohead", "InfoNCE on the joint-space feature (no MLP head), frozen", ("lss_fix",), "lss_start",
+            ("--head", "none"), ref="lss-init"),
     ]
     return rows
 
@@ -218,7 +222,7 @@ PRESETS = {
         eval=["--workers", "1"],
         nuisance=[0.0],
         rows=["lss", "lss-init", "lss-distill", "lss-span", "lss-tau-warmup", "lss-up0.1", "lss-up10", "lss-start",
-              "lss-from-start"],
+              "lss-from-start", "lss-start-nohead"],
     ),
     "smoke": dict(  # plumbing only: 2 steps per run, a 5-epoch probe at a fixed lr, one seed
         seeds=[0],
@@ -639,6 +643,10 @@ def environment(argv: list) -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                                 timeout=10).stdout.strip()
+        # code that differs from the commit makes the commit a false label: say so (results/ is written by this run)
+        if commit and subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "*.py", "pyproject.toml", "*.json",
+                                      ":!results"], cwd=ROOT, timeout=10).returncode:
+            commit += "+uncommitted changes"
     except (OSError, subprocess.SubprocessError):
         commit = ""
     if torch.cuda.is_available():
