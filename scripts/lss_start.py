@@ -14,7 +14,8 @@ What is trained. CVRL's recipe (cvrl.py) with lss.py's network in place of the 3
   - encoder = lss.py's CLIP image tower run on every frame, its output (the projected CLS token, CLIP's image
     embedding) averaged over the clip's frames: exactly the feature `lss.py --init clip` starts from at step 0
     (cls_mode per_frame, temporal branch zero);
-  - CVRL's MLP head, discarded afterwards; NT-Xent (cvrl.nt_xent):
+  - CVRL's MLP head, discarded afterwards (--head none: no head, NT-Xent on the joint-space feature itself, the
+    one LSS's concept logits are cosines of); NT-Xent (cvrl.nt_xent):
         L = -log exp(sim(z_i, z_j)/tau) / sum_{k != i} exp(sim(z_i, z_k)/tau)   over both clips of every video;
   - AdamW with linear warmup and cosine decay (lss.py's schedule): a ViT, where CVRL's SGD does not apply.
 The text tower is NOT trained: it keeps its random (seeded) initialisation, as in `lss.py --init random`, so the
