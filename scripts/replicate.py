@@ -104,7 +104,7 @@ class Row:
     name: str                 # id: run dir and JSON key
     label: str                # what the table and the plots call it
     groups: tuple             # table sections it is shown in (GROUPS keys): its own first, then those it anchors
-    kind: str                 # cvrl | lss | supervised | random (eval_linear.py --random-init, nothing trained)
+    kind: str                 # cvrl | lss | supervised | lss_start | random (random: eval_linear.py --random-init)
     train: tuple = ()         # flags for the training script, after the preset's
     eval: tuple = ()          # flags for eval_linear.py, after the preset's
     base: str | None = None   # random rows: the trained row (same seed) whose checkpoint gives the network's config;
