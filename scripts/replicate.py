@@ -32,6 +32,7 @@ Commands
     python scripts/replicate.py --quick --update-readme   # ... and rewrite README.md's results block
     python scripts/replicate.py --preset full             # the GPU preset: longer runs, 5 seeds, 5 nuisance levels
     python scripts/replicate.py --preset lss-explore      # LSS from random init: attempts against its collapse
+    python scripts/replicate.py --preset cvrl-search      # the search that chose --quick's CVRL batch size and lr
     python scripts/replicate.py --preset smoke            # tiny everything, seconds per job (the tests run this)
     python scripts/replicate.py --quick --rows cvrl,cvrl-uniform   # a subset (random-init rows bring their base)
     python scripts/replicate.py --quick --dry-run         # print every job's commands and exit
@@ -96,7 +97,11 @@ GROUPS = {
                 "discrimination",
     "lss": "LSS (tiny CLIP, random init): distillation, + uniform prior, + concept alignment",
     "lss_fix": "LSS from random init: attempts to keep the teacher off the uniform distribution (not in --quick)",
+    "search": "CVRL at the quick preset's budget (18 epochs): batch size and lr (preset cvrl-search, not in --quick)",
 }
+
+# (batch size, --lr) pairs of the cvrl-search preset; --lr is the rate at a global batch of 1024 (linear scaling)
+SEARCH = [(64, 0.8), (64, 1.6), (64, 6.4), (64, 12.8), (32, 1.6), (32, 3.2), (16, 1.6)]
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,10 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
         Row("lss-start-nohead", "InfoNCE on the joint-space feature (no MLP head), frozen", ("lss_fix",), "lss_start",
             ("--head", "none"), ref="lss-init"),
     ]
+    # the search that chose the quick preset's CVRL flags (preset cvrl-search: cvrl.py --epochs 18, so its "cvrl"
+    # row is the default batch 64 at lr 3.2): same compute, other batch sizes and learning rates
+    rows += [Row(f"search-b{b}-lr{lr}", f"CVRL, batch {b}, --lr {lr}", ("search",), "cvrl",
+                 (() if b == 64 else ("--batch-size", str(b))) + ("--lr", str(lr))) for b, lr in SEARCH]
     return rows
 
 
@@ -191,7 +200,7 @@ PRESETS = {
         encoder=[],
         # 540 steps of 16 videos at lr 1.6 (0.025 at 16 videos, linear scaling). The default's batch of 64 does 126
         # steps in the same time and was +1.7 over random init; batch 16 gave +15.5/+11.5 on seeds 0/1
-        # (scripts/cvrl_quick_search.sh, results/replicate/cvrl-quick-search/); ~2.5 min per job
+        # (preset cvrl-search, results/replicate/cvrl-search/); ~2.5 min per job
         cvrl=["--epochs", "18", "--batch-size", "16", "--lr", "1.6", "--workers", "1"],
         lss=["--epochs", "2", "--workers", "1", "--test-clips", "1"],  # 30 steps: the teacher is uniform by step 30
         lss_start=["--epochs", "20", "--workers", "1"],                   # 300 steps, ~7 min (lss-explore only)
@@ -199,7 +208,7 @@ PRESETS = {
         eval=["--workers", "1"],
         nuisance=[0.0, 0.5, 1.0],
         rows=None,  # all ...
-        exclude=["lss_fix"],  # ... but the LSS attempts (preset lss-explore): 90 minutes is the budget
+        exclude=["lss_fix", "search"],  # ... but the LSS attempts and the CVRL search: 90 minutes is the budget
     ),
     "full": dict(  # one GPU, synthetic videos: longer schedules, more seeds and nuisance levels
         seeds=[0, 1, 2, 3, 4],
@@ -211,6 +220,7 @@ PRESETS = {
         eval=["--workers", "8"],
         nuisance=[0.0, 0.25, 0.5, 0.75, 1.0],
         rows=None,
+        exclude=["search"],  # the quick preset's search: not for these schedules
     ),
     "lss-explore": dict(  # CPU: the LSS rows and the attempts to keep its teacher from a uniform output, one seed
         seeds=[0],
@@ -223,6 +233,16 @@ PRESETS = {
         nuisance=[0.0],
         rows=["lss", "lss-init", "lss-distill", "lss-span", "lss-tau-warmup", "lss-up0.1", "lss-up10", "lss-start",
               "lss-from-start", "lss-start-nohead"],
+    ),
+    "cvrl-search": dict(  # CPU: how the quick preset's CVRL flags were chosen, two seeds (~30 min on 2 cores)
+        seeds=[0, 1],
+        parallel=2,
+        encoder=[],
+        cvrl=["--epochs", "18", "--workers", "1"],  # the quick preset's budget at the default batch 64, lr 3.2
+        lss=[], supervised=[], lss_start=[],
+        eval=["--workers", "1"],
+        nuisance=[0.0],
+        rows=["cvrl", "random-init"] + [f"search-b{b}-lr{lr}" for b, lr in SEARCH],
     ),
     "smoke": dict(  # plumbing only: 2 steps per run, a 5-epoch probe at a fixed lr, one seed
         seeds=[0],
