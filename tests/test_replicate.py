@@ -146,7 +146,8 @@ def parse(cmd):
 @pytest.mark.parametrize("preset", sorted(R.PRESETS))
 def test_every_command_parses_and_sets_what_its_row_says(preset, tmp_path):
     P = R.PRESETS[preset]
-    rows = R.select_rows(R.build_rows(P["nuisance"]), P["rows"])
+    rows = [r for r in R.select_rows(R.build_rows(P["nuisance"]), P["rows"])
+            if r.groups[0] not in P.get("exclude", [])]  # as main() selects them when no --rows is given
     data_flags = ["--dataset", "synthetic", "--data", str(tmp_path / "videos")]
     jobs = R.make_jobs(rows, P, tmp_path / "out", data_flags)
     assert len(jobs) == len(rows) * len(P["seeds"])
@@ -185,6 +186,9 @@ def test_every_command_parses_and_sets_what_its_row_says(preset, tmp_path):
         }.get(job.row.name, {})
         if job.row.name.startswith("cvrl-data"):  # 1/fraction times the default's epochs: the same number of steps
             expected["epochs"] = round(parse(by_id[f"cvrl/seed{job.seed}"].cmds[0]).epochs / expected["data_fraction"])
+        if job.row.name.startswith("search-b"):  # search-b{batch}-lr{lr}
+            b, lr = job.row.name.removeprefix("search-b").split("-lr")
+            expected = dict(batch_size=int(b), lr=float(lr), epochs=18)
         if job.row.name.startswith("cvrl-nuisance"):
             expected = dict(nuisance=float(job.row.name.removeprefix("cvrl-nuisance")))
             assert probe.nuisance == expected["nuisance"]
@@ -196,6 +200,24 @@ def test_every_command_parses_and_sets_what_its_row_says(preset, tmp_path):
         c = parse(by_id["cvrl/seed0"].cmds[0])
         assert (sup.arch, sup.frames, sup.stride, sup.size, tuple(sup.canvas)) == \
             (c.arch, c.frames, c.stride, c.size, tuple(c.canvas))
+
+
+def test_the_search_ran_what_the_quick_preset_runs():
+    """cvrl-search's chosen row (batch 16, lr 1.6) is the quick preset's CVRL command, and its "cvrl" row the
+    default batch 64 at the same budget: the search's numbers are about the flags the grid uses."""
+    def cvrl_cmd(preset, row):
+        P = R.PRESETS[preset]
+        job = next(j for j in R.make_jobs(R.select_rows(R.build_rows([0.0]), [row]), P, ROOT / "o", [])
+                   if j.row.name == row and j.seed == 0)
+        cmd = job.cmds[0]
+        i = cmd.index("--out")
+        return cmd[:i] + cmd[i + 2:]  # without --out RUN
+    chosen, quick = parse(cvrl_cmd("cvrl-search", "search-b16-lr1.6")), parse(cvrl_cmd("quick", "cvrl"))
+    assert vars(chosen) == vars(quick) and (quick.batch_size, quick.lr, quick.epochs) == (16, 1.6, 18)
+    default = parse(cvrl_cmd("cvrl-search", "cvrl"))
+    assert (default.batch_size, default.lr, default.epochs) == (64, 3.2, 18)
+    assert not {r.name for r in R.build_rows([0.0]) if "search" in r.groups} & {
+        r.name for r in R.select_rows(R.build_rows([0.0]), None) if r.groups[0] not in R.PRESETS["quick"]["exclude"]}
 
 
 # ----------------------------------------------------------------------------------------------- resume
