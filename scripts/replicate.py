@@ -18,6 +18,8 @@ Rows, grouped by the claim they test:
                 teacher-temperature warm-up, the uniform prior's weight, a pre-trained start (scripts/lss_start.py:
                 the image tower trained with CVRL's InfoNCE first, probed frozen, then LSS from it; and the same
                 InfoNCE without the MLP head) (preset lss-explore)
+  search        CVRL at the quick preset's budget (18 epochs) with other batch sizes and learning rates: how the
+                quick preset's CVRL flags were chosen (preset cvrl-search)
 
 Every job runs the real scripts as subprocesses, so the study exercises exactly what a user runs:
     python cvrl.py | lss.py | scripts/supervised.py | scripts/lss_start.py --out RUN --seed S <preset flags> <row flags>
