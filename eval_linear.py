@@ -481,7 +481,7 @@ def between_video_cosine(feats: torch.Tensor) -> float | None:
     n = feats.shape[0]
     if n < 2:
         return None
-    x = F.normalize(feats.float().mean(dim=1), dim=-1)  # (N, D) unit, one per video
+    x = F.normalize(feats.double().mean(dim=1), dim=-1)  # (N, D) unit, one per video; float64: |sum|^2 ~ N^2
     total = x.sum(dim=0)  # (D,)
     return ((total @ total - (x * x).sum()) / (n * (n - 1))).item()
 
