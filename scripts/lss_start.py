@@ -157,8 +157,8 @@ def train(cfg: Config):
     clip = lss.CLIP(arch)
     visual = clip.visual.to(device)
     # --head none: no head, so the videos must be told apart in the joint space itself, by the very feature whose
-    # cosines to the concepts make LSS's logits. With CVRL's MLP head (BatchNorm first) they need not be: the head
-    # subtracts the batch mean, so the tower may keep one large direction common to every video.
+    # cosines to the concepts make LSS's logits. With CVRL's MLP head they need not be: the BatchNorm after its first
+    # linear layer subtracts the batch mean, so the tower may keep one large direction common to every video.
     if cfg.head not in ("mlp", "none"):
         raise SystemExit(f"error: --head {cfg.head!r}: use mlp or none")
     head = (cvrl.ProjectionHead(arch.embed_dim, cfg.head_hidden, cfg.head_out, cfg.head_layers) if cfg.head == "mlp"
