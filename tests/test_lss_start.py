@@ -99,6 +99,11 @@ def test_bad_flags_say_what_to_do(tiny_synthetic, tmp_path):
     assert r.returncode != 0 and "no-such-dir" in r.stderr + r.stdout and "Traceback" not in r.stderr
     r = start(tiny_synthetic, tmp_path / "e", "--head", "linear", check=False)
     assert r.returncode != 0 and "--head 'linear': use mlp or none" in r.stderr + r.stdout
+    (tmp_path / "f").mkdir()
+    torch.save({"method": "lss", "config": {}, "step": 5}, tmp_path / "f" / "checkpoint.pt")  # an lss.py run's --out
+    r = start(tiny_synthetic, tmp_path / "f", check=False)
+    assert r.returncode != 0 and "was not written by scripts/lss_start.py; use another --out" in r.stderr + r.stdout
+    assert "Traceback" not in r.stderr
 
 
 def test_head_none_trains_the_joint_space_and_a_resume_cannot_switch_heads(tiny_synthetic, tmp_path):
