@@ -599,6 +599,7 @@ def main(argv=None) -> dict:
     correct1 = topk_correct(probs, yte, 1)
     correct5 = topk_correct(probs, yte, 5)
     seconds["classifier"] = round(time.perf_counter() - t, 2)
+    cosine = between_video_cosine(fte)  # None with fewer than 2 test videos
     per_class = {}
     for c, name in enumerate(classes):
         m = yte == c
@@ -612,7 +613,7 @@ def main(argv=None) -> dict:
         "ckpt": str(cfg.ckpt), "method": method, "arch": arch,
         "step": int(ckpt["step"]) if ckpt.get("step") is not None else None,
         "feature_dim": int(backbone.feature_dim),
-        "between_video_cosine": round(between_video_cosine(fte), 6) if len(fte) > 1 else None,
+        "between_video_cosine": None if cosine is None else round(cosine, 6),
         "views": {"frames": cfg.frames, "stride": cfg.stride, "size": cfg.size, "test_size": cfg.test_size,
                   "canvas": list(cfg.canvas), "train_views": cfg.train_views, "test_clips": cfg.test_clips,
                   "crops": cfg.crops, "test_views": cfg.test_clips * cfg.crops,

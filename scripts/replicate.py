@@ -278,6 +278,13 @@ def select_rows(rows: list[Row], names) -> list[Row]:
     return [r for r in rows if r.name in keep]
 
 
+def preset_rows(P: dict, levels, names=None) -> list[Row]:
+    """The rows a run of preset P works on: those named by --rows (with their bases), else the preset's own rows
+    without its excluded groups (--quick leaves out the LSS attempts and the CVRL search)."""
+    rows = select_rows(build_rows(levels), names or P["rows"])
+    return rows if names else [r for r in rows if r.groups[0] not in P.get("exclude", [])]
+
+
 # ----------------------------------------------------------------------------- jobs
 
 @dataclass
@@ -755,10 +762,7 @@ def main(argv=None, runner=run_job) -> int:
         # --nuisance only changes the videos that data.py generates into its cache; a given root is used as it is
         print("note: the nuisance rows need the built-in synthetic videos (no --data, no other --dataset); skipped")
         levels = [0.0]
-    names = a.rows.split(",") if a.rows else P["rows"]
-    rows = select_rows(build_rows(levels), names)
-    if not a.rows:
-        rows = [r for r in rows if r.groups[0] not in P.get("exclude", [])]
+    rows = preset_rows(P, levels, a.rows.split(",") if a.rows else None)
     out = Path(a.out or ROOT / "results" / "replicate" / (
         a.preset + (f"-{a.dataset}" if a.dataset not in (None, "synthetic") else ""))).resolve()
     jobs = make_jobs(rows, P, out, data_flags)

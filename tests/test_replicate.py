@@ -146,8 +146,7 @@ def parse(cmd):
 @pytest.mark.parametrize("preset", sorted(R.PRESETS))
 def test_every_command_parses_and_sets_what_its_row_says(preset, tmp_path):
     P = R.PRESETS[preset]
-    rows = [r for r in R.select_rows(R.build_rows(P["nuisance"]), P["rows"])
-            if r.groups[0] not in P.get("exclude", [])]  # as main() selects them when no --rows is given
+    rows = R.preset_rows(P, P["nuisance"])  # as main() selects them when no --rows is given
     data_flags = ["--dataset", "synthetic", "--data", str(tmp_path / "videos")]
     jobs = R.make_jobs(rows, P, tmp_path / "out", data_flags)
     assert len(jobs) == len(rows) * len(P["seeds"])
@@ -217,7 +216,7 @@ def test_the_search_ran_what_the_quick_preset_runs():
     default = parse(cvrl_cmd("cvrl-search", "cvrl"))
     assert (default.batch_size, default.lr, default.epochs) == (64, 3.2, 18)
     assert not {r.name for r in R.build_rows([0.0]) if "search" in r.groups} & {
-        r.name for r in R.select_rows(R.build_rows([0.0]), None) if r.groups[0] not in R.PRESETS["quick"]["exclude"]}
+        r.name for r in R.preset_rows(R.PRESETS["quick"], [0.0])}
 
 
 # ----------------------------------------------------------------------------------------------- resume
