@@ -107,9 +107,9 @@ PRESETS = {
         augment=dict(B=4, T=16, H=256, W=340, size=224, windows=3)),
     "gpu": dict(
         models=[dict(kind="cvrl", name="CVRL R3D-50 16x224", arch="r3d50", frames=16, size=224, batch=None,
-                     head_hidden=2048, batch_start=16, batch_cap=1024),
+                     head_hidden=2048, batch_start=64, batch_cap=1024),
                 dict(kind="lss", name="LSS ViT-B/16 8x224 (divided space-time)", width=768, layers=12, heads=12,
-                     patch=16, frames=8, size=224, batch=None, out_dim=512, concepts=400, batch_start=4,
+                     patch=16, frames=8, size=224, batch=None, out_dim=512, concepts=400, batch_start=16,
                      batch_cap=512)],
         compile=True, warmup=5, windows=5, per_window=10,
         formats=_formats(), seconds=10, n_videos=4, clip=(16, 2), crop=224,
@@ -337,30 +337,44 @@ def _free(device):
 
 
 def find_batch(m, device, log):
-    """GPU: double the batch until a fp32 eager step (the most memory-hungry variant) runs out of memory or the cap
-    is reached; keep the last that fit. All variants then use that batch, so their rows compare like with like."""
+    """GPU: the largest power-of-2 batch (times batch_start, up to the cap) at which an eager bf16-autocast step (the
+    most memory-hungry of the bf16 variants: no compiled fusions) runs. Training runs in bf16, so that is the batch
+    that matters; every variant then uses it (fp32 rows that do not fit say so), and rows compare like with like.
+    Activation memory grows linearly with the batch, so one step at batch_start predicts the largest batch that
+    fits (15% margin); that batch is tried, and halved on out-of-memory. Each new shape costs a cuDNN autotune
+    (seconds for 3D convolutions), so this tries 2-3 shapes instead of doubling through all of them."""
     builder = build_cvrl_step if m["kind"] == "cvrl" else build_lss_step
-    fp32 = dict(bf16=False, cl3d=False, compile=False, fused=False)
-    b, best = m["batch_start"], None
-    while b <= m["batch_cap"]:
+    probe_variant = dict(bf16=native_bf16(device), cl3d=False, compile=False, fused=False)
+
+    def fits(b):
         oom = False
+        torch.cuda.reset_peak_memory_stats(device)
         try:
-            step, keep = builder(m, b, device, fp32)
+            step, keep = builder(m, b, device, probe_variant)
             step()
             step()
             sync(device)
         except torch.cuda.OutOfMemoryError:
             oom = True
         step = keep = None  # noqa: F841 -- drop references before freeing
+        peak = torch.cuda.max_memory_allocated(device)
         _free(device)
-        if oom:
-            break
-        best = b
-        log(f"    batch {b} fits")
+        log(f"    batch {b} " + ("does not fit" if oom else f"fits ({peak / 2 ** 30:.1f} GiB)"))
+        return not oom, peak
+
+    b0 = m["batch_start"]
+    ok, peak = fits(b0)
+    if not ok:
+        raise RuntimeError(f"{m['name']}: even batch {b0} does not fit")
+    total = torch.cuda.get_device_properties(device).total_memory
+    b = b0
+    while b * 2 <= m["batch_cap"] and peak * (b * 2 / b0) * 1.15 < total:
         b *= 2
-    if best is None:
-        raise RuntimeError(f"{m['name']}: even batch {m['batch_start']} does not fit")
-    return best
+    while b > b0:
+        if fits(b)[0]:
+            return b
+        b //= 2
+    return b0
 
 
 def bench_models(P, device, log):
@@ -384,7 +398,7 @@ def bench_models(P, device, log):
         batch = m["batch"] if m["batch"] else find_batch(m, device, log)
         res = dict(name=m["name"], kind=m["kind"], fwd_gmac_per_clip=macs / 1e9,
                    train_gflop_per_clip=flops_clip / 1e9, batch_clips=batch, batch_source="preset" if m["batch"]
-                   else "largest power of 2 that fits (fp32 eager)", rows=[])
+                   else "largest power of 2 that fits (bf16 eager)", rows=[])
         log(f"  {m['name']}: {macs / 1e9:.3f} GMAC fwd/clip, batch {batch} clips")
         builder = build_cvrl_step if m["kind"] == "cvrl" else build_lss_step
         # On a shared CPU the load drifts over minutes, so windows are taken round-robin over the variants (each
@@ -407,6 +421,8 @@ def bench_models(P, device, log):
         for v in variants(m["kind"], P["compile"], native_bf16(device)):
             row = dict(variant=v["name"])
             res["rows"].append(row)
+            if P.get("only_variants") and v["name"] not in P["only_variants"]:
+                v = dict(v, skip="not run in this call (--variants)")
             if v.get("skip"):
                 row["skipped"] = v["skip"]
                 continue
@@ -684,8 +700,8 @@ def bench_pipeline(P, device, workers, cache, log):
             f"{whole_rate:.1f} ({wh['decoded'] / wh['n']:.0f} frames): x{pair_rate / whole_rate:.2f}")
     h264 = [f for f in P["formats"] if f.codec == "libx264"]
     # data-wait on the Kinetics-like format at both keyframe spacings (the largest frame size in the preset)
-    big = max(h264, key=lambda f: f.width * f.height)
-    chosen = [f for f in h264 if (f.width, f.height) == (big.width, big.height)][:P["wait_formats"]]
+    big = max(h264, key=lambda f: f.width * f.height) if h264 else None
+    chosen = [f for f in h264 if (f.width, f.height) == (big.width, big.height)][:P["wait_formats"]] if h264 else []
     for fmt in chosen:
         r = data_wait(videos[fmt.name], P, device, workers, log)
         r["format"] = fmt.name
@@ -957,6 +973,15 @@ def main(argv=None):
                          "rows are concatenated; a file's 'notes' list is rendered as bullets")
     ap.add_argument("--model-kind", choices=["cvrl", "lss"], default=None,
                     help="model section: only this method's step (a partial run keeps the other's rows)")
+    ap.add_argument("--variants", default=None,
+                    help="model section: run only these variants, names as printed, separated by ';' (the others are "
+                         "listed as not run); for a time-limited GPU lease")
+    ap.add_argument("--formats", default=None,
+                    help="pipeline section: only the formats whose name contains this text (e.g. 'GOP 16')")
+    ap.add_argument("--augment-cpu", choices=["yes", "no"], default="yes",
+                    help="augmentation section: also time the CPU (slow at the gpu preset's shapes)")
+    ap.add_argument("--steps", type=int, nargs=3, default=None, metavar=("WARMUP", "WINDOWS", "PER_WINDOW"),
+                    help="model section timing: warm-up steps, timed windows, steps per window (default: the preset's)")
     ap.add_argument("--video-cache", default=None,
                     help="where the encoded test videos are kept (default: results/cache/bench-videos)")
     a = ap.parse_args(argv)
@@ -976,6 +1001,14 @@ def main(argv=None):
         P["compile"] = False
     if a.model_kind:
         P["models"] = [m for m in P["models"] if m["kind"] == a.model_kind]
+    if a.variants:
+        P["only_variants"] = [v.strip() for v in a.variants.split(";") if v.strip()]
+    if a.formats:
+        P["formats"] = [f for f in P["formats"] if a.formats in f.name]
+        if not P["formats"]:
+            raise SystemExit(f"error: no format of preset {preset} contains {a.formats!r}")
+    if a.steps:
+        P["warmup"], P["windows"], P["per_window"] = a.steps
     sections = a.only or ["model", "pipeline", "augment"]
     log = lambda s: print(s, flush=True)  # noqa: E731
     env = environment(device)
@@ -999,7 +1032,9 @@ def main(argv=None):
     if "augment" in sections:
         log("3. augmentation")
         t0 = time.perf_counter()
-        run["augment"] = bench_augment(P, [torch.device("cpu")] + ([device] if device.type == "cuda" else []), log)
+        devices = ([torch.device("cpu")] if a.augment_cpu == "yes" or device.type != "cuda" else []) \
+            + ([device] if device.type == "cuda" else [])
+        run["augment"] = bench_augment(P, devices, log)
         run["augment"]["seconds"] = time.perf_counter() - t0
         log(f"   (augment: {run['augment']['seconds']:.0f} s)")
     for sec in sections:

@@ -554,7 +554,7 @@ def test_normalize():
     assert torch.allclose(y[:, 0], torch.full_like(y[:, 0], 2.0)) and torch.allclose(y[:, 2], torch.full_like(y[:, 2], 0.5))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.gpu
 def test_augmentation_same_on_cpu_and_cuda():
     x = clip_batch(B=3, T=4, same_frames=False)
     cfg = data.AugmentConfig(blur_p=0.5, solarize_p=0.3)

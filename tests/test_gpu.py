@@ -1,0 +1,153 @@
+"""CUDA end to end (`pytest -m gpu`; skipped without a GPU): bf16 autocast against fp32, 20-step cvrl.py and lss.py
+runs on CUDA, eager and compiled, evaluated by eval_linear.py, and a 2-process NCCL run when there are 2 GPUs.
+The CPU/CUDA equality of the augmentation is in test_data.py (also marked gpu)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import cvrl
+import lss
+from conftest import ROOT
+
+pytestmark = pytest.mark.gpu
+
+CVRL_ARGS = ["--arch", "r3d18", "--frames", "4", "--stride", "2", "--size", "32", "--canvas", "32", "32",
+             "--batch-size", "8", "--head-hidden", "64", "--workers", "2", "--log-every", "1", "--epochs", "5",
+             "--device", "cuda"]  # 32 videos / 8 = 4 steps per epoch: 20 steps
+LSS_ARGS = ["--width", "64", "--layers", "2", "--embed-dim", "32", "--text-width", "64", "--text-layers", "1",
+            "--size", "32", "--local-size", "16", "--canvas", "32", "32", "--frames", "4", "--stride", "2",
+            "--local-frames", "2", "--local-views", "2", "--templates", "single", "--batch-size", "4", "--workers", "2",
+            "--log-every", "1", "--epochs", "3", "--max-steps", "20", "--test-clips", "2", "--device", "cuda"]
+
+
+def run_py(args, timeout=600, torchrun=0):
+    cmd = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"]
+                              if torchrun else [])
+    env = {k: v for k, v in os.environ.items() if k != "RANK"}
+    r = subprocess.run(cmd + [str(a) for a in args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                       env=env)
+    assert r.returncode == 0, f"exit {r.returncode}\nSTDOUT\n{r.stdout[-3000:]}\nSTDERR\n{r.stderr[-3000:]}"
+    return r
+
+
+def logs(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def probe(ckpt, tmp_path, name):
+    js = tmp_path / f"{name}.json"
+    run_py([ROOT / "eval_linear.py", "--ckpt", ckpt, "--json", js, "--device", "cuda", "--epochs", "20",
+            "--workers", "2"])
+    res = json.loads(js.read_text())
+    assert res["num_test"] > 0 and 0 <= res["top1"] <= 100 and not res["skipped"]
+    return res
+
+
+def grad_vector(model):
+    return torch.cat([p.grad.flatten().float() for p in model.parameters() if p.grad is not None])
+
+
+def test_bf16_autocast_close_to_fp32_cvrl():
+    torch.manual_seed(0)
+    enc = cvrl.build_encoder("r3d18")
+    model = nn.Sequential(enc, cvrl.ProjectionHead(enc.feature_dim, 256, 128, 3)).cuda()
+    x = torch.rand(16, 3, 8, 64, 64, device="cuda")  # (B, C, T, H, W): 8 videos x 2 views
+    out = {}
+    for bf16 in (False, True):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            z = model(x)
+            loss = cvrl.nt_xent(z[:8], z[8:], 0.1)
+        loss.backward()
+        out[bf16] = (loss.item(), grad_vector(model))
+    (l32, g32), (l16, g16) = out[False], out[True]
+    assert abs(l16 - l32) / l32 < 2e-2, (l32, l16)
+    assert F.cosine_similarity(g32, g16, dim=0) > 0.98
+
+
+def test_bf16_autocast_close_to_fp32_lss():
+    torch.manual_seed(0)
+    vit = lss.VideoViT(64, 16, 128, 2, 2, 64, num_frames=4).cuda()
+    C = F.normalize(torch.randn(16, 64, device="cuda"), dim=-1)
+    x = torch.rand(8, 4, 3, 64, 64, device="cuda")  # (B, T, C, H, W)
+    out = {}
+    for bf16 in (False, True):
+        vit.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            f = vit(x)
+        s = lss.concept_similarities(f, C)  # fp32 inside, as train_step
+        t = lss.concept_similarities(f.detach().flip(0), C)
+        loss = lss.concept_distillation_loss([t], [s, s], torch.zeros(16, device="cuda"), 0.04, 0.1)
+        loss.backward()
+        out[bf16] = (loss.item(), grad_vector(vit))
+    (l32, g32), (l16, g16) = out[False], out[True]
+    assert abs(l16 - l32) / l32 < 2e-2, (l32, l16)
+    assert F.cosine_similarity(g32, g16, dim=0) > 0.95
+
+
+@pytest.fixture(scope="module")
+def cvrl_runs(tiny_synthetic, tmp_path_factory):
+    base = tmp_path_factory.mktemp("cvrl_gpu")
+    outs = {}
+    for name, extra in (("eager", []), ("compile", ["--compile"])):
+        out = base / name
+        run_py([ROOT / "cvrl.py", "--dataset", "synthetic", "--data", tiny_synthetic, "--out", out, *CVRL_ARGS, *extra])
+        outs[name] = out
+    return outs
+
+
+@pytest.mark.parametrize("name", ["eager", "compile"])
+def test_cvrl_20_steps_on_cuda_then_eval_linear(cvrl_runs, tmp_path, name):
+    out = cvrl_runs[name]
+    rec = logs(out)
+    ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert ck["step"] == 20 and len(rec) == 20 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rec)
+    assert all(k.startswith("encoder.") and "_orig_mod" not in k for k in ck["backbone"])
+    probe(out / "checkpoint.pt", tmp_path, f"cvrl-{name}")
+
+
+def test_cvrl_compiled_step_matches_eager(cvrl_runs):
+    """Same seed, same batches and augmentations: the compiled network's first loss equals eager's (up to bf16)."""
+    a, b = logs(cvrl_runs["eager"])[0]["loss"], logs(cvrl_runs["compile"])[0]["loss"]
+    assert abs(a - b) / a < 2e-2, (a, b)
+
+
+@pytest.fixture(scope="module")
+def lss_runs(tiny_synthetic, tmp_path_factory):
+    base = tmp_path_factory.mktemp("lss_gpu")
+    outs = {}
+    for name, extra in (("eager", []), ("compile", ["--compile"])):
+        out = base / name
+        run_py([ROOT / "lss.py", "--dataset", "synthetic", "--data", tiny_synthetic, "--out", out, *LSS_ARGS, *extra])
+        outs[name] = out
+    return outs
+
+
+@pytest.mark.parametrize("name", ["eager", "compile"])
+def test_lss_20_steps_on_cuda_then_eval_linear(lss_runs, tmp_path, name):
+    out = lss_runs[name]
+    rec = [r for r in logs(out) if "loss" in r]
+    ck = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert ck["step"] == 20 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rec)
+    assert all("_orig_mod" not in k for k in ck["student"])
+    probe(out / "checkpoint.pt", tmp_path, f"lss-{name}")
+
+
+def test_lss_compiled_step_matches_eager(lss_runs):
+    a = next(r for r in logs(lss_runs["eager"]) if "loss" in r)["loss"]
+    b = next(r for r in logs(lss_runs["compile"]) if "loss" in r)["loss"]
+    assert abs(a - b) / abs(a) < 2e-2, (a, b)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_cvrl_two_processes_nccl(tiny_synthetic, tmp_path):
+    out = tmp_path / "ddp"
+    run_py([ROOT / "cvrl.py", "--dataset", "synthetic", "--data", tiny_synthetic, "--out", out, *CVRL_ARGS,
+            "--epochs", "1", "--batch-size", "4"], torchrun=2)
+    assert torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["step"] == 4
