@@ -495,6 +495,10 @@ class DividedSpaceTimeBlock(ResidualAttentionBlock):
         return x + drop_path(self.mlp(self.ln_2(x)), self.drop_path, self.training)
 
 
+# The two resizes below run outside torch.compile's graph (compiler.disable): torch 2.11's inductor generated an
+# invalid Triton kernel for them fused with the token concatenation ("ModularIndexing is not defined", H200,
+# 2026-11-27). They are tiny (one embedding table per call), so running them eagerly costs nothing measurable.
+@torch.compiler.disable
 def resize_pos_embed(pos, grid):
     """(1+g*g, D) CLIP positional embedding -> (1+grid*grid, D). Nearest, as SVT does for its 96 px local views
     (bicubic, timm's choice, would be smoother; nearest keeps every value a pretrained one)."""
@@ -504,6 +508,14 @@ def resize_pos_embed(pos, grid):
     patch_pos = rearrange(pos[1:], "(h w) d -> 1 d h w", h=g)  # (1, D, g, g)
     patch_pos = F.interpolate(patch_pos, size=(grid, grid), mode="nearest")  # (1, D, grid, grid)
     return torch.cat([pos[:1], rearrange(patch_pos, "1 d h w -> (h w) d")], dim=0)  # (1+grid*grid, D)
+
+
+@torch.compiler.disable
+def resize_time_embed(time, T):
+    """(1, T0, D) time embedding -> (1, T, D), nearest over time, as SVT does for other clip lengths."""
+    if T == time.shape[1]:
+        return time
+    return rearrange(F.interpolate(rearrange(time, "1 t d -> 1 d t"), size=T, mode="nearest"), "1 d t -> 1 t d")
 
 
 class VideoViT(nn.Module):
@@ -559,9 +571,7 @@ class VideoViT(nn.Module):
         grid = x.shape[-1]
         x = rearrange(x, "(b t) d h w -> b t (h w) d", b=B)  # (B, T, N, D)
         pos = resize_pos_embed(self.positional_embedding, grid).to(x.dtype)  # (1+N, D)
-        time = self.time_embed
-        if T != time.shape[1]:  # nearest resize over time, as SVT does for other clip lengths
-            time = rearrange(F.interpolate(rearrange(time, "1 t d -> 1 d t"), size=T, mode="nearest"), "1 d t -> 1 t d")
+        time = resize_time_embed(self.time_embed, T)  # (1, T, D)
         patches = x + pos[1:] + rearrange(time.to(x.dtype), "1 t d -> 1 t 1 d")  # (B, T, N, D): space + time
         cls = (self.class_embedding + pos[0]).to(x.dtype).expand(B, T, 1, -1)  # (B, T, 1, D): one CLS per frame
         x = self.ln_pre(torch.cat([cls, patches], dim=2))  # (B, T, 1+N, D)
