@@ -116,7 +116,7 @@ def _stream_info(container, stream, path) -> tuple[VideoInfo, int]:
     width, height = (first.height, first.width) if rotation in (90, 270) else (first.width, first.height)  # as displayed
     start_pts = first.pts
     # Frame count. MP4/AVI headers carry it; WebM/MKV/TS report 0, and then we count packets (demux only, no
-    # decode: fast). A header can over-report (a truncated file); read_frames clamps to the last decodable frame.
+    # decode: fast). A header can over-report (a truncated file): read_frames then raises for the missing frames.
     num_frames = int(stream.frames or 0)
     if num_frames <= 0:
         container.seek(0)
@@ -181,6 +181,8 @@ def _decode_indices(container, stream, path, info: VideoInfo, start_pts: int, in
     wanted = sorted(set(int(i) for i in indices))
     if wanted[0] < 0:
         raise IndexError(f"negative frame index {wanted[0]} for {path}")
+    if wanted[-1] >= info.num_frames:
+        raise IndexError(f"frame {wanted[-1]} asked for, but {path} has {info.num_frames} frames (0..{info.num_frames - 1})")
     runs, run = [], [wanted[0]]
     for i in wanted[1:]:
         if (i - run[-1]) / info.fps > max_gap_s:
@@ -231,6 +233,7 @@ def _decode_run(container, stream, path, info, start_pts, run, targets, size, st
             converted[frame.pts] = _to_rgb(frame, size, reformatter)
         return converted[frame.pts]
 
+    error = None
     try:
         for frame in container.decode(stream):
             stats["decoded"] = stats.get("decoded", 0) + 1
@@ -250,18 +253,48 @@ def _decode_run(container, stream, path, info, start_pts, run, targets, size, st
                 break
             prev, prev_t = frame, t
     except av.error.FFmpegError as e:
-        # A truncated or corrupt tail. Frames already settled are good; the rest fall back to the last good frame
-        # below, unless nothing at all could be decoded.
-        if prev is None:
-            raise VideoError(path, f"decoding failed near frame {run[0]} ({type(e).__name__}: {e})") from e
-    if k < len(run):
-        # Past the end of the decodable stream (headers can over-report the frame count): repeat the last frame.
-        if prev is None:
-            raise VideoError(path, f"no frame could be decoded at or after frame {run[0]}")
-        last = take(prev)
-        for i in run[k:]:
-            got[i] = last
+        error = e  # a corrupt or truncated tail: the frames settled so far are good, the rest are decided below
+    if k == len(run):
+        return got, False
+    # Decoding ended (end of file, or an error) before some wanted frames. The last decoded frame stands in for a
+    # target only if it really is the nearest frame: the target is within half a frame of it, or (variable frame
+    # rate, where frame i's nominal time i/fps can fall after the last frame's real time) the file really holds
+    # frame i. Anything else is a frame the header promises and the file does not have (a truncated download, an
+    # AVI cut before its index): an error, never a made-up frame.
+    why = f" ({type(error).__name__}: {error})" if error is not None else ""
+    fix = "re-download or re-encode the file"
+    if prev is None:  # the seek landed where no data is: past a truncated end, or in a corrupt stretch
+        real = _count_frames(container, stream)
+        if run[0] >= real - (error is not None):  # (a failing last packet is the cut itself)
+            raise VideoError(path, f"truncated: frame {run[0]} was asked for, but the file holds {real} of the "
+                                   f"{info.num_frames} frames its header promises{why}; {fix}")
+        raise VideoError(path, f"no frame could be decoded at or after frame {run[0]}{why}")
+    last = round(prev_t * info.fps)  # index of the last decoded frame
+    real = None
+    for i, tau in zip(run[k:], targets[k:]):
+        if tau - prev_t > half + 1e-9:
+            if error is None and real is None:
+                real = _count_frames(container, stream)
+            if error is not None or i >= real:
+                ends = "ends" if error is None else "fails"
+                raise VideoError(path, f"truncated: frame {i} was asked for, but decoding {ends} after frame {last} "
+                                       f"of the {info.num_frames} its header promises{why}; {fix}")
+        got[i] = take(prev)
     return got, False
+
+
+def _count_frames(container, stream) -> int:
+    """Frames the file really holds: its video packets, counted by demuxing from the start (no decoding: a few ms),
+    up to the first read error. Only needed when decoding ends before a wanted frame."""
+    n = 0
+    try:
+        container.seek(0)
+        for packet in container.demux(stream):
+            if packet.size and packet.pts is not None:
+                n += 1
+    except av.error.FFmpegError:
+        pass
+    return n
 
 
 def read_frames(path, indices: Sequence[int], size=None, thread_count: int = 1, stats: dict | None = None) -> torch.Tensor:
@@ -271,8 +304,8 @@ def read_frames(path, indices: Sequence[int], size=None, thread_count: int = 1, 
     keyframe before the first wanted frame instead of decoding from the start. `size=(H, W)` scales each frame to
     cover that canvas and centre-crops it (used by the datasets; off for exactness). `thread_count=1` because the
     DataLoader already runs one decoder per worker: FFmpeg thread pools on top of that oversubscribe the cores and,
-    per field reports (PyAV#1962), can hang. Raises VideoError for unusable files; indices past the last decodable
-    frame return the last frame."""
+    per field reports (PyAV#1962), can hang. Raises VideoError for unusable files, and for a frame the header
+    promises but the file does not hold (reason "truncated: ..."): it never returns a frame that was not asked for."""
     indices = [int(i) for i in indices]
     if not indices:
         raise ValueError("read_frames needs at least one index")
@@ -662,10 +695,11 @@ def render_synthetic_video(label: int, rng: np.random.Generator, size=64, frames
     return (video.clip(0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def write_video(path, frames: np.ndarray, fps=16, codec="libx264", options=None):
-    """uint8 (T, H, W, 3) -> an encoded file (H.264 mp4 by default; tests also write mpeg4 .avi and vp9 .webm)."""
+def write_video(path, frames: np.ndarray, fps=16, codec="libx264", options=None, container_options=None):
+    """uint8 (T, H, W, 3) -> an encoded file (H.264 mp4 by default; tests also write mpeg4 .avi and vp9 .webm).
+    `options` go to the encoder (e.g. {"g": "16"}), `container_options` to the muxer (e.g. {"movflags": "faststart"})."""
     T, H, W, _ = frames.shape
-    with av.open(str(path), "w") as c:
+    with av.open(str(path), "w", options=container_options or {}) as c:
         s = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         s.width, s.height, s.pix_fmt = W, H, "yuv420p"
         if options:

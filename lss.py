@@ -76,13 +76,13 @@ import math
 import os
 import sys
 import time
-import unicodedata
 import warnings
 import zipfile
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
+import ftfy
 import numpy as np
 import regex
 import torch
@@ -94,10 +94,6 @@ from tqdm import tqdm
 
 import data
 
-try:  # ftfy repairs mojibake ("cafÃ©" -> "café") before tokenizing; OpenAI's tokenizer always runs it
-    import ftfy
-except ImportError:  # fallback: only Unicode NFC normalisation (what ftfy.fix_text also does); ids may differ
-    ftfy = None
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # images must be normalised with CLIP's stats, not ImageNet's
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -111,20 +107,24 @@ SOT, EOT = 49406, 49407  # <|startoftext|>, <|endoftext|>; EOT is the largest id
 
 
 def find_bpe_vocab(path=None):
-    """Path of CLIP's BPE merges file: `path` if given, else the copy shipped inside the installed open_clip."""
+    """Path of CLIP's BPE merges file: `path` if given, else the copy shipped inside an installed CLIP package.
+
+    The file (OpenAI's, MIT licence) comes with the dependency clip-anytorch, the lightest package that ships it
+    (1.4 MB; open_clip_torch, which the tests use as the reference CLIP, ships the same bytes but pulls in timm and
+    huggingface_hub). We only read the file: neither package is imported."""
     if path is not None:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"BPE vocabulary file not found: {path}")
         return path
-    # find_spec locates the package directory without importing it (importing open_clip pulls in timm etc.)
-    for pkg in ("open_clip", "clip"):  # open_clip_torch, or openai/CLIP / clip-anytorch: same file, same bytes
+    # find_spec locates the package directory without importing it
+    for pkg in ("clip", "open_clip"):  # clip-anytorch (or openai/CLIP), open_clip_torch: same file, same bytes
         spec = importlib.util.find_spec(pkg)
         for d in (spec.submodule_search_locations or []) if spec else []:
             if os.path.isfile(os.path.join(d, BPE_FILE)):
                 return os.path.join(d, BPE_FILE)
     raise FileNotFoundError(
-        f"CLIP's BPE vocabulary '{BPE_FILE}' was not found. It ships inside the open_clip_torch wheel: "
-        f"`pip install open_clip_torch`, or pass the file's path explicitly (--bpe PATH).")
+        f"CLIP's BPE vocabulary '{BPE_FILE}' was not found. It ships inside clip-anytorch, a dependency of this "
+        f"project: run `pip install -e .` in the repository, or pass the file's path explicitly (--bpe PATH).")
 
 
 @lru_cache()
@@ -148,7 +148,7 @@ def get_pairs(word):
 
 
 def clean_text(text):
-    text = ftfy.fix_text(text) if ftfy is not None else unicodedata.normalize("NFC", text)
+    text = ftfy.fix_text(text)  # repairs mojibake ("cafÃ©" -> "café"), as OpenAI's tokenizer does
     text = html.unescape(html.unescape(text)).strip()  # twice: web captions are often double-escaped ("&amp;amp;")
     text = regex.sub(r"\s+", " ", text).strip()  # collapse runs of spaces, tabs, newlines
     return text.lower()
@@ -797,7 +797,7 @@ class Config:
     concepts: str = "dataset"       # category space: dataset (its class names) | union (all label sets) | descriptions
     templates: str = "kinetics"     # prompts per class name: kinetics (CLIP's 28 Kinetics prompts) | single
     desc_template: str = "{desc}"   # text embedded per description; may use {cls} and {desc}
-    bpe: str | None = None          # CLIP's BPE vocabulary file (default: the copy inside the open_clip package)
+    bpe: str | None = None          # CLIP's BPE vocabulary file (default: the copy inside the clip-anytorch package)
     # losses (lss.md section 3.5; all reconstructions)
     lambda_ca: float = 1.0          # weight of concept alignment L_CA (0 = off)
     lambda_up: float = 1.0          # weight of the uniform prior L_UP (0 = off)
@@ -1552,7 +1552,7 @@ class ZeroShotConfig:
     batch_size: int = 8             # videos per forward pass
     workers: int = 2                # DataLoader decode processes
     device: str = "auto"            # auto | cpu | cuda
-    bpe: str | None = None          # CLIP's BPE vocabulary file (default: open_clip's copy)
+    bpe: str | None = None          # CLIP's BPE vocabulary file (default: the copy inside the clip-anytorch package)
     json: str | None = None         # write the result here
 
 

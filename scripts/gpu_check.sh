@@ -42,7 +42,7 @@ section() {  # section NAME LIMIT_S COMMAND...
   $PY -c "import sys, torch, av; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda, '| cudnn', torch.backends.cudnn.version(), '| av', av.__version__, '|', torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO GPU')" 2>&1
 } | tee -a "$LOG"
 
-section "1. pytest -m gpu" 210 $PY -m pytest -m gpu -q -p no:cacheprovider -rs tests/
+section "1. pytest -m gpu" 210 $PY -m pytest -m gpu -q -p no:cacheprovider -rs tests/test_gpu.py tests/test_data.py
 section "2a. model step, CVRL R3D-50 16x224" 140 $PY scripts/bench.py --preset gpu --only model --model-kind cvrl \
   --variants "bf16 autocast;bf16 + channels_last_3d + torch.compile + fused SGD" \
   --steps 2 3 3 --out-json "$OUT/bench_cvrl.json" --out-md /tmp/gpu_check_bench.md

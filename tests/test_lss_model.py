@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import lss
+import open_clip  # the reference CLIP (test extra)
 
-open_clip = pytest.importorskip("open_clip")
+import lss
 
 # heads = width // 64, the rule load_clip (like OpenAI's build_model) uses to infer them from a state dict
 TINY = lss.CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=128, vision_patch_size=8,

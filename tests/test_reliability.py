@@ -56,22 +56,105 @@ def test_one_frame_video_reads_and_is_too_short_for_a_clip(tmp_path):
     path = tmp_path / "one.mp4"
     data.write_video(path, textured_frames(1, 32, 32), 25)
     assert data.probe(path).num_frames == 1
-    assert data.read_frames(path, [0, 0, 5]).shape == (3, 32, 32, 3)  # past the end: the last frame
+    assert data.read_frames(path, [0, 0]).shape == (2, 32, 32, 3)
+    with pytest.raises(IndexError, match="has 1 frames"):
+        data.read_frames(path, [0, 5])  # past the end: refused, not the last frame again
     with pytest.raises(data.VideoError, match="too short"):
         data.read_clips(path, data.RandomClip(4, 2), np.random.default_rng(0), min_frames=4)
 
 
-def test_header_frame_count_larger_than_the_stream(tmp_path):
-    """A video cut short after its header was written (frame count over-reported): indices past the real end
-    return the last decodable frame instead of hanging or crashing."""
-    path = tmp_path / "vp9.webm"
-    data.write_video(path, textured_frames(30, 32, 32), 25, "libvpx-vp9")
-    whole = path.read_bytes()
-    cut = tmp_path / "cut.webm"
-    cut.write_bytes(whole[: int(len(whole) * 0.6)])
-    info = data.probe(cut)
-    got = data.read_frames(cut, [0, info.num_frames - 1, 29])
-    assert got.shape[0] == 3
+def sequential_prefix(path):
+    """The frames a sequential decode gets out of a (possibly truncated) file before it ends or fails."""
+    frames = []
+    try:
+        with av.open(str(path)) as c:
+            for f in c.decode(video=0):
+                frames.append(f.to_ndarray(format="rgb24"))
+    except av.error.FFmpegError:
+        pass
+    return frames
+
+
+def write_truncatable(path, n=83):
+    """Files whose header survives a cut: AVI (header at the front, index at the end: UCF101's files), MP4 with its
+    index moved to the front (movflags=faststart), and WebM (no frame count: counted from packets)."""
+    fr = textured_frames(n, 48, 64)
+    if path.suffix == ".avi":
+        data.write_video(path, fr, 25, "mpeg4")
+    elif path.suffix == ".mp4":
+        data.write_video(path, fr, 25, "libx264", {"g": "16"}, {"movflags": "faststart"})
+    else:
+        data.write_video(path, fr, 25, "libvpx-vp9")
+
+
+@pytest.mark.parametrize("ext", [".avi", ".mp4", ".webm"])
+def test_truncated_files_never_return_a_frame_they_do_not_hold(tmp_path, ext):
+    """Cut a file at several fractions; ask for every frame its header promises, one at a time. Each read returns
+    exactly the frame a sequential decode gets, or raises VideoError 'truncated'; never a stand-in frame."""
+    whole = tmp_path / f"whole{ext}"
+    write_truncatable(whole)
+    raw = whole.read_bytes()
+    checked = truncated = 0
+    for frac in (0.33, 0.5, 0.75, 0.9):
+        cut = tmp_path / f"cut{int(frac * 100)}{ext}"
+        cut.write_bytes(raw[:int(len(raw) * frac)])
+        ref = sequential_prefix(cut)
+        try:
+            info = data.probe(cut)
+        except data.VideoError:
+            continue  # refused at open: fine, nothing is returned
+        for i in range(info.num_frames):
+            try:
+                got = data.read_frames(cut, [i]).numpy()[0]
+            except data.VideoError as e:
+                assert "truncated" in e.reason and f"frame {i}" in e.reason, e.reason
+                assert i >= len(ref) - 1, f"{cut.name}: frame {i} refused, a sequential decode has {len(ref)}"
+                truncated += 1
+            else:
+                assert i < len(ref) and np.array_equal(got, ref[i]), f"{cut.name}: frame {i} is not the file's"
+                checked += 1
+    assert checked > 50 and (truncated > 0 or ext == ".webm")  # WebM counts its frames from what is there
+
+
+def test_truncated_avi_in_a_ucf101_layout_is_skipped_and_reported(tiny_synthetic, tmp_path):
+    """Training resamples and lists it in skipped.txt, evaluation lists it under skipped with the reason, and
+    `python data.py check` names it."""
+    root, ann = tmp_path / "UCF-101", tmp_path / "ucfTrainTestlist"
+    ann.mkdir()
+    classes = ["Archery", "Biking"]
+    (ann / "classInd.txt").write_text("1 Archery\n2 Biking\n")
+    train, test = [], []
+    for i, v in enumerate(sorted(tiny_synthetic.glob("train/*/*.mp4"))[:20]):
+        c = classes[i % 2]
+        dst = root / c / f"v_{c}_g{8 + i:02d}_c01.avi"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(v.read_bytes())
+        (train if i < 14 else test).append(f"{c}/{dst.name}")
+    bad = root / "Biking" / "v_Biking_g30_c01.avi"
+    data.write_video(bad, textured_frames(48, 64, 64), 8, "mpeg4")
+    bad.write_bytes(bad.read_bytes()[: int(bad.stat().st_size * 0.4)])  # header says 48 frames; about 19 remain
+    assert data.probe(bad).num_frames == 48
+    (ann / "trainlist01.txt").write_text("".join(f"{p} {classes.index(p.split('/')[0]) + 1}\n"
+                                                 for p in train + ["Biking/v_Biking_g30_c01.avi"]))
+    (ann / "testlist01.txt").write_text("".join(f"{p}\n" for p in test + ["Biking/v_Biking_g30_c01.avi"]))
+    ucf = ["--dataset", "ucf101", "--data", str(root), "--annotations", str(ann), "--fold", "1"]
+    out = tmp_path / "run"
+    r = run([str(ROOT / "cvrl.py"), *ucf, "--out", str(out), "--epochs", "4", "--frames", "4", "--stride", "2",
+             "--size", "32", "--canvas", "32", "32", "--batch-size", "5", "--head-hidden", "64", "--workers", "0"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    skipped = (out / "skipped.txt").read_text()
+    assert str(bad) in skipped and "truncated" in skipped
+    js = tmp_path / "e.json"
+    r = run([str(ROOT / "eval_linear.py"), "--ckpt", str(out / "checkpoint.pt"), *ucf, "--json", str(js),
+             "--workers", "0", "--epochs", "5"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    import json
+    res = json.loads(js.read_text())
+    test_skips = [s for s in res["skipped"] if s["split"] == "test"]
+    assert [s["path"] for s in test_skips] == [str(bad)] and "truncated" in test_skips[0]["reason"]
+    assert res["num_test"] == len(test)
+    r = run([str(ROOT / "data.py"), "check", *ucf, "--workers", "1"])
+    assert r.returncode == 1 and str(bad) in r.stdout and "truncated" in r.stdout, r.stdout[-2000:]
 
 
 def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tiny_synthetic, tmp_path):

@@ -375,7 +375,6 @@ def test_update_readme_replaces_only_the_marked_block(grid, tmp_path, capsys):
 
 
 def test_plots_are_byte_identical_for_the_same_numbers(grid, tmp_path, monkeypatch, capsys):
-    pytest.importorskip("matplotlib")
     assert grid(FakeRunner()) == 0
     P = R.PRESETS["test"]
     rows = R.select_rows(R.build_rows(), P["rows"])
@@ -458,8 +457,4 @@ def test_smoke_preset_all_rows_with_plots(tiny_synthetic, tmp_path):
     assert all(j["status"] == "ok" for j in saved["jobs"])
     sup = json.loads((tmp_path / "out" / "runs" / "supervised" / "seed0" / "linear.json").read_text())
     assert sup["method"] == "cvrl" and sup["arch"] == "tiny" and sup["step"] == 2
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return
     assert (tmp_path / "out" / "curves.png").stat().st_size > 0 and (tmp_path / "out" / "bars.png").exists()
