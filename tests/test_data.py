@@ -343,11 +343,18 @@ def test_synthetic_dataset_layout_and_determinism(tiny_synthetic, tmp_path):
     other = tmp_path / "again"
     data.make_synthetic(other, train_per_class=4, test_per_class=2, size=32, frames=24, fps=8, seed=0, progress=False)
     again = data.load_split("synthetic", str(other), split="train")
-    for p, q in list(zip(tr.paths, again.paths))[::5]:
-        assert np.array_equal(sequential_decode(p), sequential_decode(q))
+    # The rendering is exactly deterministic; the encoded files nearly so: one CI run (2026-11-27, other tests
+    # running) decoded a regenerated video differently from the first, so the decoded frames are compared up to
+    # the encoder's rounding, which is far below what tells two videos apart.
     a = data.render_synthetic_video(3, np.random.default_rng([1, 2]), 32, 16)
+    assert np.array_equal(a, data.render_synthetic_video(3, np.random.default_rng([1, 2]), 32, 16))
+    for p, q in list(zip(tr.paths, again.paths))[::5]:
+        x, y = sequential_decode(p).astype(float), sequential_decode(q).astype(float)
+        assert x.shape == y.shape and np.abs(x - y).mean() < 1.0, (p, np.abs(x - y).mean())
     b = data.render_synthetic_video(3, np.random.default_rng([1, 3]), 32, 16)
     assert not np.array_equal(a, b)
+    x, y = sequential_decode(tr.paths[0]).astype(float), sequential_decode(tr.paths[1]).astype(float)
+    assert np.abs(x - y).mean() > 3.0  # two different videos are far apart on the same scale
 
 
 def test_synthetic_classes_are_flip_invariant():
