@@ -610,6 +610,7 @@ class Config:
     fold: int = 1                   # UCF101/HMDB51 split number (1-3)
     data_fraction: float = 1.0      # use this class-stratified fraction of the training videos (data-size study)
     nuisance: float = 0.0           # synthetic only: appearance nuisance 0..1 (texture, colour, distractor, pan)
+    trail: float = 0.0              # synthetic only: motion trail 0..1, faded earlier positions in every frame
     canvas: tuple = (48, 48)        # decode size (H, W): frames are scaled to cover it, then centre-cropped
     # clips: the temporal augmentation
     frames: int = 8                 # frames per clip (paper: 16)
@@ -746,7 +747,7 @@ def train(cfg: Config):
 
     # data
     videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train",
-                             synthetic_kwargs=dict(nuisance=cfg.nuisance))
+                             synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail))
     if cfg.data_fraction < 1.0:
         videos = videos.subset(cfg.data_fraction, seed=cfg.seed)
     dataset = data.VideoDataset(videos, PairSampler(cfg.frames, cfg.stride, cfg.interval, cfg.power),

@@ -633,8 +633,9 @@ def _hsv_colour(rng, saturation):
     return v * ((1 - saturation) + saturation * rgb)
 
 
-def render_synthetic_video(label: int, rng: np.random.Generator, size=64, frames=48, nuisance=0.0) -> np.ndarray:
-    """One synthetic action video -> uint8 (T, H, W, 3)."""
+def synthetic_motion(label: int, rng: np.random.Generator, size=64, frames=48) -> dict:
+    """The shape and its path for one synthetic video of class `label`: per-frame centre (cx, cy), radius and angle
+    (arrays of length `frames`), and the shape's sides and aspect. Random within the class."""
     S, T = size, frames
     t = np.arange(T) / (T - 1)                      # normalised time 0..1
     sides = int(rng.choice([3, 4, 5, 4]))
@@ -665,6 +666,49 @@ def render_synthetic_video(label: int, rng: np.random.Generator, size=64, frames
         c0x, c0y = rng.uniform(m + R, S - m - R), rng.uniform(m + R, S - m - R)
         phi = rng.uniform(0, 2 * np.pi) + rng.choice([-1, 1]) * rng.uniform(1.0, 2.0) * np.pi * t
         cx, cy = c0x + R * np.cos(phi), c0y + R * np.sin(phi)
+    return dict(label=label, cx=cx, cy=cy, radius=radius, angle=angle, sides=sides, aspect=float(aspect))
+
+
+# The motion trail: a faint onion skin of the shape's earlier positions, TRAIL_GHOSTS ghosts spaced TRAIL_SPAN /
+# TRAIL_GHOSTS of the video's duration apart, ghost j at intensity trail * TRAIL_DECAY^j -- the static cue that lets
+# one frame hint at its motion, the way motion blur or a pose does in a real frame. The spacing is a fraction of
+# the video, so a 16-frame still and a 48-frame video show the same trail. A video with a trail starts its motion
+# earlier (a pre-roll of one trail span, not shown), so that every frame, the first one too, has its whole trail,
+# as every still does. trail 0: no trail, no pre-roll (the videos of before the knob); trail 1: the stills' trail;
+# above 1, brighter ghosts (each at most as bright as the shape).
+TRAIL_GHOSTS, TRAIL_SPAN, TRAIL_DECAY = 5, 2 / 3, 0.6
+
+
+def _trail_step(frames: int) -> int:
+    return max(1, round(TRAIL_SPAN * (frames - 1) / TRAIL_GHOSTS))  # 16 frames: every 2nd; 48 frames: every 6th
+
+
+def _shape_mask(p, i, S, shift=(0, 0)):
+    return _polygon_mask(p["cx"][i] - shift[0], p["cy"][i] - shift[1], p["radius"][i], p["angle"][i], p["sides"],
+                         p["aspect"], S)
+
+
+def _trail_mask(p, i, S, trail, step, shift=(0, 0), masks=None):
+    """Coverage of motion frame i's shape and, at `trail` > 0, its faded earlier positions every `step` frames
+    (max over the ghosts)."""
+    get = (lambda j: masks[j]) if masks is not None else (lambda j: _shape_mask(p, j, S, shift))  # noqa: E731
+    mk = get(i)
+    for j in range(1, TRAIL_GHOSTS + 1):
+        if trail > 0 and i - step * j >= 0:
+            mk = np.maximum(mk, min(1.0, trail * TRAIL_DECAY ** j) * get(i - step * j))
+    return mk
+
+
+def render_synthetic_video(label: int, rng: np.random.Generator, size=64, frames=48, nuisance=0.0,
+                           trail=0.0) -> np.ndarray:
+    """One synthetic action video -> uint8 (T, H, W, 3). `trail` in [0, 1]: the motion trail's strength."""
+    S, T = size, frames
+    t = np.arange(T) / (T - 1)
+    step = _trail_step(T)
+    pre = TRAIL_GHOSTS * step if trail > 0 else 0  # motion frames before the first one shown (see TRAIL_SPAN)
+    p = synthetic_motion(label, rng, size, T + pre)  # the motion over pre + T frames; frame i is motion frame pre + i
+    r_lo, r_hi = 0.09 * S, 0.17 * S
+    m = r_hi + 2
     # appearance
     nz = float(nuisance)
     colour = _hsv_colour(rng, nz) if nz > 0 else np.ones(3)
@@ -677,6 +721,7 @@ def render_synthetic_video(label: int, rng: np.random.Generator, size=64, frames
         has_distractor = rng.random() < nz
         d_par = (rng.uniform(m, S - m), rng.uniform(m, S - m), rng.uniform(r_lo, r_hi), rng.uniform(0, 6.28),
                  int(rng.choice([3, 4, 5])), _hsv_colour(rng, nz))
+    masks = [_shape_mask(p, i, S) for i in range(pre + T)] if nz == 0 else None  # no pan: each mask once
     video = np.zeros((T, S, S, 3), np.float32)
     for i in range(T):
         if nz > 0:
@@ -690,9 +735,112 @@ def render_synthetic_video(label: int, rng: np.random.Generator, size=64, frames
                 frame = frame * (1 - mk) + mk * dc
         else:
             frame, shift = np.zeros((S, S, 3), np.float32), (0, 0)
-        mk = _polygon_mask(cx[i] - shift[0], cy[i] - shift[1], radius[i], angle[i], sides, aspect, S)[..., None]
+        mk = _trail_mask(p, pre + i, S, trail, step, shift, masks)[..., None]
         video[i] = frame * (1 - mk) + mk * colour
     return (video.clip(0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 3b. captioned stills: the image-text corpus a tiny CLIP is pretrained on (scripts/pretrain_clip.py)
+# ----------------------------------------------------------------------------------------------------------------------
+# LSS adapts an image CLIP, which learned from web photos and their captions to name what a single frame shows. Our
+# stand-in for the web: single images drawn by the same renderer -- one shape of a random kind, colour, size and
+# position, with the full motion trail of its recent path -- each with a caption generated from what is drawn ("a
+# small red triangle rising near the top left"). Like CLIP's web images, they are not frames of the video dataset
+# and never see its labels; the caption's motion words are what lets the text tower name the video classes later.
+
+STILL_COLOURS = {"white": (1.0, 1.0, 1.0), "red": (1.0, 0.15, 0.15), "green": (0.2, 0.85, 0.2),
+                 "blue": (0.25, 0.4, 1.0), "yellow": (1.0, 0.9, 0.1), "cyan": (0.1, 0.9, 0.9),
+                 "magenta": (0.95, 0.2, 0.95), "orange": (1.0, 0.55, 0.1)}
+# Motion phrases per class, as captions say them. The first is the class's name in prompts (lss.py's zero-shot and
+# concept space use it for the synthetic dataset, as CLIP's notebooks rename each dataset's classes for prompts).
+MOTION_PHRASES = {
+    "static": ["standing still", "not moving", "resting motionless"],
+    "move_sideways": ["moving sideways", "sliding horizontally", "gliding left or right"],
+    "move_up": ["moving up", "rising", "climbing upward"],
+    "move_down": ["moving down", "falling", "sinking downward"],
+    "rotate": ["rotating", "spinning", "turning around"],
+    "grow": ["growing", "getting bigger", "expanding"],
+    "shrink": ["shrinking", "getting smaller", "contracting"],
+    "orbit": ["orbiting", "circling", "moving in a circle"],
+}
+SYNTHETIC_CLASS_TEXT = {name: phrases[0] for name, phrases in MOTION_PHRASES.items()}
+POSITIONS = [["top left", "top", "top right"], ["left", "centre", "right"], ["bottom left", "bottom", "bottom right"]]
+# Every caption says the motion, most also some of the shape's kind, size, colour and position, in a random template
+# and a random phrasing of the motion. (Captions that named only the motion and one other attribute taught the tiny
+# CLIP less motion: 34% zero-shot on held-out stills against 47%; docs/results.md.)
+CAPTION_TEMPLATES = ["a {size} {colour} {shape} {motion} {where}", "a {colour} {shape} {motion}",
+                     "{where}, a {size} {shape} {motion}", "a photo of a {shape} {motion}",
+                     "a {size} {shape} {motion}, {colour}, {where}"]
+
+
+def shape_word(sides: int, aspect: float) -> str:
+    base = {3: "triangle", 4: "square", 5: "pentagon"}[sides]
+    if aspect > 1:
+        return "bar" if sides == 4 else "long " + base
+    return base
+
+
+def still_attributes(p: dict, i: int, S: int) -> dict:
+    """What frame i of the motion `p` shows, in caption words: motion (class), shape, size, position."""
+    col = min(2, int(3 * p["cx"][i] / S))
+    row = min(2, int(3 * p["cy"][i] / S))
+    return dict(motion=SYNTHETIC_CLASSES[p["label"]], shape=shape_word(p["sides"], p["aspect"]),
+                size="small" if p["radius"][i] < 0.13 * S else "large", position=POSITIONS[row][col])
+
+
+def caption(attrs: dict, rng: np.random.Generator) -> str:
+    """A caption of a still from its attributes: a random template and a random phrasing of its motion."""
+    where = "in the centre" if attrs["position"] == "centre" else f"near the {attrs['position']}"
+    phrases = MOTION_PHRASES[attrs["motion"]]
+    template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
+    text = template.format(size=attrs["size"], colour=attrs["colour"], shape=attrs["shape"], where=where,
+                           motion=phrases[int(rng.integers(len(phrases)))])
+    return re.sub(r"\ba (?=[aeiou])", "an ", text)  # "an orange square"
+
+
+def render_still(rng: np.random.Generator, size=32, frames=16) -> tuple[np.ndarray, dict]:
+    """One captioned still -> (uint8 (size, size, 3), attributes): one of the last frames of a random class's motion
+    over `frames` frames, late enough to carry the whole trail, drawn in a random named colour. Being late in the
+    motion, the still also shows where the motion led (a growing shape is large, a rising one high): static cues, as
+    a photo of an action has. (Stills drawn uniformly over the motion taught the tiny CLIP almost no motion in the
+    same steps: 18% zero-shot on held-out stills against 47%; docs/results.md.)"""
+    step = _trail_step(frames)
+    p = synthetic_motion(int(rng.integers(len(SYNTHETIC_CLASSES))), rng, size, frames)
+    i = int(rng.integers(TRAIL_GHOSTS * step, frames))
+    name = list(STILL_COLOURS)[int(rng.integers(len(STILL_COLOURS)))]
+    mk = _trail_mask(p, i, size, 1.0, step)[..., None]
+    img = (mk * np.array(STILL_COLOURS[name], np.float32)).clip(0, 1)
+    return (img * 255 + 0.5).astype(np.uint8), {**still_attributes(p, i, size), "colour": name}
+
+
+def _stills_chunk(job):
+    seed, start, n, size = job
+    images, attrs, captions = [], [], []
+    for k in range(start, start + n):
+        rng = np.random.default_rng([seed, k])  # one generator per still: the corpus does not depend on chunking
+        img, a = render_still(rng, size)
+        images.append(img)
+        attrs.append(a)
+        captions.append(caption(a, rng))
+    return np.stack(images), attrs, captions
+
+
+def make_stills(n: int, size=32, seed=0, workers=None, progress=True) -> tuple[np.ndarray, list, list]:
+    """n captioned stills -> (uint8 (n, size, size, 3), [attributes], [captions]). Deterministic in `seed`."""
+    import multiprocessing as mp
+    from tqdm import tqdm
+    chunk = 500
+    jobs = [(seed, s, min(chunk, n - s), size) for s in range(0, n, chunk)]
+    workers = workers or min(len(os.sched_getaffinity(0)), 8)
+    images, attrs, captions = [], [], []
+    with mp.get_context("fork").Pool(workers) as pool:
+        for im, a, c in tqdm(pool.imap(_stills_chunk, jobs), total=len(jobs), desc="captioned stills",
+                             unit="chunk", disable=not progress):
+            images.append(im)
+            attrs += a
+            captions += c
+    return np.concatenate(images), attrs, captions
 
 
 def write_video(path, frames: np.ndarray, fps=16, codec="libx264", options=None, container_options=None):
@@ -712,14 +860,14 @@ def write_video(path, frames: np.ndarray, fps=16, codec="libx264", options=None,
 
 
 def _write_synthetic_one(job):
-    path, label, seed, size, frames, fps, nuisance = job
+    path, label, seed, size, frames, fps, nuisance, trail = job
     rng = np.random.default_rng(seed)
-    write_video(path, render_synthetic_video(label, rng, size, frames, nuisance), fps,
+    write_video(path, render_synthetic_video(label, rng, size, frames, nuisance, trail), fps,
                 options={"crf": "18", "threads": "1", "preset": "veryfast"})
 
 
 def make_synthetic(out, train_per_class=60, test_per_class=50, size=64, frames=48, fps=16, nuisance=0.0, seed=0,
-                   workers=None, progress=True):
+                   workers=None, progress=True, trail=0.0):
     """Write the synthetic dataset: out/{train,test}/<class>/<class>_NNNN.mp4, train.txt / test.txt
     (`<relative path> <label>`), classes.txt. Deterministic in `seed` (each video has its own seed)."""
     import multiprocessing as mp
@@ -732,7 +880,7 @@ def make_synthetic(out, train_per_class=60, test_per_class=50, size=64, frames=4
             for i in range(n):
                 rel = f"{split}/{name}/{name}_{i:04d}.mp4"
                 vseed = int(np.random.SeedSequence([seed, sid, c, i]).generate_state(1)[0])
-                jobs.append((str(out / rel), c, vseed, size, frames, fps, nuisance))
+                jobs.append((str(out / rel), c, vseed, size, frames, fps, nuisance, trail))
                 lists[split].append(f"{rel} {c}")
     workers = workers or min(len(os.sched_getaffinity(0)), 8)
     with mp.get_context("fork").Pool(workers) as pool:
@@ -750,12 +898,13 @@ def cache_dir() -> Path:
 
 
 def ensure_synthetic(root=None, train_per_class=60, test_per_class=50, size=64, frames=48, fps=16, nuisance=0.0,
-                     seed=0) -> str:
+                     seed=0, trail=0.0) -> str:
     """The synthetic dataset's folder, generated once. Without `root` it lives in the cache dir under a name that
     encodes every knob, so changing a knob never reuses stale videos. Generation goes to a temporary folder that is
     renamed into place: concurrent processes (torchrun ranks) cannot see a half-written dataset."""
     if root is None:
         tag = f"synthetic-v1-s{size}-f{frames}-fps{fps}-n{nuisance:g}-{train_per_class}x{test_per_class}-seed{seed}"
+        tag += f"-trail{trail:g}" if trail else ""  # trail 0: the name (and the videos) of before the knob existed
         root = cache_dir() / tag
     root = Path(root)
     if (root / "classes.txt").exists():
@@ -763,7 +912,7 @@ def ensure_synthetic(root=None, train_per_class=60, test_per_class=50, size=64, 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp", dir=root.parent))
     print(f"generating the synthetic dataset once into {root} ...", file=sys.stderr)
-    make_synthetic(tmp, train_per_class, test_per_class, size, frames, fps, nuisance, seed)
+    make_synthetic(tmp, train_per_class, test_per_class, size, frames, fps, nuisance, seed, trail=trail)
     try:
         os.rename(tmp, root)
     except OSError:  # another process finished first (same seed, same content) or root exists and is not ours
@@ -787,7 +936,8 @@ def clip_indices(start: int, frames: int, stride: int, num_frames: int, fps: flo
     v = start + stride * np.arange(frames)
     if target_fps:
         v = np.floor(v * fps / target_fps + 1e-6).astype(np.int64)
-    return v % num_frames
+    # A clip longer than the video repeats its last frame (SVT's temporal_sampling clamps too): frames stay in order.
+    return np.minimum(v, num_frames - 1)
 
 
 def _virtual_frames(num_frames, fps, target_fps):
@@ -1399,6 +1549,7 @@ def main(argv=None):
     s.add_argument("--frames", type=int, default=48, help="frames per video")
     s.add_argument("--fps", type=int, default=16)
     s.add_argument("--nuisance", type=float, default=0.0, help="appearance nuisance 0..1 (texture, colour, distractor, pan)")
+    s.add_argument("--trail", type=float, default=0.0, help="motion trail 0..1: faded earlier positions in every frame")
     s.add_argument("--seed", type=int, default=0)
     c = add_data_args(sub.add_parser("check", help="scan a dataset and list unreadable videos"))
     c.add_argument("--split", default="both", choices=["train", "test", "both"])
@@ -1430,7 +1581,8 @@ def main(argv=None):
         out = Path(a.out)
         if (out / "classes.txt").exists():
             sys.exit(f"{out} already holds a synthetic dataset; remove it first or choose another --out")
-        make_synthetic(out, a.train_per_class, a.test_per_class, a.size, a.frames, a.fps, a.nuisance, a.seed)
+        make_synthetic(out, a.train_per_class, a.test_per_class, a.size, a.frames, a.fps, a.nuisance, a.seed,
+                       trail=a.trail)
         print(f"wrote {out}: {len(SYNTHETIC_CLASSES)} classes, {a.train_per_class}/{a.test_per_class} videos per class "
               f"(train/test), split files {out}/train.txt {out}/test.txt")
         return 0

@@ -40,7 +40,8 @@ Commands
         --test-clips 10 --crops 3 --batch-size 64 --workers 8
 
 Output: a table (top-1, top-5, counts, per-class accuracy, skipped files) and, with `--json OUT`,
-    {"top1": %, "top5": %, "num_train": videos, "num_test": videos, "num_classes": int,
+    {"top1": %, "top5": %, "knn_top1": %, "retrieval_recall": {"1", "5", "10", "20": %}, "num_train": videos,
+     "num_test": videos, "num_classes": int,
      "skipped": [{"split", "path", "reason"}], "per_class": {class: top-1 % or null}, "random_init": bool,
      "ckpt": path, "method": "cvrl" | "lss", "arch": str, "step": int | null, "feature_dim": int,
      "views": {frames, stride, size, test_size, canvas, train_views, test_clips, crops, train_crop_area, ...},
@@ -96,6 +97,7 @@ class Config:
     annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
     fold: int | None = None         # UCF101/HMDB51 split number
     nuisance: float | None = None   # synthetic only: appearance nuisance 0..1
+    trail: float | None = None      # synthetic only: motion trail 0..1
     # views (None: the checkpoint's value)
     frames: int | None = None       # frames per clip (CVRL evaluates at 32 after pretraining at 16)
     stride: int | None = None       # frames between sampled frames
@@ -111,6 +113,9 @@ class Config:
     weight_decay: float = 0.0       # classifier weight decay (CVRL: 0)
     clf_batch_size: int = 256       # features per classifier step
     heldout: float = 0.1            # fraction of training videos held out (per class) to choose the lr
+    # k-NN and retrieval on the same features (no training)
+    knn_k: int = 20                 # neighbours of the weighted k-NN classifier (DINO: 20)
+    knn_temperature: float = 0.07   # vote weight exp(cosine / T) (DINO: 0.07)
     # machinery
     batch_size: int = 32            # clips per backbone forward pass during feature extraction
     workers: int = 2                # DataLoader decode processes
@@ -122,7 +127,7 @@ class Config:
 
 
 DATA_FIELDS = ("dataset", "data", "annotations", "fold")  # flags owned by data.add_data_args (shared with cvrl.py)
-NONE_TYPES = {"frames": int, "stride": int, "size": int, "test_size": int, "nuisance": float, "lr": float,
+NONE_TYPES = {"frames": int, "stride": int, "size": int, "test_size": int, "nuisance": float, "trail": float, "lr": float,
               "cache": str, "json": str}  # fields whose default None hides their type
 CHOICES = {"crops": [1, 3], "device": ["auto", "cpu", "cuda"]}
 
@@ -154,7 +159,7 @@ def parse_args(argv=None) -> Config:
                            required=f.name == "ckpt", choices=CHOICES.get(f.name))
     a = p.parse_args(argv)
     cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(a).items()})
-    for name in ("train_views", "test_clips", "epochs", "batch_size", "clf_batch_size"):
+    for name in ("train_views", "test_clips", "epochs", "batch_size", "clf_batch_size", "knn_k"):
         if getattr(cfg, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= cfg.heldout < 1:
@@ -176,9 +181,11 @@ def resolve_config(cfg: Config, ckpt_cfg: dict) -> Config:
                       data=cfg.data if cfg.data is not None else ckpt_cfg.get("data"),
                       annotations=cfg.annotations if cfg.annotations is not None else ckpt_cfg.get("annotations"),
                       fold=cfg.fold if cfg.fold is not None else ckpt_cfg.get("fold", 1),
-                      nuisance=cfg.nuisance if cfg.nuisance is not None else ckpt_cfg.get("nuisance", 0.0))
+                      nuisance=cfg.nuisance if cfg.nuisance is not None else ckpt_cfg.get("nuisance", 0.0),
+                      trail=cfg.trail if cfg.trail is not None else ckpt_cfg.get("trail", 0.0))
     else:
-        cfg = replace(cfg, fold=1 if cfg.fold is None else cfg.fold, nuisance=cfg.nuisance or 0.0)
+        cfg = replace(cfg, fold=1 if cfg.fold is None else cfg.fold, nuisance=cfg.nuisance or 0.0,
+                      trail=cfg.trail or 0.0)
     cfg = replace(cfg,
                   frames=cfg.frames or int(need("frames")), stride=cfg.stride or int(need("stride")),
                   size=cfg.size or int(need("size")),
@@ -334,7 +341,8 @@ def cache_key_fields(cfg: Config, split: str, backbone_sha1: str, method: str, a
         "method": method, "arch": arch,
         "dataset": cfg.dataset, "data": os.path.abspath(cfg.data) if cfg.data else None,
         "annotations": os.path.abspath(cfg.annotations) if cfg.annotations else None, "fold": cfg.fold,
-        "nuisance": cfg.nuisance if cfg.dataset == "synthetic" else None, "videos_sha1": listing,
+        "nuisance": cfg.nuisance if cfg.dataset == "synthetic" else None,
+        "trail": cfg.trail if cfg.dataset == "synthetic" else None, "videos_sha1": listing,
         "num_videos": len(videos),
         "frames": cfg.frames, "stride": cfg.stride, "canvas": list(cfg.canvas), "seed": cfg.seed,
         "precision": "bf16" if resolve_device(cfg.device).type == "cuda" else "fp32",
@@ -486,6 +494,37 @@ def between_video_cosine(feats: torch.Tensor) -> float | None:
     return ((total @ total - (x * x).sum()) / (n * (n - 1))).item()
 
 
+def video_features(feats: torch.Tensor) -> torch.Tensor:
+    """(N, V, D) view features -> (N, D): each view L2-normalised, averaged over the video's views, re-normalised."""
+    return F.normalize(F.normalize(feats.float(), dim=-1).mean(dim=1), dim=-1)
+
+
+def knn_classify(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, num_classes: int, k: int = 20,
+                 temperature: float = 0.07) -> torch.Tensor:
+    """DINO's weighted k-NN classifier (eval_knn.py): each test feature's k most cosine-similar training features
+    vote for their class with weight exp(cosine / T). Unit (N, D) features -> (N_test,) predicted classes."""
+    preds = []
+    for chunk in test.split(1024):  # bounded memory: (1024, N_train) similarities at a time
+        sim, idx = (chunk @ train.T).topk(min(k, len(train)), dim=1)  # (n, k)
+        votes = torch.zeros(len(chunk), num_classes, dtype=sim.dtype)
+        votes.scatter_add_(1, train_labels[idx], (sim / temperature).exp())
+        preds.append(votes.argmax(dim=1))
+    return torch.cat(preds)
+
+
+def retrieval_recall(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
+                     ks=(1, 5, 10, 20)) -> dict:
+    """Video retrieval (the SSL literature's UCF101/HMDB51 protocol): each test video's feature queries the training
+    videos; recall@k = % of test videos with a training video of their class among their k nearest (cosine)."""
+    kmax = min(max(ks), len(train))
+    hits = []
+    for chunk, labels in zip(test.split(1024), test_labels.split(1024)):
+        idx = (chunk @ train.T).topk(kmax, dim=1).indices  # (n, kmax), nearest first
+        hits.append(train_labels[idx] == labels[:, None])
+    hits = torch.cat(hits)
+    return {str(k): round(100.0 * hits[:, :min(k, kmax)].any(dim=1).float().mean().item(), 2) for k in ks}
+
+
 def split_heldout(labels: torch.Tensor, fraction: float, seed: int):
     """Videos -> (fit, heldout) index tensors: per class, round(fraction * n) of its videos held out, at least 1
     (tiny datasets still get a sweep) and at most n - 1 (every class keeps a training video). By video, never by
@@ -566,7 +605,7 @@ def main(argv=None) -> dict:
     print(json.dumps(asdict(cfg)))
 
     try:
-        synthetic_kwargs = dict(nuisance=cfg.nuisance) if cfg.dataset == "synthetic" else None
+        synthetic_kwargs = dict(nuisance=cfg.nuisance, trail=cfg.trail) if cfg.dataset == "synthetic" else None
         splits = {s: data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, s, synthetic_kwargs)
                   for s in ("train", "test")}
     except data.DatasetError as e:
@@ -600,6 +639,10 @@ def main(argv=None) -> dict:
     correct5 = topk_correct(probs, yte, 5)
     seconds["classifier"] = round(time.perf_counter() - t, 2)
     cosine = between_video_cosine(fte)  # None with fewer than 2 test videos
+    # k-NN and retrieval on the same frozen features: no training, so also a check for runs without labels to probe
+    vtr, vte = video_features(ftr), video_features(fte)
+    knn = knn_classify(vtr, ytr, vte, len(classes), cfg.knn_k, cfg.knn_temperature)
+    recall = retrieval_recall(vtr, ytr, vte, yte)
     per_class = {}
     for c, name in enumerate(classes):
         m = yte == c
@@ -614,6 +657,9 @@ def main(argv=None) -> dict:
         "step": int(ckpt["step"]) if ckpt.get("step") is not None else None,
         "feature_dim": int(backbone.feature_dim),
         "between_video_cosine": None if cosine is None else round(cosine, 6),
+        "knn_top1": round(100.0 * (knn == yte).float().mean().item(), 2),
+        "knn": {"k": cfg.knn_k, "temperature": cfg.knn_temperature, "features": "view-averaged, L2-normalised"},
+        "retrieval_recall": recall,
         "views": {"frames": cfg.frames, "stride": cfg.stride, "size": cfg.size, "test_size": cfg.test_size,
                   "canvas": list(cfg.canvas), "train_views": cfg.train_views, "test_clips": cfg.test_clips,
                   "crops": cfg.crops, "test_views": cfg.test_clips * cfg.crops,
@@ -622,7 +668,8 @@ def main(argv=None) -> dict:
                        "weight_decay": cfg.weight_decay, "epochs": cfg.epochs, "batch_size": cfg.clf_batch_size,
                        "heldout_videos": n_held, "sweep": sweep},
         "dataset": {"dataset": cfg.dataset, "data": cfg.data, "annotations": cfg.annotations, "fold": cfg.fold,
-                    "nuisance": cfg.nuisance if cfg.dataset == "synthetic" else None},
+                    "nuisance": cfg.nuisance if cfg.dataset == "synthetic" else None,
+                    "trail": cfg.trail if cfg.dataset == "synthetic" else None},
         "seconds": {**seconds, "total": round(time.perf_counter() - t0, 2)},
     }
     print_report(result, classes, yte)
@@ -652,6 +699,8 @@ def print_report(r: dict, classes, test_labels):
         print(f"  {name[:22]:22s}{'-' if acc is None else f'{acc:.1f}':>8s}{n:>8d}")
     if r["between_video_cosine"] is not None:
         print(f"test features: mean cosine between two videos {r['between_video_cosine']:.4f} (1: all the same)")
+    print(f"k-NN top-1 {r['knn_top1']:.2f}% (k {r['knn']['k']}, T {r['knn']['temperature']:g}) | retrieval recall "
+          + ", ".join(f"@{k} {v:.1f}%" for k, v in r["retrieval_recall"].items()))
     print(f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  | train videos {r['num_train']} (skipped "
           f"{n_skip['train']}) | test videos {r['num_test']} (skipped {n_skip['test']})")
     for s in r["skipped"]:

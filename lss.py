@@ -596,10 +596,24 @@ KINETICS_TEMPLATES = [f"{prefix} {phrase}" for prefix in ("a photo of", "a video
                       for phrase in ("{}.", "a person {}.", "a person using {}.", "a person doing {}.",
                                      "a person during {}.", "a person performing {}.", "a person practicing {}.")]
 DEFAULT_TEMPLATES = ["a video of a person {}."]  # lss.md 3.2 fallback: one prompt, 28x cheaper to build
+# openai/CLIP data/prompts.md, UCF101: 4 prefixes x {a person, the person} x 6 phrasings. CLIP published no HMDB51
+# list; HMDB51's classes are human actions of the same kind as UCF101's, so it uses this one (our choice).
+UCF101_TEMPLATES = [f"{prefix} {who} {verb}" for prefix in ("a photo of", "a video of", "a example of",
+                                                            "a demonstration of")
+                    for who in ("a person", "the person")
+                    for verb in ("{}.", "using {}.", "doing {}.", "during {}.", "performing {}.", "practicing {}.")]
+# The synthetic videos show shapes, not people: prompts in the words of the captioned stills the tiny CLIP learned
+# from (data.CAPTION_TEMPLATES), one per shape kind, so the ensemble keeps the motion and averages the shape out.
+SYNTHETIC_TEMPLATES = [f"{prefix}{shape} {{}}" for prefix in ("a ", "a photo of a ")
+                       for shape in ("triangle", "square", "bar", "pentagon")]
 
 
 def class_to_text(name):
-    """Dataset label -> prompt text: 'ApplyEyeMakeup' -> 'apply eye makeup', 'brush_hair' -> 'brush hair'."""
+    """Dataset label -> prompt text: 'ApplyEyeMakeup' -> 'apply eye makeup', 'brush_hair' -> 'brush hair'. The
+    synthetic classes are named as their captions say them ('move_up' -> 'moving up'), as CLIP's own zero-shot
+    notebooks rename each dataset's classes for prompts."""
+    if name in data.SYNTHETIC_CLASS_TEXT:
+        return data.SYNTHETIC_CLASS_TEXT[name]
     name = regex.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", name.replace("_", " "))
     return " ".join(name.split()).lower()  # lower() changes nothing for CLIP (its tokenizer lowercases anyway)
 
@@ -770,19 +784,20 @@ class Config:
     fold: int = 1                   # UCF101/HMDB51 split number (1-3)
     data_fraction: float = 1.0      # use this class-stratified fraction of the training videos
     nuisance: float = 0.0           # synthetic only: appearance nuisance 0..1 (texture, colour, distractor, pan)
-    canvas: tuple = (64, 64)        # decode size (H, W): frames are scaled to cover it, then centre-cropped
+    trail: float = 0.5              # synthetic only: motion trail 0..1, faded earlier positions in every frame
+    canvas: tuple = (32, 32)        # decode size (H, W): frames are scaled to cover it, then centre-cropped
     # views: SVT's multi-view recipe (lss.md section 4; see MultiViewSampler)
     frames: int = 8                 # frames decoded per view; a global view uses all of them (SVT: 8)
     stride: int = 4                 # frames between a global view's frames (SVT: 32, an 8.5 s window at 30 fps)
     local_views: int = 4            # local views per video (SVT: 8)
     local_frames: int = 4           # frames per local view, subsampled on the device from --frames (SVT: 8)
     local_stride: int = 1           # frames between a local view's decoded frames (SVT: a window 1/8 of the global one)
-    size: int = 48                  # global view side in pixels, a multiple of the patch size (SVT: 224)
-    local_size: int = 24            # local view side, a multiple of the patch size (SVT: 96)
+    size: int = 32                  # global view side in pixels, a multiple of the patch size (SVT: 224)
+    local_size: int = 16            # local view side, a multiple of the patch size (SVT: 96)
     global_area: tuple = (0.4, 1.0)  # random resized crop area range of the global views (SVT/DINO: 0.4-1)
     local_area: tuple = (0.05, 0.4)  # random resized crop area range of the local views (SVT/DINO: 0.05-0.4)
     # model
-    init: str = "random"            # random (a CLIP built from the flags below) | clip (the weights in --clip)
+    init: str = "tiny"              # tiny (a CLIP pretrained once on captioned stills, cached) | random (the flags below) | clip (--clip)
     clip: str | None = None         # OpenAI-layout CLIP weights (state dict or OpenAI's JIT .pt); needed by --init clip
     width: int = 96                 # --init random: ViT width; heads = width // 64 (at least 1), as OpenAI (ViT-B: 768)
     layers: int = 3                 # --init random: ViT blocks (ViT-B: 12)
@@ -795,7 +810,7 @@ class Config:
     probe_feature: str = "cls"      # feature eval_linear.py sees: cls (ln_post CLS, width-d, as SVT) | proj (embed_dim)
     # concept spaces (lss.md sections 3.1-3.3)
     concepts: str = "dataset"       # category space: dataset (its class names) | union (all label sets) | descriptions
-    templates: str = "kinetics"     # prompts per class name: kinetics (CLIP's 28 Kinetics prompts) | single
+    templates: str = "auto"         # prompts per class name: auto (by --dataset) | kinetics | ucf101 | synthetic | single
     desc_template: str = "{desc}"   # text embedded per description; may use {cls} and {desc}
     bpe: str | None = None          # CLIP's BPE vocabulary file (default: the copy inside the clip-anytorch package)
     # losses (lss.md section 3.5; all reconstructions)
@@ -803,8 +818,9 @@ class Config:
     lambda_up: float = 1.0          # weight of the uniform prior L_UP (0 = off)
     ca_target: str = "class"        # class (student's description mass summed per class) | description
     up_scope: str = "global"        # global (p-bar over the batch of all processes) | local (per process)
-    tau_s: float = 0.0              # student temperature; 0 = auto: 0.01 with --init clip, 0.1 with --init random
-    tau_t: float = 0.0              # teacher temperature; 0 = auto: 0.004 with --init clip, 0.04 with --init random
+    up_average: str = "auto"        # p-bar of L_UP: auto (MUST: moving average when K >= 512, else the batch) | batch | ema
+    tau_s: float = 0.0              # student temperature; 0 = auto: the CLIP's 1/exp(logit_scale) (OpenAI: 0.01), 0.1 with --init random
+    tau_t: float = 0.0              # teacher temperature; 0 = auto: 0.4 tau_s (OpenAI: 0.004), 0.04 with --init random
     tau_t_warmup: float = 0.0       # teacher temperature at step 0, linear to --tau-t over the next flag (0 = off)
     tau_t_warmup_epochs: float = 0.0  # length of that warmup (DINO: 30 epochs from 0.04; SVT: none)
     center_momentum: float = 0.9    # EMA momentum of the teacher centre (DINO/SVT: 0.9; 1 = no centring)
@@ -836,17 +852,33 @@ class Config:
 ARCH_KEYS = ("init", "width", "layers", "patch", "embed_dim", "text_width", "text_layers", "frames", "cls_mode",
              "concepts", "templates", "desc_template")
 
-TEMPLATES = {"kinetics": KINETICS_TEMPLATES, "single": DEFAULT_TEMPLATES}
-CHOICES = {"init": ("random", "clip"), "cls_mode": ("per_frame", "shared"), "probe_feature": ("cls", "proj"),
-           "concepts": ("dataset", "union", "descriptions"), "templates": tuple(TEMPLATES),
-           "ca_target": ("class", "description"), "up_scope": ("global", "local"), "amp": ("auto", "bf16", "off")}
+TEMPLATES = {"kinetics": KINETICS_TEMPLATES, "ucf101": UCF101_TEMPLATES, "synthetic": SYNTHETIC_TEMPLATES,
+             "single": DEFAULT_TEMPLATES}
+DATASET_TEMPLATES = {"kinetics": "kinetics", "ucf101": "ucf101", "hmdb51": "ucf101", "synthetic": "synthetic",
+                     "folder": "kinetics"}  # --templates auto
+CHOICES = {"init": ("tiny", "random", "clip"), "cls_mode": ("per_frame", "shared"), "probe_feature": ("cls", "proj"),
+           "concepts": ("dataset", "union", "descriptions"), "templates": ("auto",) + tuple(TEMPLATES),
+           "ca_target": ("class", "description"), "up_scope": ("global", "local"),
+           "up_average": ("auto", "batch", "ema"), "amp": ("auto", "bf16", "off")}
 
-# Temperatures by initialisation (lss.md section 3.5). The logits are cosine similarities divided by tau. Real CLIP's
-# image-text cosines sit in a narrow band (~0.15-0.35), so DINO's tau_s = 0.1 would give nearly uniform
-# distributions: use CLIP's own scale, tau_s = 1/100 (= 1/exp(logit_scale)), and DINO's teacher/student ratio 0.4
-# for the teacher, tau_t = 0.004. From random weights nothing confines the cosines to a band (the student can turn
-# its feature onto a concept vector, cosine -> 1), so DINO's 0.1 / 0.04 apply.
-AUTO_TAU = {"clip": (0.01, 0.004), "random": (0.1, 0.04)}
+# Temperatures by initialisation (lss.md section 3.5). The logits are cosine similarities divided by tau. A trained
+# CLIP's image-text cosines sit in a narrow band (~0.15-0.35 for OpenAI's), so DINO's tau_s = 0.1 would give nearly
+# uniform distributions: use the CLIP's own scale, tau_s = 1/exp(logit_scale) (OpenAI's: 1/100; the tiny CLIP
+# learns its own), and DINO's teacher/student ratio 0.4 for the teacher (OpenAI's: 0.004). From random weights
+# nothing confines the cosines to a band (the student can turn its feature onto a concept vector, cosine -> 1), so
+# DINO's 0.1 / 0.04 apply.
+RANDOM_TAU = (0.1, 0.04)
+TEACHER_STUDENT_TAU_RATIO = 0.4
+
+
+def resolve_temperatures(cfg: Config, clip: "CLIP | None") -> Config:
+    """--tau-s/--tau-t 0 (auto) -> the values for this start; the checkpoint records the values used."""
+    if clip is None:
+        tau_s, tau_t = RANDOM_TAU
+    else:
+        tau_s = 1 / clip.logit_scale.exp().item()
+        tau_t = TEACHER_STUDENT_TAU_RATIO * tau_s
+    return replace(cfg, tau_s=cfg.tau_s or tau_s, tau_t=cfg.tau_t or tau_t)
 
 
 def parse_args(argv=None) -> Config:
@@ -859,14 +891,15 @@ def parse_args(argv=None) -> Config:
                              f"got {getattr(cfg, name)!r}")
     if cfg.init == "clip" and not cfg.clip:
         raise SystemExit("error: --init clip needs --clip PATH (OpenAI-layout CLIP weights, e.g. ViT-B-16.pt)")
-    if cfg.init == "random" and cfg.clip:
-        raise SystemExit("error: --clip is only used with --init clip (with --init random both towers start random)")
+    if cfg.init != "clip" and cfg.clip:
+        raise SystemExit(f"error: --clip is only used with --init clip (--init {cfg.init} makes its own CLIP)")
     if not 1 <= cfg.local_frames <= cfg.frames:
         raise SystemExit(f"error: --local-frames must be in 1..--frames ({cfg.frames}), got {cfg.local_frames}")
     if cfg.local_views < 0 or cfg.frames < 1 or cfg.stride < 1 or cfg.local_stride < 1:
         raise SystemExit("error: --local-views must be >= 0 and --frames, --stride, --local-stride >= 1")
-    tau_s, tau_t = AUTO_TAU[cfg.init]
-    return replace(cfg, tau_s=cfg.tau_s or tau_s, tau_t=cfg.tau_t or tau_t)  # the checkpoint records the values used
+    if cfg.templates == "auto":
+        cfg = replace(cfg, templates=DATASET_TEMPLATES[cfg.dataset])  # the checkpoint records the list used
+    return cfg
 
 
 # ----------------------------------------------------------------------------- data: 2 global + L local views
@@ -1182,6 +1215,7 @@ class Run:
     use_amp: bool
     rank: int = 0
     world: int = 1
+    p_bar_prev: torch.Tensor | None = None  # the uniform prior's moving average (--up-average ema)
 
 
 def step_seed(cfg: Config, step: int, rank: int, salt: int = 0) -> int:
@@ -1231,6 +1265,12 @@ def train_step(cfg: Config, run: Run, video: torch.Tensor, step: int) -> dict:
         loss = loss + cfg.lambda_ca * ca
     if cfg.lambda_up > 0:
         p_bar = global_mean_probs(mean_student_probs(s_cat, cfg.tau_s), cfg.up_scope)  # (K,)
+        if cfg.up_average == "ema" or (cfg.up_average == "auto" and K >= 512):
+            # MUST's moving average for large concept spaces, where one batch covers few concepts:
+            # p-bar = (p-bar_prev + p-bar_batch) / 2, the previous value without gradient
+            if run.p_bar_prev is not None:
+                p_bar = 0.5 * (run.p_bar_prev + p_bar)
+            run.p_bar_prev = p_bar.detach()
         up = uniform_prior_loss(p_bar)
         loss = loss + cfg.lambda_up * up
     # diagnostics, from the same centre the loss used. t_entropy = mean H(P_t), t_batch_entropy = H(mean P_t), and
@@ -1314,7 +1354,7 @@ def zero_shot_eval(backbone: Backbone, vectors: torch.Tensor, videos: data.Video
 
 # ----------------------------------------------------------------------------- training
 
-def build_run(cfg: Config, rank: int, world: int, device, print0, ckpt: dict | None):
+def build_run(cfg: Config, rank: int, world: int, device, print0, ckpt: dict | None, clip: "CLIP | None" = None):
     """Data, networks, concept spaces, optimizer; restored from `ckpt` when resuming. Returns (run, loader,
     steps_per_epoch, start_step, skipped, config_dict, videos)."""
     torch.manual_seed(cfg.seed)
@@ -1322,7 +1362,7 @@ def build_run(cfg: Config, rank: int, world: int, device, print0, ckpt: dict | N
     out = Path(cfg.out)
     # data
     videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train",
-                             synthetic_kwargs=dict(nuisance=cfg.nuisance))
+                             synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail))
     if cfg.data_fraction < 1.0:
         videos = videos.subset(cfg.data_fraction, seed=cfg.seed)
     sampler = MultiViewSampler(cfg.frames, cfg.stride, cfg.local_views, cfg.local_stride)
@@ -1338,12 +1378,10 @@ def build_run(cfg: Config, rank: int, world: int, device, print0, ckpt: dict | N
     # from the checkpoint (its text tower is in it; its visual tower lives on as student/teacher)
     if ckpt is not None:
         clip = CLIP(CLIPConfig(**ckpt["config"]["clip_arch"]))
-    elif cfg.init == "clip":
-        clip = load_clip(cfg.clip)
-    else:
-        clip = CLIP(clip_config_from_flags(cfg))
+    elif clip is None:
+        clip = load_clip(cfg.clip) if cfg.init in ("clip", "tiny") else CLIP(clip_config_from_flags(cfg))
     arch = clip.cfg
-    if cfg.init == "clip" and cfg.size != arch.image_resolution:
+    if cfg.init != "random" and cfg.size != arch.image_resolution:
         print0(f"note: --size {cfg.size} differs from the CLIP's input resolution {arch.image_resolution}: its "
                f"position embeddings are resized (nearest); for the paper's setting use --size 224 --local-size 96")
     for name, side in (("size", cfg.size), ("local-size", cfg.local_size)):
@@ -1363,12 +1401,13 @@ def build_run(cfg: Config, rank: int, world: int, device, print0, ckpt: dict | N
     concepts = run_concepts(cfg, text, names, out, device, rank, world, print0)
     optimizer = torch.optim.AdamW(param_groups(student_vit), lr=0.0, weight_decay=cfg.weight_decay)
     center = torch.zeros(len(names), device=device)
-    start_step, skipped = 0, []
+    start_step, skipped, p_bar_prev = 0, [], None
     if ckpt is not None:
         student_vit.load_state_dict(ckpt["student"])
         teacher.load_state_dict(ckpt["teacher"])
         optimizer.load_state_dict(ckpt["optimizer"])
         center = ckpt["center"].to(device)
+        p_bar_prev = ckpt["p_bar"].to(device) if ckpt.get("p_bar") is not None else None
         start_step, skipped = ckpt["step"], list(ckpt.get("skipped", []))
     if cfg.compile:
         # in place (nn.Module.compile): state-dict keys, the EMA update and the checkpoint stay as without it.
@@ -1380,13 +1419,21 @@ def build_run(cfg: Config, rank: int, world: int, device, print0, ckpt: dict | N
         wrapper, device_ids=[device.index] if device.type == "cuda" else None)
     aug_global, aug_local = view_augmentations(cfg)
     run = Run(student_vit=student_vit, student=student, teacher=teacher, text=text, concepts=concepts, names=names,
-              center=center, optimizer=optimizer, aug_global=aug_global, aug_local=aug_local,
+              center=center, p_bar_prev=p_bar_prev, optimizer=optimizer, aug_global=aug_global, aug_local=aug_local,
               total_steps=total_steps, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
               tau_warmup_steps=round(cfg.tau_t_warmup_epochs * steps_per_epoch),
               peak_lr=cfg.lr * cfg.batch_size * world / 256,
               use_amp=cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda"), rank=rank, world=world)
     config = {**asdict(cfg), "clip_arch": asdict(arch)}  # what build_backbone / zero-shot rebuild the networks from
     return run, loader, steps_per_epoch, start_step, skipped, config, videos
+
+
+def tiny_clip(print0) -> str:
+    """--init tiny: the tiny CLIP pretrained on captioned stills by scripts/pretrain_clip.py (its defaults), made
+    once (minutes) and then read from the cache."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
+    import pretrain_clip
+    return pretrain_clip.ensure(log=print0)
 
 
 def train(cfg: Config):
@@ -1406,9 +1453,22 @@ def train(cfg: Config):
         ckpt = data.load_checkpoint(ckpt_path)
         if ckpt.get("method") != "lss":
             raise SystemExit(f"error: {ckpt_path} is a {ckpt.get('method')!r} checkpoint, not an lss.py one")
-        data.check_resume_config(ckpt["config"], cfg, ARCH_KEYS)
+        saved = ckpt["config"]  # auto temperatures and the tiny CLIP's path: the values the run started with
+        cfg = replace(cfg, tau_s=cfg.tau_s or saved["tau_s"], tau_t=cfg.tau_t or saved["tau_t"],
+                      clip=cfg.clip or saved.get("clip"))
+        data.check_resume_config(saved, cfg, ARCH_KEYS)
+    clip = None
+    if ckpt is None:
+        if cfg.init == "tiny":  # pretrained once (rank 0), then read from the cache by every process
+            cfg = replace(cfg, clip=tiny_clip(print0) if master else None)
+            if world > 1:
+                paths = [cfg.clip]
+                dist.broadcast_object_list(paths, src=0)
+                cfg = replace(cfg, clip=paths[0])
+        clip = load_clip(cfg.clip) if cfg.init != "random" else None
+        cfg = resolve_temperatures(cfg, clip)
     run, loader, steps_per_epoch, start_step, skipped, config, videos = build_run(cfg, rank, world, device, print0,
-                                                                                  ckpt)
+                                                                                  ckpt, clip)
     if ckpt is not None:
         print0(f"resumed from {ckpt_path} at step {start_step} (epoch {start_step / steps_per_epoch:.2f})")
         del ckpt
@@ -1440,7 +1500,8 @@ def train(cfg: Config):
                 "method": "lss", "config": config, "step": step, "epoch": step / steps_per_epoch,
                 "backbone": {"vit." + k: v for k, v in t_sd.items()},  # build_backbone's keys: the TEACHER (SVT)
                 "student": run.student_vit.state_dict(), "teacher": t_sd, "optimizer": run.optimizer.state_dict(),
-                "center": run.center.cpu(), "text": run.text.state_dict(), "concept_names": list(run.names),
+                "center": run.center.cpu(), "p_bar": None if run.p_bar_prev is None else run.p_bar_prev.cpu(),
+                "text": run.text.state_dict(), "concept_names": list(run.names),
                 "skipped": sorted(set(skipped)), "versions": {"torch": str(torch.__version__)}})
         if world > 1:
             dist.barrier()
@@ -1450,7 +1511,7 @@ def train(cfg: Config):
     if cfg.zero_shot_eval:
         try:
             test_videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "test",
-                                          synthetic_kwargs=dict(nuisance=cfg.nuisance))
+                                          synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail))
             vectors = class_vectors(run.text, test_videos.classes, "names", TEMPLATES[cfg.templates],
                                     cfg.desc_template, cfg.bpe, device)
             zs = (test_videos, vectors, Backbone(config, "proj", vit=run.teacher).to(device))
@@ -1513,7 +1574,9 @@ def train(cfg: Config):
         raise SystemExit(130)
     finally:
         bar.close()
-    if zs is not None:
+    if step == 0 and not ckpt_path.exists():
+        checkpoint(step)  # --epochs 0: the start itself, checkpointed for eval_linear.py (the frozen baseline)
+    if zs is not None and step > 0:
         evaluate_zero_shot(step)
     if master:
         if skipped:
@@ -1540,13 +1603,14 @@ class ZeroShotConfig:
     annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
     fold: int = 0                   # UCF101/HMDB51 split; 0: the checkpoint's (or 1)
     nuisance: float = -1.0          # synthetic only; -1: the checkpoint's (or 0)
+    trail: float = -1.0             # synthetic only: motion trail 0..1; -1: the checkpoint's (or 0)
     split: str = "test"             # which split to classify: test | train
     frames: int = 0                 # frames per clip; 0: the checkpoint's --frames (--clip: 8)
     stride: int = 0                 # frames between a clip's frames; 0: the checkpoint's --stride (--clip: 4)
     size: int = 0                   # centre-crop side; 0: the checkpoint's --size (--clip: the CLIP's resolution)
     canvas: tuple = (0, 0)          # decode size H W; 0 0: the checkpoint's --canvas (--clip: size x size)
     test_clips: int = 4             # uniformly spaced clips per video, features averaged
-    templates: str = ""             # kinetics | single; empty: the checkpoint's --templates (--clip: kinetics)
+    templates: str = ""             # kinetics | ucf101 | synthetic | single; empty: the checkpoint's (--clip: by dataset)
     class_vectors: str = "names"    # names (class names x templates) | descriptions (mean of the class's descriptions)
     cls_mode: str = "per_frame"     # --clip only: per_frame (exactly the frame-averaged CLIP) | shared
     batch_size: int = 8             # videos per forward pass
@@ -1582,7 +1646,7 @@ def zero_shot(zc: ZeroShotConfig) -> dict:
         res = clip.cfg.image_resolution
         tcfg = {"clip_arch": asdict(clip.cfg), "frames": zc.frames or 8, "stride": zc.stride or 4,
                 "cls_mode": zc.cls_mode, "size": zc.size or res, "canvas": [zc.size or res] * 2,
-                "templates": "kinetics", "desc_template": "{desc}", "dataset": "synthetic"}
+                "templates": "", "desc_template": "{desc}", "dataset": "synthetic"}
         vit = VideoViT.from_clip(clip.visual, zc.cls_mode, tcfg["frames"])  # temporal branch a no-op: image CLIP
         backbone = Backbone(tcfg, "proj", vit=vit)
         text = text_tower(clip)
@@ -1591,17 +1655,19 @@ def zero_shot(zc: ZeroShotConfig) -> dict:
         dataset, root, ann = tcfg.get("dataset", "synthetic"), zc.data or tcfg.get("data"), \
             zc.annotations or tcfg.get("annotations")
         fold, nuisance = zc.fold or tcfg.get("fold", 1), tcfg.get("nuisance", 0.0) if zc.nuisance < 0 else zc.nuisance
+        trail = tcfg.get("trail", 0.0) if zc.trail < 0 else zc.trail
     else:
         dataset, root, ann, fold, nuisance = zc.dataset, zc.data, zc.annotations, zc.fold or 1, max(0.0, zc.nuisance)
+        trail = max(0.0, zc.trail)
     frames, stride = zc.frames or tcfg["frames"], zc.stride or tcfg["stride"]
     size = zc.size or tcfg["size"]
     canvas = tuple(zc.canvas) if all(zc.canvas) else tuple(tcfg["canvas"])
-    templates = zc.templates or tcfg.get("templates", "kinetics")
+    templates = zc.templates or tcfg.get("templates") or DATASET_TEMPLATES[dataset]
     if templates not in TEMPLATES:
         raise SystemExit(f"error: --templates must be one of {list(TEMPLATES)}")
     try:
         videos = data.load_split(dataset, root, ann, fold, zc.split,
-                                 synthetic_kwargs=dict(nuisance=nuisance) if dataset == "synthetic" else None)
+                                 synthetic_kwargs=dict(nuisance=nuisance, trail=trail) if dataset == "synthetic" else None)
     except data.DatasetError as e:
         raise SystemExit(f"error: {e}")
     backbone.to(device)
@@ -1617,7 +1683,8 @@ def zero_shot(zc: ZeroShotConfig) -> dict:
               "skipped": missing + r["skipped"], "per_class": r["per_class"], "ckpt": zc.ckpt, "clip": zc.clip,
               "step": step, "method": "lss", "split": zc.split,
               "dataset": {"dataset": dataset, "data": root, "annotations": ann, "fold": fold,
-                          "nuisance": nuisance if dataset == "synthetic" else None},
+                          "nuisance": nuisance if dataset == "synthetic" else None,
+                          "trail": trail if dataset == "synthetic" else None},
               "views": {"frames": frames, "stride": stride, "size": size, "canvas": list(canvas),
                         "test_clips": zc.test_clips, "crops": 1, "average": "normalised features"},
               "class_vectors": zc.class_vectors, "templates": templates,

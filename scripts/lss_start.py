@@ -71,6 +71,7 @@ class Config:
     annotations: str | None = L.annotations  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
     fold: int = L.fold              # UCF101/HMDB51 split number (1-3)
     nuisance: float = L.nuisance    # synthetic only: appearance nuisance 0..1
+    trail: float = 0.0              # synthetic only: motion trail 0..1 (0: the videos of the random-init study)
     canvas: tuple = L.canvas        # decode size (H, W)
     # clips: lss.py's global view, two per video at a CVRL interval
     frames: int = L.frames          # frames per clip
@@ -119,7 +120,8 @@ def lss_config(cfg: Config, arch: lss.CLIPConfig) -> dict:
     network, so the probe decodes the same clips an lss.py checkpoint would."""
     shared = {f.name: getattr(cfg, f.name) for f in fields(L) if hasattr(cfg, f.name) and f.name not in ("epochs",
               "batch_size", "lr", "min_lr", "warmup_epochs", "weight_decay", "out", "log_every", "max_steps")}
-    return {**asdict(replace(L(), **shared, init="random")), "clip_arch": asdict(arch),
+    templates = lss.DATASET_TEMPLATES[cfg.dataset]  # what lss.py's --templates auto resolves to
+    return {**asdict(replace(L(), **shared, init="random", templates=templates)), "clip_arch": asdict(arch),
             "trained_by": "scripts/lss_start.py", "start_config": asdict(cfg)}
 
 
@@ -140,7 +142,7 @@ def train(cfg: Config):
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, clip_path = out / "checkpoint.pt", out / "clip.pt"
     videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train",
-                             synthetic_kwargs=dict(nuisance=cfg.nuisance))
+                             synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail))
     dataset = data.VideoDataset(videos, cvrl.PairSampler(cfg.frames, cfg.stride, cfg.interval, cfg.power),
                                 canvas=cfg.canvas, resample=True, min_frames=cfg.frames)
     loader = data.make_loader(dataset, cfg.batch_size, cfg.workers, shuffle=True, drop_last=True, seed=cfg.seed)

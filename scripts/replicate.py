@@ -100,7 +100,12 @@ GROUPS = {
     "lss": "LSS (tiny CLIP, random init): distillation, + uniform prior, + concept alignment",
     "lss_fix": "LSS from random init: attempts to keep the teacher off the uniform distribution (not in --quick)",
     "search": "CVRL at the quick preset's budget (18 epochs): batch size and lr (preset cvrl-search, not in --quick)",
+    "lss_pre": "LSS from the pretrained tiny CLIP (lss.py's default start): does it improve on the frozen CLIP, and "
+               "do the uniform prior and concept alignment add to distillation? (preset lss-pretrained)",
+    "trail": "LSS from the pretrained tiny CLIP, by motion trail (how much one frame says about the motion): frozen "
+             "CLIP vs LSS (preset lss-pretrained)",
 }
+TRAILS = (0.0, 1.0)  # the trail sweep's other levels; the default rows are lss.py's --trail
 
 # (batch size, --lr) pairs of the cvrl-search preset; --lr is the rate at a global batch of 1024 (linear scaling)
 SEARCH = [(64, 0.8), (64, 1.6), (64, 6.4), (64, 12.8), (32, 1.6), (32, 3.2), (16, 1.6)]
@@ -154,23 +159,27 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
                      ("--nuisance", n), ref=f"random-init-nuisance{n}"),
                  Row(f"random-init-nuisance{n}", f"random-init, nuisance {n}", ("nuisance",), "random",
                      eval=("--nuisance", n), base=f"cvrl-nuisance{n}", ref=None)]
+    # The random-init LSS rows keep the settings they were run with before lss.py started from a pretrained tiny
+    # CLIP by default: a random CLIP, the videos without a motion trail, CLIP's Kinetics prompts, 48 px views.
+    R0 = ("--init", "random", "--trail", "0", "--templates", "kinetics", "--size", "48", "--local-size", "24",
+          "--canvas", "64", "64")
     rows += [
-        Row("lss", "LSS full (distillation + uniform prior + alignment)", ("lss",), "lss", ref="lss-init"),
+        Row("lss", "LSS full (distillation + uniform prior + alignment)", ("lss",), "lss", R0, ref="lss-init"),
         # --init random: the network at step 0 is a randomly initialised CLIP, so "frozen init" IS lss.py's network
         # with random weights: eval_linear.py --random-init on an LSS checkpoint (its config, not its weights)
         Row("lss-init", "LSS network at init, frozen (no training)", ("lss",), "random", base="lss", ref=None),
-        Row("lss-distill", "LSS distillation only", ("lss",), "lss", ("--lambda-up", "0", "--lambda-ca", "0"),
+        Row("lss-distill", "LSS distillation only", ("lss",), "lss", R0 + ("--lambda-up", "0", "--lambda-ca", "0"),
             ref="lss-init"),
-        Row("lss-up", "LSS distillation + uniform prior", ("lss",), "lss", ("--lambda-ca", "0"), ref="lss-init"),
-        Row("lss-ca", "LSS distillation + concept alignment", ("lss",), "lss", ("--lambda-up", "0"), ref="lss-init"),
+        Row("lss-up", "LSS distillation + uniform prior", ("lss",), "lss", R0 + ("--lambda-ca", "0"), ref="lss-init"),
+        Row("lss-ca", "LSS distillation + concept alignment", ("lss",), "lss", R0 + ("--lambda-up", "0"), ref="lss-init"),
         # what might stop the teacher's distribution over the 8 class concepts from staying uniform (issue #6); the
         # preset "lss-explore" runs them, --quick does not (time)
-        Row("lss-span", "LSS, 8-d joint space: the 8 concepts span it", ("lss_fix",), "lss", ("--embed-dim", "8"),
+        Row("lss-span", "LSS, 8-d joint space: the 8 concepts span it", ("lss_fix",), "lss", R0 + ("--embed-dim", "8"),
             ref="lss-init"),
         Row("lss-tau-warmup", "LSS, teacher temperature 0.004 -> 0.04 over the run", ("lss_fix",), "lss",
-            ("--tau-t-warmup", "0.004", "--tau-t-warmup-epochs", "3"), ref="lss-init"),
-        Row("lss-up0.1", "LSS, uniform prior weight 0.1", ("lss_fix",), "lss", ("--lambda-up", "0.1"), ref="lss-init"),
-        Row("lss-up10", "LSS, uniform prior weight 10", ("lss_fix",), "lss", ("--lambda-up", "10"), ref="lss-init"),
+            R0 + ("--tau-t-warmup", "0.004", "--tau-t-warmup-epochs", "3"), ref="lss-init"),
+        Row("lss-up0.1", "LSS, uniform prior weight 0.1", ("lss_fix",), "lss", R0 + ("--lambda-up", "0.1"), ref="lss-init"),
+        Row("lss-up10", "LSS, uniform prior weight 10", ("lss_fix",), "lss", R0 + ("--lambda-up", "10"), ref="lss-init"),
         # a pre-trained start, the paper's setting in small: lss.py's image tower trained first with CVRL's InfoNCE
         # on the same videos (scripts/lss_start.py; its text tower stays random), probed frozen, then LSS from it.
         # Temperatures: the random-init values, since a random text tower has no narrow band of cosines (lss.py
@@ -185,6 +194,27 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
         Row("lss-start-nohead", "InfoNCE on the joint-space feature (no MLP head), frozen", ("lss_fix",), "lss_start",
             ("--head", "none"), ref="lss-init"),
     ]
+    # LSS from the pretrained tiny CLIP (scripts/pretrain_clip.py, pretrained once and cached; its own seed is
+    # fixed, so the seeds below vary LSS only). The frozen start is lss.py --epochs 0: its step-0 zero-shot and the
+    # probe of its checkpoint (teacher = the CLIP's image tower, temporal branch a no-op).
+    rows += [
+        Row("clip-frozen", "tiny CLIP, frozen (the start; no LSS)", ("lss_pre", "trail"), "lss", ("--epochs", "0"),
+            ref=None),
+        Row("lss-pre", "LSS full (distillation + uniform prior + alignment)", ("lss_pre", "trail"), "lss",
+            ref="clip-frozen"),
+        Row("lss-pre-distill", "LSS distillation only", ("lss_pre",), "lss", ("--lambda-up", "0", "--lambda-ca", "0"),
+            ref="clip-frozen"),
+        Row("lss-pre-up", "LSS distillation + uniform prior", ("lss_pre",), "lss", ("--lambda-ca", "0"),
+            ref="clip-frozen"),
+        Row("lss-pre-ca", "LSS distillation + concept alignment", ("lss_pre",), "lss", ("--lambda-up", "0"),
+            ref="clip-frozen"),
+    ]
+    for t in TRAILS:  # eval_linear.py gets --trail too: with --dataset given it would not inherit the checkpoint's
+        n = f"{t:g}"
+        rows += [Row(f"clip-frozen-trail{n}", f"tiny CLIP, frozen, trail {n}", ("trail",), "lss",
+                     ("--epochs", "0", "--trail", n), ("--trail", n), ref=None),
+                 Row(f"lss-pre-trail{n}", f"LSS full, trail {n}", ("trail",), "lss", ("--trail", n), ("--trail", n),
+                     ref=f"clip-frozen-trail{n}")]
     # the search that chose the quick preset's CVRL flags (preset cvrl-search: cvrl.py --epochs 18, so its "cvrl"
     # row is the default batch 64 at lr 3.2): same compute, other batch sizes and learning rates
     rows += [Row(f"search-b{b}-lr{lr}", f"CVRL, batch {b}, --lr {lr}", ("search",), "cvrl",
@@ -210,7 +240,8 @@ PRESETS = {
         eval=["--workers", "1"],
         nuisance=[0.0, 0.5, 1.0],
         rows=None,  # all ...
-        exclude=["lss_fix", "search"],  # ... but the LSS attempts and the CVRL search: 90 minutes is the budget
+        exclude=["lss_fix", "search", "lss_pre", "trail"],  # ... but the LSS attempts, the CVRL search and the
+        # pretrained-start LSS study (presets of their own): 90 minutes is the budget
     ),
     "full": dict(  # one GPU, synthetic videos: longer schedules, more seeds and nuisance levels
         seeds=[0, 1, 2, 3, 4],
@@ -235,6 +266,17 @@ PRESETS = {
         nuisance=[0.0],
         rows=["lss", "lss-init", "lss-distill", "lss-span", "lss-tau-warmup", "lss-up0.1", "lss-up10", "lss-start",
               "lss-from-start", "lss-start-nohead"],
+    ),
+    "lss-pretrained": dict(  # CPU: LSS from the pretrained tiny CLIP (lss.py's defaults), 3 seeds
+        seeds=[0, 1, 2],
+        parallel=2,
+        encoder=[],
+        cvrl=[], supervised=[], lss_start=[],
+        lss=["--workers", "1"],
+        eval=["--workers", "1"],
+        nuisance=[0.0],
+        rows=["clip-frozen", "lss-pre", "lss-pre-distill", "lss-pre-up", "lss-pre-ca"]
+        + [f"{r}-trail{t:g}" for t in TRAILS for r in ("clip-frozen", "lss-pre")],
     ),
     "cvrl-search": dict(  # CPU: how the quick preset's CVRL flags were chosen, two seeds (~30 min on 2 cores)
         seeds=[0, 1],

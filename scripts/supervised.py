@@ -47,6 +47,7 @@ class Config:
     annotations: str | None = C.annotations  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
     fold: int = C.fold              # UCF101/HMDB51 split number (1-3)
     nuisance: float = C.nuisance    # synthetic only: appearance nuisance 0..1
+    trail: float = C.trail          # synthetic only: motion trail 0..1
     canvas: tuple = C.canvas        # decode size (H, W)
     frames: int = C.frames          # frames per clip
     stride: int = C.stride          # frames between sampled frames
@@ -75,7 +76,7 @@ def train(cfg: Config):
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train",
-                             synthetic_kwargs=dict(nuisance=cfg.nuisance))
+                             synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail))
     dataset = data.VideoDataset(videos, data.RandomClip(cfg.frames, cfg.stride), canvas=cfg.canvas, resample=True,
                                 min_frames=cfg.frames)
     loader = data.make_loader(dataset, cfg.batch_size, cfg.workers, shuffle=True, drop_last=True, seed=cfg.seed)

@@ -48,6 +48,7 @@ def test_smoke_trains_checkpoints_and_eval_linear_reads_it(tiny_synthetic, tmp_p
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "e.json").read_text())
     assert res["num_train"] == 32 and res["num_test"] == 16 and 0 <= res["top1"] <= 100
+    assert 0 <= res["knn_top1"] <= 100 and set(res["retrieval_recall"]) == {"1", "5", "10", "20"}
 
 
 def test_torchrun_ddp_gradients_equal_single_process():

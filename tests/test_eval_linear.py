@@ -3,6 +3,7 @@ the feature cache key, an end-to-end run on a folder dataset with an unreadable 
 subprocess smoke run of the default command."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import cvrl
 import data
@@ -283,3 +285,46 @@ def test_subprocess_default_command(tiny_synthetic, tmp_path):
     assert r["classifier"]["heldout_videos"] == 8 and len(r["classifier"]["sweep"]) == len(E.LR_GRID)
     assert len(list((run / "features").glob("*.pt"))) == 2  # default cache: next to the checkpoint
     assert "top-1" in p.stdout
+
+
+# ----------------------------------------------------------------------------- k-NN and retrieval
+
+def brute_force_knn(train, ytr, test, C, k, T):
+    preds = []
+    for q in test:
+        sims = [(float(q @ t), int(y)) for t, y in zip(train, ytr)]
+        sims.sort(key=lambda s: -s[0])
+        votes = [0.0] * C
+        for s, y in sims[:k]:
+            votes[y] += math.exp(s / T)
+        preds.append(max(range(C), key=lambda c: votes[c]))
+    return preds
+
+
+def test_knn_and_recall_agree_with_brute_force():
+    g = torch.Generator().manual_seed(0)
+    C = 3
+    centres = F.normalize(torch.randn(C, 8, generator=g), dim=-1)
+    ytr, yte = torch.arange(30) % C, torch.tensor([0, 1, 2, 2, 1, 0, 1])
+    train = F.normalize(centres[ytr] + 0.9 * torch.randn(30, 8, generator=g), dim=-1)
+    test = F.normalize(centres[yte] + 0.9 * torch.randn(7, 8, generator=g), dim=-1)
+    for k, T in ((1, 0.07), (5, 0.07), (20, 0.5), (50, 1.0)):  # k above the training set: all of it
+        assert E.knn_classify(train, ytr, test, C, k, T).tolist() == brute_force_knn(train, ytr, test, C, k, T)
+    rec = E.retrieval_recall(train, ytr, test, yte)
+    for k in (1, 5, 10, 20):
+        want = [any(int(ytr[j]) == int(y) for j in sorted(range(30), key=lambda j: -float(q @ train[j]))[:k])
+                for q, y in zip(test, yte)]
+        assert rec[str(k)] == pytest.approx(100 * sum(want) / len(want), abs=0.01)
+    assert rec["20"] >= rec["10"] >= rec["5"] >= rec["1"]
+
+
+def test_knn_on_a_hand_made_case():
+    # two training points per class on the axes; the test point is nearest to class 1's but class 0 has two close
+    train = torch.tensor([[1.0, 0.0], [0.96, 0.28], [0.0, 1.0]])
+    ytr = torch.tensor([0, 0, 1])
+    test = F.normalize(torch.tensor([[0.6, 0.8]]), dim=-1)
+    assert E.knn_classify(train, ytr, test, 2, k=1, temperature=0.07).tolist() == [0]  # 0.96*0.6+0.28*0.8 = 0.8
+    assert E.knn_classify(train, ytr, test, 2, k=3, temperature=1.0).tolist() == [0]   # two votes beat one
+    assert E.knn_classify(train, ytr, test, 2, k=3, temperature=0.01).tolist() == [0]
+    v = E.video_features(torch.tensor([[[2.0, 0.0], [0.0, 5.0]]]))  # views normalised before averaging
+    assert torch.allclose(v, F.normalize(torch.tensor([[1.0, 1.0]]), dim=-1))

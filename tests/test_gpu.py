@@ -20,7 +20,7 @@ pytestmark = pytest.mark.gpu
 CVRL_ARGS = ["--arch", "r3d18", "--frames", "4", "--stride", "2", "--size", "32", "--canvas", "32", "32",
              "--batch-size", "8", "--head-hidden", "64", "--workers", "2", "--log-every", "1", "--epochs", "5",
              "--device", "cuda"]  # 32 videos / 8 = 4 steps per epoch: 20 steps
-LSS_ARGS = ["--width", "64", "--layers", "2", "--embed-dim", "32", "--text-width", "64", "--text-layers", "1",
+LSS_ARGS = ["--init", "random", "--width", "64", "--layers", "2", "--embed-dim", "32", "--text-width", "64", "--text-layers", "1",
             "--size", "32", "--local-size", "16", "--canvas", "32", "32", "--frames", "4", "--stride", "2",
             "--local-frames", "2", "--local-views", "2", "--templates", "single", "--batch-size", "4", "--workers", "2",
             "--log-every", "1", "--epochs", "3", "--max-steps", "20", "--test-clips", "2", "--device", "cuda"]

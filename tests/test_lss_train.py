@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CKPT_KEYS = {"method", "config", "step", "epoch", "backbone", "student", "teacher", "optimizer", "center", "text",
              "concept_names", "skipped", "versions"}
 # a CLIP and views small enough that a step takes a fraction of a second on one core
-TINY = ["--width", "64", "--layers", "2", "--embed-dim", "32", "--text-width", "64", "--text-layers", "1",
+TINY = ["--init", "random", "--width", "64", "--layers", "2", "--embed-dim", "32", "--text-width", "64", "--text-layers", "1",
         "--size", "32", "--local-size", "16", "--canvas", "32", "32", "--frames", "4", "--stride", "2",
         "--local-frames", "2", "--local-views", "2", "--templates", "single", "--batch-size", "4", "--workers", "0",
         "--log-every", "1", "--epochs", "1", "--test-clips", "2"]

@@ -1,0 +1,243 @@
+"""
+Pretrain a tiny CLIP on captioned synthetic stills: the image-text start that lss.py adapts when no OpenAI weights
+are at hand (its default, `--init tiny`).
+
+LSS is an adaptation method: it starts from an image CLIP that already names actions from single frames, because web
+captions ("a man juggling") sit under photos whose pose and objects show the action, and it teaches that model to
+use time. This script makes such a start offline, in minutes on a CPU. The "web" is data.make_stills: single images
+of one shape with a faint trail of its recent motion, captioned from what is drawn ("a small red triangle rising
+near the top left"). The model is lss.py's own CLIP (so the result is an OpenAI-layout state dict that
+`lss.load_clip` reads), both towers from random weights, trained as CLIP was: symmetric InfoNCE over the batch's
+image-text pairs with a learned temperature.
+
+    python scripts/pretrain_clip.py                      # ~7 min on 2 CPU cores; writes into the cache (see --out)
+    python scripts/pretrain_clip.py --steps 300 --out /tmp/clip.pt
+    python lss.py --init clip --clip /tmp/clip.pt        # LSS from it (lss.py's default does this by itself)
+
+It reports, on held-out stills: image->text and text->image retrieval (recall@1 among the held-out set) and
+zero-shot accuracy per attribute (motion, shape, colour, size, position) against chance; and writes them beside the
+weights (FILE.json).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import data  # noqa: E402
+import lss  # noqa: E402
+
+
+@dataclass
+class Config:
+    # corpus
+    stills: int = 20000             # training stills (captioned images), made once per run in seconds
+    heldout: int = 1000             # held-out stills for the retrieval and zero-shot report
+    size: int = 32                  # still side = CLIP input resolution, pixels
+    # model: lss.CLIP, both towers from random weights
+    embed_dim: int = 64             # joint image-text space (ViT-B/16: 512)
+    width: int = 128                # ViT width; heads = width // 64, as OpenAI (ViT-B: 768)
+    layers: int = 4                 # ViT blocks (ViT-B: 12)
+    patch: int = 8                  # patch side, pixels (ViT-B/16: 16)
+    text_width: int = 128           # text transformer width (ViT-B/16: 512)
+    text_layers: int = 4            # text transformer blocks (ViT-B/16: 12)
+    context: int = 16               # text context length in tokens (OpenAI: 77; our captions are short)
+    # optimisation (CLIP: AdamW, cosine schedule, learned temperature clamped at 100)
+    steps: int = 2000               # training steps
+    batch_size: int = 128           # image-text pairs per step: the negatives of InfoNCE
+    lr: float = 1e-3                # AdamW peak learning rate
+    warmup: int = 100               # linear warm-up steps
+    weight_decay: float = 0.1       # on matrices only (CLIP: 0.2)
+    seed: int = 0
+    # output
+    out: str | None = None          # weights file; default: the cache, named by these settings (reused if present)
+    threads: int = 0                # torch threads (0: torch's default)
+
+
+MODEL_KEYS = ("stills", "size", "embed_dim", "width", "layers", "patch", "text_width", "text_layers", "context",
+              "steps", "batch_size", "lr", "warmup", "weight_decay", "seed")
+
+
+def default_path(cfg: Config) -> Path:
+    """Cache file named by every setting that changes the weights (and the stills' version)."""
+    key = json.dumps({"v": 6, **{k: getattr(cfg, k) for k in MODEL_KEYS}}, sort_keys=True)
+    return data.cache_dir() / f"tiny-clip-{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
+
+
+def build_clip(cfg: Config) -> lss.CLIP:
+    return lss.CLIP(lss.CLIPConfig(embed_dim=cfg.embed_dim, image_resolution=cfg.size, vision_layers=cfg.layers,
+                                   vision_width=cfg.width, vision_patch_size=cfg.patch,
+                                   vision_heads=max(1, cfg.width // 64), context_length=cfg.context,
+                                   text_width=cfg.text_width, text_heads=max(1, cfg.text_width // 64),
+                                   text_layers=cfg.text_layers))
+
+
+def to_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, S, S, 3) -> CLIP-normalised float (N, 3, S, S), the normalisation lss.py's video models use."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    mean, std = torch.tensor(lss.CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(lss.CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def clip_loss(model: lss.CLIP, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP's symmetric InfoNCE: pair i's image and text are positives, the batch's other pairs negatives.
+      L = (CE(s * I T^T, diag) + CE(s * T I^T, diag)) / 2,  I, T unit rows, s = exp(logit_scale)."""
+    logits_i, logits_t = model(images, tokens)  # (B, B) each
+    target = torch.arange(images.shape[0])
+    loss = (F.cross_entropy(logits_i, target) + F.cross_entropy(logits_t, target)) / 2
+    acc = (logits_i.argmax(-1) == target).float().mean()
+    return loss, acc
+
+
+# zero-shot prompts per attribute: the caption words for each value, in a caption-like sentence
+def attribute_prompts() -> dict:
+    where = lambda p: "in the centre" if p == "centre" else f"near the {p}"  # noqa: E731
+    return {
+        "motion": {c: [t.format(data.SYNTHETIC_CLASS_TEXT[c]) for t in lss.SYNTHETIC_TEMPLATES]
+                   for c in data.SYNTHETIC_CLASSES},  # the prompts lss.py's synthetic zero-shot ensembles
+        "shape": {s: f"a photo of a {s}" for s in ("triangle", "square", "bar", "pentagon")},
+        "colour": {c: f"a {c} shape" for c in data.STILL_COLOURS},
+        "size": {s: f"a {s} shape" for s in ("small", "large")},
+        "position": {p: f"a shape {where(p)}" for row in data.POSITIONS for p in row},
+    }
+
+
+def attribute_value(attrs: dict, name: str) -> str:
+    v = attrs[name]
+    return v.split()[-1] if name == "shape" else v  # "long triangle" counts as a triangle
+
+
+@torch.no_grad()
+def evaluate(model: lss.CLIP, images: torch.Tensor, tokens: torch.Tensor, attrs: list) -> dict:
+    model.eval()
+    img = torch.cat([F.normalize(model.encode_image(images[i:i + 500]), dim=-1) for i in range(0, len(images), 500)])
+    txt = F.normalize(model.encode_text(tokens), dim=-1)
+    sim = img @ txt.T  # (N, N): held-out image i vs caption j
+    target = torch.arange(len(img))
+    res = {"n": len(img), "image_to_text_r1": (sim.argmax(1) == target).float().mean().item() * 100,
+           "text_to_image_r1": (sim.argmax(0) == target).float().mean().item() * 100,
+           "retrieval_chance": 100 / len(img), "zero_shot": {}}
+    for name, prompts in attribute_prompts().items():
+        values = list(prompts)
+        T = torch.stack([F.normalize(F.normalize(model.encode_text(lss.tokenize(
+            [p] if isinstance(p, str) else p, model.cfg.context_length)), dim=-1).mean(0), dim=0)
+            for p in prompts.values()])  # a prompt ensemble per value: mean of unit vectors, re-normalised
+        pred = (img @ T.T).argmax(1)
+        truth = torch.tensor([values.index(attribute_value(a, name)) for a in attrs])
+        res["zero_shot"][name] = dict(top1=(pred == truth).float().mean().item() * 100, chance=100 / len(values))
+    model.train()
+    return res
+
+
+def pretrain(cfg: Config, log=print) -> dict:
+    """Train and return {"state_dict", "metrics"}."""
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    images, attrs, captions = data.make_stills(cfg.stills + cfg.heldout, cfg.size, cfg.seed)
+    x = to_input(images)                                     # (N, 3, S, S)
+    tokens = lss.tokenize(captions, cfg.context)             # (N, context)
+    x_train, t_train = x[:cfg.stills], tokens[:cfg.stills]
+    x_held, t_held, a_held = x[cfg.stills:], tokens[cfg.stills:], attrs[cfg.stills:]
+    log(f"{cfg.stills} + {cfg.heldout} captioned stills ({cfg.size} px) in {time.perf_counter() - t0:.0f} s, e.g. "
+        f"{captions[0]!r}")
+    model = build_clip(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    other = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([dict(params=decay, weight_decay=cfg.weight_decay), dict(params=other, weight_decay=0.0)],
+                            lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)  # CLIP's betas and eps
+    log(f"tiny CLIP: {n_params / 1e6:.1f}M params (of which {model.token_embedding.weight.numel() / 1e6:.1f}M the "
+        f"token table) | {cfg.steps} steps x {cfg.batch_size} pairs | lr {cfg.lr:g}")
+    before = evaluate(model, x_held, t_held, a_held)
+    g = torch.Generator().manual_seed(cfg.seed)
+    order, pos = torch.randperm(cfg.stills, generator=g), 0
+    history = []
+    bar = tqdm(range(cfg.steps), desc="pretrain CLIP", unit="step")
+    for step in bar:
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        if pos + cfg.batch_size > cfg.stills:  # a new epoch: a new order
+            order, pos = torch.randperm(cfg.stills, generator=g), 0
+        idx = order[pos:pos + cfg.batch_size]
+        pos += cfg.batch_size
+        loss, acc = clip_loss(model, x_train[idx], t_train[idx])
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step}; try a lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))  # CLIP clamps the inverse temperature at 100
+        if step % 50 == 0 or step == cfg.steps - 1:
+            history.append(dict(step=step, loss=loss.item(), batch_acc=acc.item(), lr=lr,
+                                temperature=1 / model.logit_scale.exp().item()))
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc.item():.2f}",
+                            T=f"{1 / model.logit_scale.exp().item():.3f}")
+    after = evaluate(model, x_held, t_held, a_held)
+    metrics = dict(config=asdict(cfg), seconds=time.perf_counter() - t0, params=n_params, before=before,
+                   after=after, history=history, versions=dict(torch=torch.__version__))
+    return {"state_dict": model.state_dict(), "metrics": metrics}
+
+
+def report(m: dict, log=print):
+    a, b = m["after"], m["before"]
+    log(f"held-out ({a['n']} stills): image->text R@1 {a['image_to_text_r1']:.1f}%, text->image R@1 "
+        f"{a['text_to_image_r1']:.1f}% (chance {a['retrieval_chance']:.1f}%; untrained {b['image_to_text_r1']:.1f}, "
+        f"{b['text_to_image_r1']:.1f})")
+    for name, r in a["zero_shot"].items():
+        log(f"  zero-shot {name:<9} {r['top1']:5.1f}%  (chance {r['chance']:.1f}%, untrained "
+            f"{b['zero_shot'][name]['top1']:.1f}%)")
+
+
+def ensure(cfg: Config | None = None, log=print) -> str:
+    """The tiny CLIP's weights file: pretrained once with `cfg`'s settings, then reused from the cache."""
+    import fcntl
+    cfg = cfg or Config()
+    path = Path(cfg.out) if cfg.out else default_path(cfg)
+    if path.exists():
+        return str(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One process pretrains, any other started meanwhile (a parallel study job) waits for its file.
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return str(path)
+        log(f"pretraining the tiny CLIP once (cached as {path}) ...")
+        res = pretrain(cfg, log)
+        path.with_suffix(".json").write_text(json.dumps(res["metrics"], indent=1))
+        data.save_checkpoint(path, res["state_dict"])  # atomic; an OpenAI-layout state dict, as load_clip expects
+    report(res["metrics"], log)
+    log(f"wrote {path} and {path.with_suffix('.json')}")
+    return str(path)
+
+
+def main(argv=None):
+    cfg = data.parse_config(Config, argv, __doc__.strip().split("\n\n")[0])
+    path = Path(cfg.out) if cfg.out else default_path(cfg)
+    if path.exists():
+        print(f"{path} exists (same settings); delete it to pretrain again")
+        meta = path.with_suffix(".json")
+        if meta.exists():
+            report(json.loads(meta.read_text()))
+        return 0
+    ensure(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
