@@ -20,6 +20,10 @@ Rows, grouped by the claim they test:
                 InfoNCE without the MLP head) (preset lss-explore)
   search        CVRL at the quick preset's budget (18 epochs) with other batch sizes and learning rates: how the
                 quick preset's CVRL flags were chosen (preset cvrl-search)
+  lss_pre       LSS from the pretrained tiny CLIP (lss.py's default start): the frozen CLIP (lss.py --epochs 0),
+                distillation only, + uniform prior, + concept alignment, full (preset lss-pretrained)
+  trail         the same start on videos without a motion trail and with a strong one: frozen CLIP vs full LSS
+                (preset lss-pretrained)
 
 Every job runs the real scripts as subprocesses, so the study exercises exactly what a user runs:
     python cvrl.py | lss.py | scripts/supervised.py | scripts/lss_start.py --out RUN --seed S <preset flags> <row flags>
@@ -35,6 +39,7 @@ Commands
     python scripts/replicate.py --preset full             # the GPU preset: longer runs, 5 seeds, 5 nuisance levels
     python scripts/replicate.py --preset lss-explore      # LSS from random init: attempts against its collapse
     python scripts/replicate.py --preset cvrl-search      # the search that chose --quick's CVRL batch size and lr
+    python scripts/replicate.py --preset lss-pretrained   # LSS from the pretrained tiny CLIP, 3 seeds (~2.5 h, 2 cores)
     python scripts/replicate.py --preset smoke            # tiny everything, seconds per job (the tests run this)
     python scripts/replicate.py --quick --rows cvrl,cvrl-uniform   # a subset (random-init rows bring their base)
     python scripts/replicate.py --quick --dry-run         # print every job's commands and exit
@@ -105,7 +110,7 @@ GROUPS = {
     "trail": "LSS from the pretrained tiny CLIP, by motion trail (how much one frame says about the motion): frozen "
              "CLIP vs LSS (preset lss-pretrained)",
 }
-TRAILS = (0.0, 1.0)  # the trail sweep's other levels; the default rows are lss.py's --trail
+TRAILS = (0.0, 2.0)  # the trail sweep's other levels (none, strong); the default rows are lss.py's --trail (1)
 
 # (batch size, --lr) pairs of the cvrl-search preset; --lr is the rate at a global batch of 1024 (linear scaling)
 SEARCH = [(64, 0.8), (64, 1.6), (64, 6.4), (64, 12.8), (32, 1.6), (32, 3.2), (16, 1.6)]
@@ -160,9 +165,9 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
                  Row(f"random-init-nuisance{n}", f"random-init, nuisance {n}", ("nuisance",), "random",
                      eval=("--nuisance", n), base=f"cvrl-nuisance{n}", ref=None)]
     # The random-init LSS rows keep the settings they were run with before lss.py started from a pretrained tiny
-    # CLIP by default: a random CLIP, the videos without a motion trail, CLIP's Kinetics prompts, 48 px views.
+    # CLIP by default: a random CLIP, the videos without a motion trail, CLIP's Kinetics prompts, 48 px views, lr 4e-3.
     R0 = ("--init", "random", "--trail", "0", "--templates", "kinetics", "--size", "48", "--local-size", "24",
-          "--canvas", "64", "64")
+          "--canvas", "64", "64", "--lr", "4e-3")
     rows += [
         Row("lss", "LSS full (distillation + uniform prior + alignment)", ("lss",), "lss", R0, ref="lss-init"),
         # --init random: the network at step 0 is a randomly initialised CLIP, so "frozen init" IS lss.py's network

@@ -188,6 +188,20 @@ def test_every_command_parses_and_sets_what_its_row_says(preset, tmp_path):
         if job.row.name.startswith("search-b"):  # search-b{batch}-lr{lr}
             b, lr = job.row.name.removeprefix("search-b").split("-lr")
             expected = dict(batch_size=int(b), lr=float(lr), epochs=18)
+        if job.row.kind == "lss":  # the random-init group keeps its settings; the pretrained group is lss.py's default
+            pre = job.row.groups[0] in ("lss_pre", "trail")
+            assert train.init == ("tiny" if pre else "random" if job.row.name != "lss-from-start" else "clip"), job.id
+            if not pre and job.row.name != "lss-from-start":
+                assert (train.trail, train.templates, train.size) == (0.0, "kinetics", 48), job.id
+            if pre:
+                assert train.trail == float(job.row.name.split("-trail")[1]) if "-trail" in job.row.name \
+                    else train.trail == lss.Config.trail
+                assert (train.epochs == 0) == job.row.name.startswith("clip-frozen"), job.id
+                if "-trail" in job.row.name:
+                    assert probe.trail == train.trail  # eval_linear.py with --dataset would not inherit it
+        if job.row.name.startswith("lss-pre-"):
+            expected = {"lss-pre-distill": dict(lambda_up=0.0, lambda_ca=0.0), "lss-pre-up": dict(lambda_ca=0.0),
+                        "lss-pre-ca": dict(lambda_up=0.0)}.get(job.row.name, {})
         if job.row.name.startswith("cvrl-nuisance"):
             expected = dict(nuisance=float(job.row.name.removeprefix("cvrl-nuisance")))
             assert probe.nuisance == expected["nuisance"]
