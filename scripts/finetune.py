@@ -251,6 +251,9 @@ def gather_strings(items: list, world: int) -> list:
 def main(argv=None) -> dict | None:
     cfg = parse_args(argv)
     t0 = time.perf_counter()
+    if not os.path.isfile(cfg.ckpt) and cfg.ckpt == Config.ckpt:
+        raise SystemExit(f"error: no --ckpt given and {cfg.ckpt} does not exist; run `python cvrl.py` first (it writes "
+                         f"it), or pass --ckpt RUN/checkpoint.pt of cvrl.py or lss.py")
     src = E.load_checkpoint(cfg.ckpt)  # a clear error for a missing file or a checkpoint of another kind
     method, src_cfg = src["method"], dict(src["config"])
     module = E.import_method(method)
