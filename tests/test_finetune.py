@@ -74,7 +74,8 @@ def test_finetuning_updates_the_backbone_and_its_batchnorm(cvrl_ckpt, full_run):
     changed = [k for k in convs if not torch.equal(src["backbone"][k], ck["backbone"][k])]
     assert changed == convs  # every conv layer trained: nothing frozen
     bn_means = [k for k in src["backbone"] if k.endswith("running_mean")]
-    assert bn_means and all(not torch.equal(src["backbone"][k], ck["backbone"][k]) for k in bn_means)  # BN in train mode
+    # BatchNorm ran in train mode: its running statistics moved
+    assert bn_means and all(not torch.equal(src["backbone"][k], ck["backbone"][k]) for k in bn_means)
     assert ck["head"]["weight"].shape == (8, 128)  # 8 synthetic classes on the tiny R3D's 128-d feature
     E.build_frozen_backbone(cvrl, ck, random_init=False, seed=0)  # strict load of the fine-tuned weights works
 
