@@ -132,21 +132,16 @@ NONE_TYPES = {"frames": int, "stride": int, "size": int, "test_size": int, "nuis
 CHOICES = {"crops": [1, 3], "device": ["auto", "cpu", "cuda"]}
 
 
-def parse_args(argv=None) -> Config:
-    """Kebab-case flags (--train-views 2), help from each field's comment; the data flags come from data.py.
-    Not data.parse_config: here most settings default to "whatever the checkpoint says" (None), which needs
-    explicit types, and the data flags must know whether they were given at all."""
-    src = inspect.getsource(Config)
-    helps = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", src, re.M))
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog="Without --dataset, the data flags default to the checkpoint's own (a synthetic "
-                                       "run needs none); --frames/--stride/--size/--canvas always default to the "
-                                       "checkpoint's.")
+def add_config_args(p: argparse.ArgumentParser, config_cls, none_types: dict, choices: dict, required=()):
+    """Kebab-case flags (--train-views 2) for every field of `config_cls`, help from each field's comment; the data
+    flags come from data.add_data_args, with dataset and fold defaulting to None ("not given": take the checkpoint's;
+    data.py's defaults would silently pick synthetic, fold 1). Not data.parse_config: here most settings default to
+    "whatever the checkpoint says" (None), which needs explicit types (`none_types`), and the data flags must know
+    whether they were given at all. scripts/finetune.py builds its flags with this too."""
+    helps = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(config_cls), re.M))
     data.add_data_args(p)
-    # None = "not given": take the checkpoint's dataset (data.py's defaults would silently pick synthetic, fold 1)
     p.set_defaults(dataset=None, fold=None)
-    for f in fields(Config):
+    for f in fields(config_cls):
         if f.name in DATA_FIELDS:
             continue
         flag, default, h = "--" + f.name.replace("_", "-"), f.default, helps.get(f.name, "")
@@ -155,8 +150,19 @@ def parse_args(argv=None) -> Config:
         elif f.name == "canvas":
             p.add_argument(flag, type=int, nargs=2, default=None, metavar=("H", "W"), help=h)
         else:
-            p.add_argument(flag, type=NONE_TYPES.get(f.name) or type(default), default=default, help=h,
-                           required=f.name == "ckpt", choices=CHOICES.get(f.name))
+            p.add_argument(flag, type=none_types.get(f.name) or type(default), default=default, help=h,
+                           required=f.name in required, choices=choices.get(f.name))
+    return p
+
+
+def parse_args(argv=None) -> Config:
+    """The command line -> Config (see add_config_args); refuses values that cannot work."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                epilog="Without --dataset, the data flags default to the checkpoint's own (a synthetic "
+                                       "run needs none); --frames/--stride/--size/--canvas always default to the "
+                                       "checkpoint's.")
+    add_config_args(p, Config, NONE_TYPES, CHOICES, required=("ckpt",))
     a = p.parse_args(argv)
     cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(a).items()})
     for name in ("train_views", "test_clips", "epochs", "batch_size", "clf_batch_size", "knn_k"):
@@ -278,7 +284,8 @@ def embed(backbone: nn.Module, x: torch.Tensor, chunk: int, device: torch.device
 
 
 @torch.inference_mode()
-def extract_features(backbone, videos: data.VideoList, split: str, cfg: Config, device) -> dict:
+def extract_features(backbone, videos: data.VideoList, split: str, cfg: Config, device,
+                     dtype: torch.dtype = torch.float16) -> dict:
     """Features of every decodable video of a split, all its views kept apart:
         {"features": float16 (num_videos, views, D), "labels": (num_videos,), "index": (num_videos,) positions in
          `videos`, "skipped": [{"split", "path", "reason"}]}.
@@ -313,14 +320,15 @@ def extract_features(backbone, videos: data.VideoList, split: str, cfg: Config, 
         else:
             x = data.spatial_crops(clips, cfg.test_size, cfg.crops)  # (B*K*crops, C, T, s, s), crops of a clip adjacent
         f = embed(backbone, x, cfg.batch_size, device)          # (B*views, D)
-        feats.append(f.view(B, views, -1).half())               # (B, views, D): clip-major, crop-minor
+        feats.append(f.view(B, views, -1).to(dtype))            # (B, views, D): clip-major, crop-minor
         labels.append(batch["label"])
         index.append(batch["index"])
     if not feats:
         raise SystemExit(f"error: none of the {len(videos)} {split} videos could be decoded; run "
                          f"`python data.py check --dataset {cfg.dataset} --data {cfg.data} ...` to see why")
     # float16 on disk and in memory: Kinetics' test set at 30 views x 2048-d is 2.4 GB instead of 4.9; the linear
-    # probe normalises the feature anyway and is insensitive to the lost mantissa bits.
+    # probe normalises the feature anyway and is insensitive to the lost mantissa bits. (scripts/finetune.py asks
+    # for float32: its head reads the raw feature, and nothing is cached.)
     return {"features": torch.cat(feats), "labels": torch.cat(labels), "index": torch.cat(index), "skipped": skipped}
 
 
@@ -470,9 +478,13 @@ def view_averaged_probs(clf: nn.Linear, feats: torch.Tensor) -> torch.Tensor:
     moves the average by at most 1/V."""
     out = []
     for chunk in feats.split(1024):  # bounded memory: Kinetics' test set is 20k videos x 30 views
-        logits = clf(F.normalize(chunk.float(), dim=-1))  # (n, V, C)
-        out.append(logits.softmax(-1).mean(1))            # (n, C)
+        out.append(average_views(clf(F.normalize(chunk.float(), dim=-1))))  # (n, V, C) logits -> (n, C)
     return torch.cat(out)
+
+
+def average_views(logits: torch.Tensor) -> torch.Tensor:
+    """(N, V, C) logits of V views per video -> (N, C): the mean over views of the softmax probabilities."""
+    return logits.float().softmax(-1).mean(1)
 
 
 def topk_correct(probs: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:

@@ -24,6 +24,9 @@ Rows, grouped by the claim they test:
                 distillation only, + uniform prior, + concept alignment, full (preset lss-pretrained)
   trail         the same start on videos without a motion trail and with a strong one: frozen CLIP vs full LSS
                 (preset lss-pretrained)
+  finetune      CVRL's transfer claim by fine-tuning (scripts/finetune.py): the CVRL row's checkpoint fine-tuned end to
+                end on the labelled videos vs the same network fine-tuned from scratch with the same recipe and steps
+                (--random-init), with all labels and with 10% of them (preset finetune)
 
 Every job runs the real scripts as subprocesses, so the study exercises exactly what a user runs:
     python cvrl.py | lss.py | scripts/supervised.py | scripts/lss_start.py --out RUN --seed S <preset flags> <row flags>
@@ -32,6 +35,9 @@ Every job runs the real scripts as subprocesses, so the study exercises exactly 
 A random-init row trains nothing: it runs eval_linear.py --random-init --seed S on the checkpoint of its base row
 (same seed), which only supplies the network's config (architecture, views, data), never its weights. A trained row
 may start from another row's output: lss-from-start runs lss.py --clip RUN_OF(lss-start, same seed)/clip.pt, after it.
+A fine-tuning row is one command, its own test instead of the probe:
+    python scripts/finetune.py --out RUN --seed S <preset finetune flags> --ckpt RUN_OF(cvrl, same seed)/checkpoint.pt
+           [--random-init] <row flags> <data flags> --json RUN/finetune.json
 
 Commands
     python scripts/replicate.py --quick                   # the CPU preset on the synthetic videos (~70 min, 2 cores)
@@ -40,6 +46,7 @@ Commands
     python scripts/replicate.py --preset lss-explore      # LSS from random init: attempts against its collapse
     python scripts/replicate.py --preset cvrl-search      # the search that chose --quick's CVRL batch size and lr
     python scripts/replicate.py --preset lss-pretrained   # LSS from the pretrained tiny CLIP, 3 seeds (~2.5 h, 2 cores)
+    python scripts/replicate.py --preset finetune         # CVRL pretrain then fine-tune vs fine-tune from scratch
     python scripts/replicate.py --preset smoke            # tiny everything, seconds per job (the tests run this)
     python scripts/replicate.py --quick --rows cvrl,cvrl-uniform   # a subset (random-init rows bring their base)
     python scripts/replicate.py --quick --dry-run         # print every job's commands and exit
@@ -89,7 +96,9 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {"cvrl": "cvrl.py", "lss": "lss.py", "supervised": "scripts/supervised.py",
-           "lss_start": "scripts/lss_start.py"}
+           "lss_start": "scripts/lss_start.py", "finetune": "scripts/finetune.py"}
+# where a job's top-1 comes from: the linear probe's JSON, except for fine-tuning, which tests its own network
+RESULT_FILES = {"finetune": "finetune.json"}  # kind -> file in the run dir; every other kind: linear.json
 README_BEGIN, README_END = "<!-- replicate:begin -->", "<!-- replicate:end -->"
 
 # ----------------------------------------------------------------------------- the grid
@@ -109,6 +118,8 @@ GROUPS = {
                "do the uniform prior and concept alignment add to distillation? (preset lss-pretrained)",
     "trail": "LSS from the pretrained tiny CLIP, by motion trail (how much one frame says about the motion): frozen "
              "CLIP vs LSS (preset lss-pretrained)",
+    "finetune": "CVRL transfer by fine-tuning: pretrained vs from scratch, same network, recipe and steps (top-1 of "
+                "the fine-tuned network, not a probe; preset finetune)",
 }
 TRAILS = (0.0, 2.0)  # the trail sweep's other levels (none, strong); the default rows are lss.py's --trail (1)
 
@@ -121,7 +132,8 @@ class Row:
     name: str                 # id: run dir and JSON key
     label: str                # what the table and the plots call it
     groups: tuple             # table sections it is shown in (GROUPS keys): its own first, then those it anchors
-    kind: str                 # cvrl | lss | supervised | lss_start | random (random: eval_linear.py --random-init)
+    kind: str                 # cvrl | lss | supervised | lss_start | finetune | random (random: eval_linear.py
+                              # --random-init)
     train: tuple = ()         # flags for the training script, after the preset's
     eval: tuple = ()          # flags for eval_linear.py, after the preset's
     base: str | None = None   # random rows: the trained row (same seed) whose checkpoint gives the network's config;
@@ -224,6 +236,18 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
     # row is the default batch 64 at lr 3.2): same compute, other batch sizes and learning rates
     rows += [Row(f"search-b{b}-lr{lr}", f"CVRL, batch {b}, --lr {lr}", ("search",), "cvrl",
                  (() if b == 64 else ("--batch-size", str(b))) + ("--lr", str(lr))) for b, lr in SEARCH]
+    # CVRL's transfer claim (fine-tuned end to end, pretrained >> from scratch): the "cvrl" row's checkpoint
+    # fine-tuned by scripts/finetune.py, against the same network from scratch (--random-init, the same recipe and
+    # number of steps); with every labelled video and with 10% of them, for 10x the epochs: the same number of steps
+    # (the Δ column: minus the scratch row with the same labels)
+    for frac, tag, what in ((1.0, "", "all labels"), (0.1, "-labels10", "10% of the labels")):
+        extra = () if frac == 1.0 else ("--data-fraction", f"{frac:g}")
+        rows += [Row(f"ft-cvrl{tag}", f"CVRL pretrain, then fine-tune ({what})", ("finetune",), "finetune",
+                     ("--ckpt", "{base}/checkpoint.pt") + extra, base="cvrl", ref=f"ft-scratch{tag}",
+                     epochs_scale=1 / frac),
+                 Row(f"ft-scratch{tag}", f"fine-tune from scratch, same steps ({what})", ("finetune",), "finetune",
+                     ("--ckpt", "{base}/checkpoint.pt", "--random-init") + extra, base="cvrl", ref=None,
+                     epochs_scale=1 / frac)]
     return rows
 
 
@@ -244,9 +268,10 @@ PRESETS = {
         supervised=["--epochs", "10", "--workers", "1"],
         eval=["--workers", "1"],
         nuisance=[0.0, 0.5, 1.0],
+        finetune=["--epochs", "30", "--workers", "1"],
         rows=None,  # all ...
-        exclude=["lss_fix", "search", "lss_pre", "trail"],  # ... but the LSS attempts, the CVRL search and the
-        # pretrained-start LSS study (presets of their own): 90 minutes is the budget
+        exclude=["lss_fix", "search", "lss_pre", "trail", "finetune"],  # ... but the LSS attempts, the CVRL search,
+        # the pretrained-start LSS study and fine-tuning (presets of their own): 90 minutes is the budget
     ),
     "full": dict(  # one GPU, synthetic videos: longer schedules, more seeds and nuisance levels
         seeds=[0, 1, 2, 3, 4],
@@ -255,6 +280,7 @@ PRESETS = {
         lss=["--epochs", "60", "--workers", "8"],                        # TUNE
         lss_start=["--epochs", "100", "--workers", "8"],                 # TUNE
         supervised=["--epochs", "60", "--workers", "8"],                 # TUNE
+        finetune=["--epochs", "60", "--workers", "8"],                   # TUNE
         eval=["--workers", "8"],
         nuisance=[0.0, 0.25, 0.5, 0.75, 1.0],
         rows=None,
@@ -293,6 +319,18 @@ PRESETS = {
         nuisance=[0.0],
         rows=["cvrl", "random-init"] + [f"search-b{b}-lr{lr}" for b, lr in SEARCH],
     ),
+    "finetune": dict(  # CPU: CVRL pretrain then fine-tune vs fine-tune from scratch, 3 seeds
+        seeds=[0, 1, 2],
+        parallel=2,
+        encoder=[],
+        cvrl=["--epochs", "18", "--batch-size", "16", "--lr", "1.6", "--workers", "1"],  # the quick preset's CVRL
+        lss=[], supervised=[], lss_start=[],
+        finetune=["--epochs", "30", "--workers", "1"],  # scripts/finetune.py's CPU defaults: 900 steps of 16 videos
+        eval=["--workers", "1"],
+        nuisance=[0.0],
+        # the probe of the same checkpoint and its random-init baseline too: linear probe vs fine-tuning
+        rows=["cvrl", "random-init", "ft-cvrl", "ft-scratch", "ft-cvrl-labels10", "ft-scratch-labels10"],
+    ),
     "smoke": dict(  # plumbing only: 2 steps per run, a 5-epoch probe at a fixed lr, one seed
         seeds=[0],
         encoder=TINY_VIEWS,
@@ -306,6 +344,8 @@ PRESETS = {
                    "--size", "32", "--canvas", "32", "32", "--frames", "4", "--stride", "2", "--head-hidden", "64",
                    "--batch-size", "4", "--workers", "0", "--log-every", "1", "--epochs", "1", "--max-steps", "2"],
         supervised=["--batch-size", "8", "--epochs", "1", "--max-steps", "2", "--workers", "0", "--log-every", "1"],
+        finetune=["--batch-size", "8", "--epochs", "1", "--max-steps", "2", "--workers", "0", "--log-every", "1",
+                  "--test-clips", "1"],  # not in its rows: --rows ft-cvrl,ft-scratch (tests/test_replicate.py)
         eval=["--epochs", "5", "--lr", "0.1", "--train-views", "1", "--test-clips", "1", "--workers", "0"],
         nuisance=[0.0],
         rows=["cvrl", "random-init", "supervised", "lss", "lss-init"],
@@ -394,7 +434,10 @@ def make_jobs(rows: list[Row], P: dict, out: Path, data_flags: list) -> list[Job
                     row_flags = [f.replace("{base}", rel(base.dir)) for f in row_flags]
                 train = [SCRIPTS[row.kind], "--out", rel(run), "--seed", str(seed), *shared,
                          *scale_epochs(P[row.kind], row.epochs_scale, row.kind), *row_flags, *data_flags]
-                cmds = [train, probe[:1] + ["--ckpt", rel(run / "checkpoint.pt")] + probe[1:]]
+                if row.kind == "finetune":  # tests its own fine-tuned network: no probe
+                    cmds = [train + ["--json", rel(run / RESULT_FILES["finetune"])]]
+                else:
+                    cmds = [train, probe[:1] + ["--ckpt", rel(run / "checkpoint.pt")] + probe[1:]]
                 job = Job(row, seed, run, cmds, {"cmds": cmds} if base is None else
                           {"cmds": cmds, "base": base.key["cmds"]}, needs=base.id if base else None)
             jobs.append(job)
@@ -461,10 +504,12 @@ def run_job(job: Job) -> dict:
     for cmd in job.cmds:
         name = Path(cmd[0]).stem
         seconds[name] = round(run_command(cmd, job.dir / f"{name}.log", job.threads), 1)
-    probe = json.loads((job.dir / "linear.json").read_text())
+    probe = json.loads((job.dir / RESULT_FILES.get(job.row.kind, "linear.json")).read_text())
     res = {"top1": probe["top1"], "top5": probe["top5"], "num_train": probe["num_train"],
-           "num_test": probe["num_test"], "probe_lr": probe["classifier"]["lr"], "seconds": seconds,
-           "between_video_cosine": probe.get("between_video_cosine")}  # absent from probes run before it existed
+           "num_test": probe["num_test"], "seconds": seconds}
+    if "classifier" in probe:  # a linear probe (fine-tuning has no separate classifier fit)
+        res.update(probe_lr=probe["classifier"]["lr"],
+                   between_video_cosine=probe.get("between_video_cosine"))  # absent from probes before it existed
     if job.row.kind != "random":
         log = read_log(job.dir / "log.jsonl")
         losses = [r for r in log if "loss" in r]
@@ -647,9 +692,10 @@ def format_table(summary: list[dict]) -> str:
 
 # one entry per kind of row (SCRIPTS' keys and "random"); tests/test_replicate.py checks that none is missing
 COLORS = {"cvrl": "tab:blue", "lss": "tab:orange", "supervised": "tab:green", "random": "tab:gray",
-          "lss_start": "tab:purple"}
+          "lss_start": "tab:purple", "finetune": "tab:red"}
 CURVE_TITLES = {"cvrl": "CVRL: NT-Xent (sum of both directions)", "lss": "LSS: total loss",
-                "supervised": "supervised: cross-entropy", "lss_start": "LSS start: NT-Xent (scripts/lss_start.py)"}
+                "supervised": "supervised: cross-entropy", "lss_start": "LSS start: NT-Xent (scripts/lss_start.py)",
+                "finetune": "fine-tuning: cross-entropy (scripts/finetune.py)"}
 
 
 def mean_curve(curves: list) -> tuple[list, list]:

@@ -20,6 +20,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import replicate as R  # noqa: E402
+import finetune  # noqa: E402
 import lss_start  # noqa: E402
 import supervised  # noqa: E402
 
@@ -139,6 +140,8 @@ def parse(cmd):
         return data.parse_config(supervised.Config, argv)
     if script == "scripts/lss_start.py":
         return data.parse_config(lss_start.Config, argv)
+    if script == "scripts/finetune.py":
+        return finetune.parse_args(argv)
     assert script == "eval_linear.py"
     return eval_linear.parse_args(argv)
 
@@ -153,6 +156,21 @@ def test_every_command_parses_and_sets_what_its_row_says(preset, tmp_path):
     by_id = {j.id: j for j in jobs}
     for job in jobs:
         cfgs = [parse(cmd) for cmd in job.cmds]
+        if job.row.kind == "finetune":  # one command: fine-tune the cvrl row's checkpoint, or its network from scratch
+            (ft,), base = cfgs, by_id[job.needs]
+            assert ft.seed == job.seed and ft.out.endswith(f"{job.row.name}/seed{job.seed}")
+            assert ft.json == ft.out + "/finetune.json" and ft.dataset == "synthetic"
+            assert ft.data == str(tmp_path / "videos")
+            assert base.row.name == "cvrl" and base.seed == job.seed and ft.ckpt == base.cmds[0][2] + "/checkpoint.pt"
+            assert ft.random_init == job.row.name.startswith("ft-scratch") and job.key["base"] == base.key["cmds"]
+            # pretrained and from scratch: the same recipe and number of steps (10% of the labels: 10x the epochs)
+            twin = parse(by_id[job.id.replace("ft-scratch", "ft-cvrl")].cmds[0])
+            assert {k: v for k, v in vars(ft).items() if k not in ("out", "json", "random_init")} == \
+                {k: v for k, v in vars(twin).items() if k not in ("out", "json", "random_init")}
+            full = parse(by_id[job.id.replace("-labels10", "")].cmds[0]) if "labels10" in job.row.name else ft
+            assert (ft.data_fraction, ft.epochs) == ((0.1, 10 * full.epochs) if "labels10" in job.row.name
+                                                     else (1.0, full.epochs))
+            continue
         probe = cfgs[-1]
         assert probe.seed == job.seed and probe.json.endswith(f"{job.row.name}/seed{job.seed}/linear.json")
         assert probe.dataset == "synthetic" and probe.data == str(tmp_path / "videos")  # data flags passed through
@@ -458,6 +476,24 @@ def test_smoke_preset_lss_from_a_pretrained_start(tiny_synthetic, tmp_path):
     cfg = json.loads((run / "lss-from-start" / "seed0" / "config.json").read_text())
     assert cfg["init"] == "clip" and cfg["clip"] == R.rel(run / "lss-start" / "seed0" / "clip.pt")
     assert "InfoNCE-pretrained image tower" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_smoke_preset_finetune_rows(tiny_synthetic, tmp_path):
+    """ft-cvrl and ft-scratch bring their base: cvrl.py -> eval_linear.py, then scripts/finetune.py on that
+    checkpoint and on its network from scratch, as real subprocesses; their top-1 is the fine-tuned network's."""
+    r = run_replicate("--preset", "smoke", "--rows", "ft-cvrl,ft-scratch", "--dataset", "synthetic", "--data",
+                      str(tiny_synthetic), "--out", str(tmp_path / "out"), "--no-plots")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    jobs = {j["row"]: j for j in saved["jobs"]}
+    assert set(jobs) == {"cvrl", "ft-cvrl", "ft-scratch"} and all(j["status"] == "ok" for j in jobs.values())
+    run = tmp_path / "out" / "runs"
+    for name in ("ft-cvrl", "ft-scratch"):
+        res = json.loads((run / name / "seed0" / "finetune.json").read_text())
+        assert jobs[name]["top1"] == res["top1"] and jobs[name]["num_test"] == 16 and jobs[name]["steps"] == 2
+        assert res["random_init"] == (name == "ft-scratch") and not (run / name / "seed0" / "linear.json").exists()
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| CVRL pretrain, then fine-tune (all labels) |" in table and R.GROUPS["finetune"] in table
 
 
 @pytest.mark.slow
