@@ -13,6 +13,7 @@ image-text pairs with a learned temperature.
     python scripts/pretrain_clip.py                      # ~7 min on 2 CPU cores; writes into the cache (see --out)
     python scripts/pretrain_clip.py --steps 300 --out /tmp/clip.pt
     python lss.py --init clip --clip /tmp/clip.pt        # LSS from it (lss.py's default does this by itself)
+    python scripts/pretrain_clip.py --picture docs/stills.png   # what the stills and captions look like
 
 It reports, on held-out stills: image->text and text->image retrieval (recall@1 among the held-out set) and
 zero-shot accuracy per attribute (motion, shape, colour, size, position) against chance; and writes them beside the
@@ -64,6 +65,7 @@ class Config:
     # output
     out: str | None = None          # weights file; default: the cache, named by these settings (reused if present)
     threads: int = 0                # torch threads (0: torch's default)
+    picture: str | None = None      # only write a PNG of a few stills with their captions here (README's docs/stills.png)
 
 
 MODEL_KEYS = ("stills", "size", "embed_dim", "width", "layers", "patch", "text_width", "text_layers", "context",
@@ -226,8 +228,34 @@ def ensure(cfg: Config | None = None, log=print) -> str:
     return str(path)
 
 
+def stills_picture(path: str, n: int = 8, seed: int = 0, scale: int = 4):
+    """A PNG of the first n training stills (this --seed's corpus), each with its caption underneath."""
+    from PIL import Image, ImageDraw
+    images, _, captions = data.make_stills(n, seed=seed, workers=1, progress=False)
+    S, cols, pad, text_h = images.shape[1] * scale, 4, 6, 28
+    rows = -(-n // cols)
+    cell_w = max(S, 150)
+    canvas = Image.new("RGB", (cols * (cell_w + pad) + pad, rows * (S + text_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, (img, cap) in enumerate(zip(images, captions)):
+        x, y = pad + (k % cols) * (cell_w + pad), pad + (k // cols) * (S + text_h + pad)
+        canvas.paste(Image.fromarray(img).resize((S, S), Image.NEAREST), (x + (cell_w - S) // 2, y))
+        words, lines = cap.split(), [""]
+        for w in words:  # wrap to the cell width
+            if draw.textlength(lines[-1] + " " + w) > cell_w and lines[-1]:
+                lines.append(w)
+            else:
+                lines[-1] = (lines[-1] + " " + w).strip()
+        draw.multiline_text((x, y + S + 2), "\n".join(lines[:2]), fill="black", spacing=1)
+    canvas.save(path, optimize=True)
+    return path
+
+
 def main(argv=None):
     cfg = data.parse_config(Config, argv, __doc__.strip().split("\n\n")[0])
+    if cfg.picture:
+        print(f"wrote {stills_picture(cfg.picture, seed=cfg.seed)}")
+        return 0
     path = Path(cfg.out) if cfg.out else default_path(cfg)
     if path.exists():
         print(f"{path} exists (same settings); delete it to pretrain again")

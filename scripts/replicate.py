@@ -509,7 +509,8 @@ def run_job(job: Job) -> dict:
            "num_test": probe["num_test"], "seconds": seconds}
     if "classifier" in probe:  # a linear probe (fine-tuning has no separate classifier fit)
         res.update(probe_lr=probe["classifier"]["lr"],
-                   between_video_cosine=probe.get("between_video_cosine"))  # absent from probes before it existed
+                   between_video_cosine=probe.get("between_video_cosine"),  # absent from probes before it existed
+                   knn_top1=probe.get("knn_top1"), retrieval_recall=probe.get("retrieval_recall"))  # likewise
     if job.row.kind != "random":
         log = read_log(job.dir / "log.jsonl")
         losses = [r for r in log if "loss" in r]
@@ -648,6 +649,9 @@ def summarize(rows: list[Row], jobs: list[Job], records: dict) -> list[dict]:
                     "failed": sorted(r["seed"] for r in recs if r["status"] != "ok"),
                     "top1": aggregate(r["top1"] for r in ok), "top5": aggregate(r["top5"] for r in ok),
                     "final_loss": aggregate(r.get("final_loss") for r in ok),
+                    "knn_top1": aggregate(r.get("knn_top1") for r in ok),
+                    "zero_shot_top1": aggregate(r.get("zero_shot_top1") for r in ok),
+                    "final_teacher_entropy": aggregate(r.get("final_teacher_entropy") for r in ok),
                     "wall_seconds": aggregate(r["wall_seconds"] for r in ok)})
     return out
 
@@ -671,20 +675,36 @@ def format_delta(s: dict, by_name: dict) -> str:
     return f"{s['top1']['mean'] - ref['top1']['mean']:+.1f}"
 
 
+def format_extra(a: dict | None) -> str:
+    if not a or a["n"] == 0:
+        return "—"
+    return f"{a['mean']:.1f} ± {a['std']:.1f}" if a["std"] is not None else f"{a['mean']:.1f}"
+
+
+# columns shown when any row has them: (summary key, header)
+EXTRA_COLUMNS = [("zero_shot_top1", "zero-shot top-1 % (LSS teacher, end)"), ("knn_top1", "k-NN top-1 %")]
+
+
 def format_table(summary: list[dict]) -> str:
     """Markdown: one section per claim (GROUPS order), one line per row; a row may appear in several sections."""
     by_name = {s["name"]: s for s in summary}
-    lines = ["| | top-1 % (mean ± std, seeds) | Δ vs no pretraining |", "|---|---|---|"]
+    extra = [(k, h) for k, h in EXTRA_COLUMNS if any((s.get(k) or {}).get("n") for s in summary)]
+    lines = ["| | top-1 % (mean ± std, seeds) | Δ vs no pretraining |" + "".join(f" {h} |" for _, h in extra),
+             "|---|---|---|" + "---|" * len(extra)]
     for group, title in GROUPS.items():
         members = [s for s in summary if group in s["groups"]]
         if any(s["groups"][0] == group for s in members):  # not a section of anchors only (a partial grid)
-            lines.append(f"| **{title}** | | |")
-            lines += [f"| {s['label']} | {format_cell(s)} | {format_delta(s, by_name)} |" for s in members]
+            lines.append(f"| **{title}** | | |" + " |" * len(extra))
+            lines += [f"| {s['label']} | {format_cell(s)} | {format_delta(s, by_name)} |"
+                      + "".join(f" {format_extra(s.get(k))} |" for k, _ in extra) for s in members]
     lines.append("")
     lines.append("Top-1: linear probe on frozen features (eval_linear.py), % of test videos; mean ± sample std "
                  "(ddof=1) over seeds, a single seed has no std. Δ: the row's mean minus the mean of its "
                  "no-pretraining row: the random-init encoder (nuisance rows: at the same nuisance level; LSS rows: "
-                 "the LSS network at init).")
+                 "the LSS network at init; LSS from the pretrained CLIP: the frozen CLIP)."
+                 + (" Zero-shot: the LSS teacher's top-1 by class names at the end of training (lss.py; the frozen "
+                    "rows: at step 0). k-NN: DINO's weighted 20-NN on the same frozen features."
+                    if extra else ""))
     return "\n".join(lines) + "\n"
 
 

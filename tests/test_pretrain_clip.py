@@ -132,3 +132,11 @@ def test_lss_runs_from_the_pretrained_tiny_clip(tiny_clip, tiny_synthetic, tmp_p
     tau_s = 1 / lss.load_clip(str(out)).logit_scale.exp().item()  # auto temperatures: the CLIP's own scale
     assert ck["config"]["tau_s"] == pytest.approx(tau_s) and ck["config"]["tau_t"] == pytest.approx(0.4 * tau_s)
     assert ck["config"]["templates"] == "synthetic"  # --templates auto
+
+
+def test_picture_of_the_stills(tmp_path):
+    from PIL import Image
+    out = pretrain_clip.stills_picture(str(tmp_path / "s.png"), n=4)
+    img = Image.open(out)
+    img.verify()
+    assert Image.open(out).size[0] > 4 * 128
