@@ -599,3 +599,11 @@ def test_cli_synthetic(tmp_path):
     assert len((out / "train.txt").read_text().splitlines()) == 8 and (out / "classes.txt").exists()
     r = subprocess.run([sys.executable, str(ROOT / "data.py"), "synthetic", "--out", str(out)], capture_output=True, text=True)
     assert r.returncode != 0 and "already holds" in r.stderr
+
+
+def test_a_clip_longer_than_the_video_repeats_its_last_frame_in_order():
+    # 8 frames at stride 32 of a 150-frame video: SVT clamps at the last frame, it does not wrap to the start
+    assert data.clip_indices(0, 8, 32, 150).tolist() == [0, 32, 64, 96, 128, 149, 149, 149]
+    for clips in (data.UniformClips(8, 32, 4)(150, 30.0), data.RandomClip(8, 32)(150, 30.0, np.random.default_rng(0))):
+        for c in clips:
+            assert (np.diff(c) >= 0).all() and c.max() <= 149

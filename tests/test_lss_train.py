@@ -294,3 +294,20 @@ def test_concept_spaces_union_descriptions_and_cache(tmp_path, monkeypatch):
     again = lss.run_concepts(cfg, text, names, tmp_path, torch.device("cpu"), 0, 1, print)
     for k in first:
         assert torch.equal(first[k], again[k])
+
+
+def test_uniform_prior_moving_average_is_kept_and_resumed(tiny_synthetic, tmp_path):
+    """--up-average ema (MUST's rule for large concept spaces): p-bar = (p-bar_prev + p-bar_batch) / 2, carried in
+    the checkpoint so a resumed run continues it; the batch mean (the default for K < 512) carries nothing."""
+    out = tmp_path / "ema"
+    run_py(["lss.py", *tiny_args(tiny_synthetic, out, "--max-steps", "2", "--up-average", "ema",
+                                 "--no-zero-shot-eval")])
+    p = load(out / "checkpoint.pt")["p_bar"]
+    assert p.shape == (8,) and abs(float(p.sum()) - 1) < 1e-4 and (p > 0).all()
+    run_py(["lss.py", *tiny_args(tiny_synthetic, out, "--max-steps", "3", "--up-average", "ema",
+                                 "--no-zero-shot-eval")])
+    q = load(out / "checkpoint.pt")
+    assert q["step"] == 3 and not torch.equal(q["p_bar"], p)
+    plain = tmp_path / "batch"
+    run_py(["lss.py", *tiny_args(tiny_synthetic, plain, "--max-steps", "1", "--no-zero-shot-eval")])
+    assert load(plain / "checkpoint.pt")["p_bar"] is None

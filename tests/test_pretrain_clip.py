@@ -140,3 +140,19 @@ def test_picture_of_the_stills(tmp_path):
     img = Image.open(out)
     img.verify()
     assert Image.open(out).size[0] > 4 * 128
+
+
+def test_templates_auto_follow_the_dataset_and_synthetic_classes_read_as_captions():
+    for dataset, want in (("kinetics", "kinetics"), ("ucf101", "ucf101"), ("hmdb51", "ucf101"),
+                          ("synthetic", "synthetic"), ("folder", "kinetics")):
+        assert lss.parse_args(["--dataset", dataset, "--init", "random"]).templates == want
+    assert lss.parse_args(["--templates", "single", "--init", "random"]).templates == "single"
+    assert len(set(lss.UCF101_TEMPLATES)) == 48 and "a video of the person doing {}." in lss.UCF101_TEMPLATES
+    assert lss.class_to_text("move_up") == "moving up" and lss.class_to_text("ApplyEyeMakeup") == "apply eye makeup"
+    # every synthetic prompt uses only words the captions use
+    vocab = {w for t in data.CAPTION_TEMPLATES for w in t.replace(",", " ").split() if "{" not in w}
+    vocab |= {w for p in data.MOTION_PHRASES.values() for x in p for w in x.split()}
+    vocab |= {"triangle", "square", "bar", "pentagon"}
+    for c in data.SYNTHETIC_CLASSES:
+        for t in lss.SYNTHETIC_TEMPLATES:
+            assert set(t.format(lss.class_to_text(c)).split()) <= vocab, t
