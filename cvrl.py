@@ -646,22 +646,16 @@ class Config:
     max_steps: int = 0              # stop after this many steps in total (0 = no limit; for tests and quick looks)
 
 
-# Three choices of the CPU default were made by measurement, because with the paper's values `python cvrl.py` did
-# not beat random weights on the synthetic videos (numbers here and in the README's CVRL section):
+# Three defaults differ from the paper for the synthetic videos, because with the paper's values `python cvrl.py` did
+# not beat random weights (the measurements: docs/results.md, "CVRL's CPU defaults"):
 #   stride 4 (paper: 2). The paper's clip, 16 frames at stride 2 of 25-fps Kinetics, spans 1.2 s: a good part of an
-#     action. Our synthetic videos have 48 frames; 8 frames at stride 2 span 15, in which a shape moves 4-9 pixels
-#     before a crop of 30-100% of the frame is resized. At stride 4 a clip spans 29 frames.
+#     action. Our synthetic videos have 48 frames; 8 frames at stride 2 span 15, in which a shape moves only 4-9
+#     pixels. At stride 4 a clip spans 29 frames.
 #   temperature 0.2 (paper: 0.1). 8 classes of plain shapes make most negatives in a batch near-duplicates of the
-#     positive (same motion, similar shape); a sharper softmax spends the model's capacity telling them apart by
-#     size and start position, which is not what the probe asks for.
-#   32-px crops of a 48-px canvas, 120 epochs (840 steps). At 48 px of a 64-px canvas and 40 epochs (280 steps) a
-#     run was chaotic: seed 0 gave +5.0 points over random weights with 2 threads and +27.3 with 1 thread (only the
-#     summation order differs), seed 1 +16.0; the contrastive loss had barely left its start (9.7 -> 7.6-8.4). A
-#     32-px step costs half as much, so the same 15 minutes buy 3x the steps, and the run converges (loss ~5.8).
-# Probe top-1 of the default (eval_linear.py defaults, 400 test videos) against random-init (same network, fresh
-# weights, same seed): seed 0 84.0% vs 40.3%, seed 1 90.3% vs 42.8%, seed 2 96.5% vs 38.0% (2-core VM,
-# 10-12 min of training each). With the paper's stride 2 and tau 0.1 (48 px, 40 epochs): 27.5% vs 33.8% (H100,
-# 160 test videos, results/gpu-2026-11-23/cvrl_sweep_h100.jsonl).
+#     positive; a sharper softmax spends the model's capacity telling them apart by size and start position, which
+#     is not what the probe asks for.
+#   32-px crops of a 48-px canvas, 120 epochs (840 steps): a 32-px step costs half as much as a 48-px one, so the
+#     same minutes buy 3x the steps, and the run converges where a shorter one was chaotic.
 # The paper-scale command lines in the docstring pass --stride 2 --temperature 0.1.
 
 # Changing these between a checkpoint and a resume would load weights into a different network: refused.

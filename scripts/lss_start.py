@@ -108,12 +108,8 @@ class Config:
     max_steps: int = 0              # stop after this many steps in total (0 = no limit)
 
 
-# The learning rate, by a short look on the synthetic videos (seed 0, one thread each, `--epochs 4 --warmup-epochs 0.5`
-# or `--epochs 10/20`, then eval_linear.py): InfoNCE barely leaves its chance value 2 ln(2B - 1) (8.29 at batch 32)
-# with this tiny ViT, and the lower the lr, the further it got: lr 1e-2 stayed at 8.27 after 150 steps (probe 24.8%),
-# 5e-3 at batch 16 at chance after 300, 2e-3 reached 8.16 after 300 (probe 26.3%), 5e-4 8.09-8.25 after only 60,
-# 2e-4 8.13-8.23 after 60. A 3D CNN on the same clips learns much faster (cvrl.py: 5.4 against a chance value of
-# 6.9): the ViT has to learn from 480 videos what a convolution assumes.
+# --lr 5e-4: higher rates kept InfoNCE at its chance value longer with this tiny ViT (the look that chose it:
+# docs/results.md, "The InfoNCE start").
 
 def lss_config(cfg: Config, arch: lss.CLIPConfig) -> dict:
     """The config eval_linear.py (and lss.build_backbone) read off checkpoint.pt: lss.py's, with our views and
