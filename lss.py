@@ -777,8 +777,8 @@ def ema_update(teacher, student, m):
 # The paper's setting (OpenAI CLIP ViT-B/16 weights, Kinetics-400, 224 px, SVT's views and schedule) is a command
 # line in the module docstring. "(SVT: x)" marks SVT's value where ours differs; LSS's own values are unknown
 # (lss.md section 5). --init random builds the CLIP from the --width ... --text-layers flags with random weights.
-# --lr 1e-3 (at 256 videos): from the tiny CLIP, 4e-3 lowered zero-shot from 30.0% to 27.0% in 225 steps, 1e-3 kept
-# it (30.75%); one seed each, docs/results.md.
+# --lr 1e-3 (at 256 videos), 4x below the rate that suited random weights: adaptation must keep what the CLIP knows
+# (at 4e-3 its zero-shot fell during training; docs/results.md).
 
 @dataclass
 class Config:
