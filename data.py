@@ -29,7 +29,9 @@ from __future__ import annotations
 import argparse
 import bisect
 import csv
+import gzip
 import hashlib
+import json
 import math
 import os
 import random
@@ -37,6 +39,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -352,21 +355,23 @@ class VideoList:
     classes: list[str]
     missing: list[str] = field(default_factory=list)
     name: str = ""
+    ignored: int = 0  # unlabeled folders: files under the root that are not videos (counted, reported, not used)
 
     def __len__(self):
         return len(self.paths)
 
     def subset(self, fraction: float, seed: int = 0) -> "VideoList":
-        """A class-stratified random fraction of the videos (the 'more data' study uses 25/50/100%)."""
+        """A class-stratified random fraction of the videos (the 'more data' study uses 25/50/100%); without
+        classes (an unlabeled folder), a plain random fraction."""
         rng = np.random.default_rng(seed)
         keep = []
-        labels = np.asarray(self.labels)
-        for c in range(len(self.classes)):
+        labels = np.asarray(self.labels) if self.classes else np.zeros(len(self.paths), np.int64)
+        for c in range(max(1, len(self.classes))):
             idx = np.flatnonzero(labels == c)
             keep += list(rng.permutation(idx)[:max(1, round(len(idx) * fraction))] if len(idx) else [])
         keep.sort()
         return VideoList([self.paths[i] for i in keep], [self.labels[i] for i in keep], self.classes, self.missing,
-                         f"{self.name} ({fraction:.0%})")
+                         f"{self.name} ({fraction:.0%})", self.ignored)
 
 
 class DatasetError(Exception):
@@ -379,8 +384,103 @@ def _lines(path) -> list[str]:
         return [ln.strip() for ln in f if ln.strip()]
 
 
+# The folder index: every video file under a root, found once and kept in the cache dir.
+# A Kinetics-size folder holds ~240k files. Listing it costs at every start and resume: on a warm page cache, 4.5 s
+# with Path.rglob + is_file (one stat per file) and 0.16 s with os.walk (directory entries only, no stat per file);
+# on a cold disk or a network drive, each of the 400+ directories is a round trip and it takes minutes. So the
+# listing is done once with os.walk and saved; a later start checks that it still holds by stat-ing the folders
+# only (401 stats for Kinetics: tens of ms). Adding, removing or renaming a file changes the mtime of the folder
+# that holds it, so "every folder's mtime is what it was when we listed it" means "the listing is unchanged"; a new
+# subfolder changes its parent's mtime too. Editing a file in place changes no folder, and needs no re-listing:
+# files are opened (probed) only when a clip is read, so a file that turned unreadable is skipped and reported then.
+# One caveat: some filesystems (FAT/exFAT on USB drives) keep mtimes to 2 s, so a file added within 2 s of the
+# listing could leave its folder's mtime unchanged. A folder modified less than INDEX_RACY_S before the listing
+# was made is therefore never trusted (git's "racily clean" rule): the next start lists again, and then it sticks.
+# Hidden files and folders (".DS_Store", macOS's "._IMG_0001.MOV" resource forks, ".thumbnails/") are skipped: the
+# resource forks carry a video extension but are not videos. Symbolic links to folders are not followed (cycles).
+INDEX_VERSION = 1
+INDEX_RACY_S = 2.0
+
+
+@dataclass
+class FolderIndex:
+    root: str                 # the root as given (paths are built from it)
+    rel: list[str]            # videos, relative posix paths, sorted by path components (as sorted(Path) is)
+    ignored: int              # other files (not a video extension, or hidden), counted and not used
+    ignored_examples: list[str]
+    reused: bool              # read from the cache (True) or listed now (False)
+
+    @property
+    def paths(self) -> list[str]:
+        return [os.path.join(self.root, r) for r in self.rel]
+
+
+def _index_path(root) -> Path:
+    key = hashlib.sha1(os.path.realpath(root).encode()).hexdigest()[:16]
+    return cache_dir() / "index" / f"{key}.json.gz"
+
+
+def _index_is_current(saved: dict, root) -> bool:
+    racy = saved["built_ns"] - int(INDEX_RACY_S * 1e9)
+    for rel, mtime in saved["dirs"].items():
+        try:
+            now = os.stat(os.path.join(root, rel)).st_mtime_ns
+        except OSError:
+            return False  # a folder was removed or renamed
+        if now != mtime or mtime >= racy:
+            return False
+    return True
+
+
+def index_folder(root, progress=True) -> FolderIndex:
+    """Every video under `root`, any depth, from the cache when no folder changed since it was listed (see above).
+    Nothing is written under root: the index lives in cache_dir()/index/."""
+    from tqdm import tqdm
+    root = str(root)
+    path = _index_path(root)
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            saved = json.load(f)
+        if saved.get("version") == INDEX_VERSION and saved.get("root") == os.path.realpath(root) \
+                and _index_is_current(saved, root):
+            return FolderIndex(root, saved["videos"], saved["ignored"], saved["ignored_examples"], True)
+    except (OSError, ValueError, KeyError, EOFError):
+        pass  # no index yet, or an unreadable one: list the folder
+    built_ns = time.time_ns()
+    dirs, videos, ignored, examples = {}, [], 0, []
+    # delay: the bar appears only when listing takes more than a second (a large or slow folder)
+    bar = tqdm(desc=f"indexing {root}", unit=" files", delay=1.0, disable=not progress)
+    for d, subdirs, files in os.walk(root):  # top-down: pruning subdirs in place skips hidden folders
+        subdirs[:] = [s for s in subdirs if not s.startswith(".")]
+        rel_d = os.path.relpath(d, root).replace(os.sep, "/")
+        dirs[rel_d] = os.stat(d).st_mtime_ns
+        for name in files:
+            rel = name if rel_d == "." else f"{rel_d}/{name}"
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
+                videos.append(rel)
+            else:
+                ignored += 1
+                if len(examples) < 5:
+                    examples.append(rel)
+        bar.update(len(files))
+    bar.close()
+    videos.sort(key=lambda r: r.split("/"))
+    saved = {"version": INDEX_VERSION, "root": os.path.realpath(root), "built_ns": built_ns, "dirs": dirs,
+             "videos": videos, "ignored": ignored, "ignored_examples": examples}
+    try:  # a temporary file renamed into place: torchrun ranks may index at the same time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=1) as f:  # 240k paths: 6.5 MB of JSON, 0.7 gzipped
+            json.dump(saved, f)
+        os.replace(tmp, path)
+    except OSError as e:
+        print(f"warning: cannot save the index of {root} in {path.parent} ({e}); it will be listed again next time",
+              file=sys.stderr)
+    return FolderIndex(root, videos, ignored, examples, False)
+
+
 def _find_videos(root) -> list[Path]:
-    return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+    return [Path(p) for p in index_folder(root).paths]
 
 
 def _check_root(root, dataset):
@@ -422,18 +522,90 @@ def folder_split(root, split="train") -> VideoList:
                                f"and ROOT/test/<class>/ to be evaluated")
         base = root
     train_base = next((os.path.join(root, s) for s in ["train"] if os.path.isdir(os.path.join(root, s))), base)
-    classes = sorted(d for d in os.listdir(train_base) if os.path.isdir(os.path.join(train_base, d)))
+    classes = sorted(d for d in os.listdir(train_base) if os.path.isdir(os.path.join(train_base, d))
+                     and not d.startswith("."))
     if not classes:
-        raise DatasetError(f"{train_base} has no class folders: expected {train_base}/<class>/<video>")
+        raise DatasetError(f"{train_base} has no class folders: expected {train_base}/<class>/<video>. For videos "
+                           f"without labels, pass --data {root} alone (or --dataset unlabeled): every video under it "
+                           f"is used for pretraining")
+    by_class = {}  # one index of the split's folder, grouped by the first path component (the class folder)
+    for rel in index_folder(base).rel:
+        first, _, rest = rel.partition("/")
+        if rest:
+            by_class.setdefault(first, []).append(os.path.join(base, rel))
     paths, labels = [], []
     for c, name in enumerate(classes):
-        d = os.path.join(base, name)
-        vids = _find_videos(d) if os.path.isdir(d) else []
+        vids = by_class.get(name, [])
         if not vids:
-            print(f"warning: class folder {d} is empty or missing", file=sys.stderr)
-        paths += [str(v) for v in vids]
+            print(f"warning: class folder {os.path.join(base, name)} is empty or missing", file=sys.stderr)
+        paths += vids
         labels += [c] * len(vids)
     return VideoList(paths, labels, classes, [], f"folder:{base}")
+
+
+def unlabeled_split(root) -> VideoList:
+    """Every video under ROOT, any depth (flat, nested, mixed), with no labels: for pretraining only. Labels are -1
+    and there are no classes; files that are not videos (by extension) are counted and reported, never opened.
+    Broken videos are found only when read: training skips them and lists them in OUT/skipped.txt."""
+    _check_root(root, "unlabeled")
+    index = index_folder(root)
+    if index.ignored:
+        shown = ", ".join(index.ignored_examples) + (" ..." if index.ignored > len(index.ignored_examples) else "")
+        print(f"note: {index.ignored} file{'s' if index.ignored != 1 else ''} under {root} ignored (not videos, or hidden): {shown}",
+              file=sys.stderr)
+    paths = index.paths
+    return VideoList(paths, [-1] * len(paths), [], [], f"unlabeled:{root}", ignored=index.ignored)
+
+
+DATASETS = ("synthetic", "folder", "unlabeled", "ucf101", "hmdb51", "kinetics")
+
+
+def resolve_dataset(dataset, root) -> tuple[str, str]:
+    """--dataset auto (or None) -> the kind, decided from the folder, and a one-line explanation to print:
+        no --data                     the built-in synthetic dataset, generated once into the cache
+        ROOT/classes.txt              a synthetic dataset written by `python data.py synthetic`
+        ROOT/train/ + ROOT/test/      a labelled class-per-folder dataset (val/ or validate/ also count as test)
+        anything else                 every video under ROOT, unlabeled, for pretraining
+    A --data that does not exist is refused: auto never generates anything into a folder the user named (pass
+    --dataset synthetic to ask for that). An explicit --dataset is returned as it is, with no explanation."""
+    if dataset not in (None, "auto"):
+        if dataset not in DATASETS:
+            raise DatasetError(f"unknown dataset {dataset!r}: choose auto, {', '.join(DATASETS)}")
+        return dataset, ""
+    if root is None:
+        return "synthetic", ""
+    if not os.path.isdir(root):
+        raise DatasetError(f"--data {root} does not exist or is not a folder. To generate the synthetic dataset "
+                           f"into a new folder there, add --dataset synthetic")
+    if os.path.exists(os.path.join(root, "classes.txt")):
+        return "synthetic", f"data: {root} has classes.txt: the synthetic dataset (--dataset synthetic)"
+    if os.path.isdir(os.path.join(root, "train")) and any(
+            os.path.isdir(os.path.join(root, s)) for s in ("test", "val", "validate")):
+        return "folder", (f"data: {root} has train/ and test/: a labelled dataset, one folder per class "
+                          f"(--dataset folder)")
+    return "unlabeled", (f"data: {root} has no classes.txt and no train/ + test/ folders: every video under it, "
+                         f"unlabeled, for pretraining (--dataset unlabeled)")
+
+
+def decide_dataset(cfg):
+    """A script's config with --dataset auto replaced by the kind decided from --data (resolve_dataset); the
+    decision is printed once (by rank 0 under torchrun). The checkpoint then records the kind, not "auto"."""
+    from dataclasses import replace
+    kind, why = resolve_dataset(cfg.dataset, cfg.data)
+    if why and os.environ.get("RANK", "0") == "0":
+        print(why)
+    return replace(cfg, dataset=kind)
+
+
+UNLABELED_HINT = ("lay labelled videos out as ROOT/train/<class>/<video> and ROOT/test/<class>/<video> (test/ may be "
+                  "val/), or use --dataset ucf101|hmdb51 --annotations DIR, or --dataset kinetics --annotations CSV")
+
+
+def require_labels(dataset, root, what: str, advice: str = ""):
+    """Refuse an unlabeled folder where labels are needed (linear probe, zero-shot), naming the layout that works."""
+    if dataset == "unlabeled":
+        raise DatasetError(f"{what} needs labels, and {root} is a folder of unlabeled videos (no classes.txt, no "
+                           f"train/ + test/ folders): {UNLABELED_HINT}. {advice}".strip())
 
 
 def list_split(root, list_file, classes_file) -> VideoList:
@@ -560,10 +732,12 @@ def kinetics_split(root, annotations, split="train") -> VideoList:
 
 def load_split(dataset: str, root=None, annotations=None, fold: int = 1, split: str = "train",
                synthetic_kwargs: dict | None = None) -> VideoList:
-    """The one entry point the scripts use. Refuses (DatasetError) a split with no usable video; reports missing
-    files on stderr and keeps going when some remain."""
+    """The one entry point the scripts use. `dataset` "auto" (or None) is decided from the folder (resolve_dataset).
+    Refuses (DatasetError) a split with no usable video; reports missing files on stderr and keeps going when some
+    remain. An unlabeled folder has a train split only."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    dataset, _ = resolve_dataset(dataset, root)
     if dataset == "synthetic":
         root = ensure_synthetic(root, **(synthetic_kwargs or {}))
         videos = list_split(root, os.path.join(root, f"{split}.txt"), os.path.join(root, "classes.txt"))
@@ -575,12 +749,18 @@ def load_split(dataset: str, root=None, annotations=None, fold: int = 1, split: 
         videos = hmdb51_split(root, annotations, fold, split)
     elif dataset == "kinetics":
         videos = kinetics_split(root, annotations, split)
+    elif split == "test":  # unlabeled
+        raise DatasetError(f"{root} is a folder of unlabeled videos: it has no test split. To evaluate, "
+                           f"{UNLABELED_HINT}")
     else:
-        raise DatasetError(f"unknown dataset {dataset!r}: choose synthetic, folder, ucf101, hmdb51 or kinetics")
+        videos = unlabeled_split(root)
     if videos.missing:
         shown = ", ".join(videos.missing[:5]) + (" ..." if len(videos.missing) > 5 else "")
         print(f"warning: {len(videos.missing)} of {len(videos.missing) + len(videos)} videos named by the {split} split "
               f"of {videos.name} are not under {root}: {shown}", file=sys.stderr)
+    if len(videos) == 0 and dataset == "unlabeled":
+        raise DatasetError(f"no video files under {root} ({videos.ignored} other files; videos are recognised by "
+                           f"their extension: {' '.join(VIDEO_EXTENSIONS)})")
     if len(videos) == 0:
         raise DatasetError(f"the {split} split of {videos.name or dataset} has no videos under {root}"
                            + (f" (all {len(videos.missing)} listed files are missing: is --data the right folder?)"
@@ -1363,8 +1543,10 @@ def unwrap(model):
 
 def add_data_args(p: argparse.ArgumentParser):
     """The data flags shared by every script (DESIGN.md contract)."""
-    p.add_argument("--dataset", default="synthetic", choices=["synthetic", "folder", "ucf101", "hmdb51", "kinetics"])
-    p.add_argument("--data", default=None, help="dataset root (videos); synthetic: where to generate (default: cache)")
+    p.add_argument("--dataset", default="auto", choices=["auto", *DATASETS],
+                   help="auto: decided from --data (classes.txt: synthetic; train/ + test/: folder; else unlabeled)")
+    p.add_argument("--data", default=None, help="dataset root (videos); --dataset synthetic: where to generate "
+                                                "(default: the cache)")
     p.add_argument("--annotations", default=None, help="UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, Kinetics CSV")
     p.add_argument("--fold", type=int, default=1, choices=[1, 2, 3], help="UCF101/HMDB51 split number")
     return p
@@ -1587,7 +1769,16 @@ def main(argv=None):
               f"(train/test), split files {out}/train.txt {out}/test.txt")
         return 0
     total_bad = 0
-    for split in (["train", "test"] if a.split == "both" else [a.split]):
+    try:
+        a.dataset, why = resolve_dataset(a.dataset, a.data)
+    except DatasetError as e:
+        sys.exit(f"error: {e}")
+    if why:
+        print(why)
+    splits = ["train", "test"] if a.split == "both" else [a.split]
+    if a.dataset == "unlabeled" and a.split == "both":
+        splits = ["train"]  # every video under the root
+    for split in splits:
         try:
             videos = load_split(a.dataset, a.data, a.annotations, a.fold, split)
         except DatasetError as e:

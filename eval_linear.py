@@ -92,7 +92,7 @@ class Config:
     ckpt: str = ""                  # checkpoint of cvrl.py or lss.py (required)
     random_init: bool = False       # the baseline: the checkpoint's network with fresh weights (seeded by --seed)
     # data (None: the checkpoint's own settings when --dataset is not given, so a synthetic run needs no flags)
-    dataset: str | None = None      # synthetic | folder | ucf101 | hmdb51 | kinetics
+    dataset: str | None = None      # auto (from --data) | synthetic | folder | ucf101 | hmdb51 | kinetics
     data: str | None = None         # dataset root
     annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
     fold: int | None = None         # UCF101/HMDB51 split number
@@ -176,6 +176,8 @@ def resolve_config(cfg: Config, ckpt_cfg: dict) -> Config:
             raise SystemExit(f"error: the checkpoint's config has no {key!r}; pass --{key.replace('_', '-')}")
         return ckpt_cfg[key]
 
+    if cfg.dataset is None and ckpt_cfg.get("dataset") == "unlabeled" and cfg.data is not None:
+        cfg = replace(cfg, dataset="auto")  # pretrained without labels: the labelled set is named by --data alone
     if cfg.dataset is None:
         cfg = replace(cfg, dataset=ckpt_cfg.get("dataset", "synthetic"),
                       data=cfg.data if cfg.data is not None else ckpt_cfg.get("data"),
@@ -186,7 +188,13 @@ def resolve_config(cfg: Config, ckpt_cfg: dict) -> Config:
     else:
         cfg = replace(cfg, fold=1 if cfg.fold is None else cfg.fold, nuisance=cfg.nuisance or 0.0,
                       trail=cfg.trail or 0.0)
-    cfg = replace(cfg,
+    try:
+        dataset, why = data.resolve_dataset(cfg.dataset, cfg.data)  # --dataset auto: from the folder
+    except data.DatasetError as e:
+        raise SystemExit(f"error: {e}")
+    if why:
+        print(why)
+    cfg = replace(cfg, dataset=dataset,
                   frames=cfg.frames or int(need("frames")), stride=cfg.stride or int(need("stride")),
                   size=cfg.size or int(need("size")),
                   canvas=tuple(int(v) for v in (cfg.canvas or need("canvas"))))
@@ -605,6 +613,9 @@ def main(argv=None) -> dict:
     print(json.dumps(asdict(cfg)))
 
     try:
+        data.require_labels(cfg.dataset, cfg.data, "the linear probe",
+                            f"Pass --data with such a ROOT. Without labels, `python scripts/neighbours.py --ckpt "
+                            f"{cfg.ckpt}` shows which videos the features find similar.")
         synthetic_kwargs = dict(nuisance=cfg.nuisance, trail=cfg.trail) if cfg.dataset == "synthetic" else None
         splits = {s: data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, s, synthetic_kwargs)
                   for s in ("train", "test")}
