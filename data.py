@@ -5,7 +5,8 @@ Read it top to bottom:
   1. decoding      probe() and read_frames(): PyAV, seek to the keyframe before the first wanted frame, decode
                    forward, keep only wanted frames (matched by timestamp), convert only those to RGB.
   2. datasets      split files -> a VideoList (paths, labels, classes, missing): class-per-folder, UCF101,
-                   HMDB51, Kinetics CSV, and the built-in synthetic action videos.
+                   HMDB51, Kinetics CSV, the built-in synthetic action videos, and any folder of unlabeled videos
+                   (listed once and indexed in the cache); --dataset auto decides which from the folder.
   3. synthetic     procedurally generated action videos (motion carries the label), written as real H.264 files.
   4. samplers      which frames make a clip: one random clip, K uniform clips; cvrl.py plugs in its own pair sampler.
   5. dataset       a torch Dataset that opens a video once, samples clips, decodes them, and skips-and-reports
@@ -14,11 +15,14 @@ Read it top to bottom:
                    jitter in random order, grayscale, blur, solarize -- parameters drawn per clip and shared by all
                    its frames (temporally consistent), or per frame (the CVRL ablation).
   7. run utils     config dataclass -> kebab-case flags, torchrun setup, atomic checkpoints, resume checks
+  7b. pictures     what the model sees (`show`), and the image grid scripts/neighbours.py draws with
   8. CLI           python data.py synthetic --out DIR      write the synthetic dataset with train/test split files
                    python data.py check --dataset ... --data ROOT [--annotations ...]   list unreadable videos
                    python data.py reencode --src ROOT --dst ROOT2 [--short-side 256] [--gop 16] [--crf 23] [--workers N]
                                    re-encode every video for fast random access (H.264, a keyframe every 16
                                    frames, short side 256), same relative paths and file names, resumable
+                   python data.py show --method cvrl|lss --out FILE.png [--videos 3] [any cvrl.py/lss.py flag]
+                                   a picture of what the model sees: clips as decoded and their augmented views
 
 Tensor layouts: a decoded clip is uint8 (T, H, W, 3) -- PyAV's layout; a batch handed to the augmentation is uint8
 (B, C, T, H, W) -- the 3D-CNN layout; the augmentation returns float (B, C, T, h, w). lss.py rearranges to the ViT
@@ -1538,6 +1542,164 @@ def unwrap(model):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# 7b. pictures: what the model sees (python data.py show), and a grid of images with text for scripts/neighbours.py
+# ----------------------------------------------------------------------------------------------------------------------
+# Drawn with Pillow (a dependency of torchvision, declared in pyproject.toml), not matplotlib: a few rows of frames with
+# a line of text above each is all it takes, and the main scripts stay free of plotting libraries.
+
+def image_grid(rows, pad: int = 4, background=(255, 255, 255)):
+    """rows: [(text, [uint8 (H, W, 3) images], [captions] or None)] -> a PIL image: for each row a line of text, then
+    its images side by side (top-aligned), each with its caption under it. A row may have text only (a header)."""
+    from PIL import Image, ImageDraw, ImageFont
+    font = ImageFont.load_default()
+    line = font.getbbox("Ag")[3] + 3  # text line height in pixels
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    width, height = 0, pad
+    for text, images, captions in rows:
+        row_w = pad + sum(im.shape[1] + pad for im in images)
+        width = max(width, row_w, 2 * pad + int(measure.textlength(text, font=font)))
+        height += line + (max(im.shape[0] for im in images) + pad if images else 0) + (line if captions else 0)
+    canvas = Image.new("RGB", (width, height + pad), background)
+    draw = ImageDraw.Draw(canvas)
+    y = pad
+    for text, images, captions in rows:
+        draw.text((pad, y), text, fill=(0, 0, 0), font=font)
+        y += line
+        x = pad
+        for k, im in enumerate(images):
+            canvas.paste(Image.fromarray(np.ascontiguousarray(im)), (x, y))
+            if captions:
+                draw.text((x, y + im.shape[0] + 1), captions[k], fill=(0, 0, 0), font=font)
+            x += im.shape[1] + pad
+        if images:
+            y += max(im.shape[0] for im in images) + pad + (line if captions else 0)
+    return canvas
+
+
+def _upscale(img: np.ndarray, factor: float) -> np.ndarray:
+    """uint8 (H, W, 3) -> nearest-neighbour scaled by `factor` (pixels stay visible as pixels)."""
+    H, W = img.shape[:2]
+    ys = np.minimum((np.arange(max(1, round(H * factor))) / factor).astype(int), H - 1)
+    xs = np.minimum((np.arange(max(1, round(W * factor))) / factor).astype(int), W - 1)
+    return img[ys][:, xs]
+
+
+def _to_images(x: torch.Tensor, factor: float) -> list:
+    """float (C, T, H, W) in [0, 1] -> T uint8 (H, W, 3) images, scaled by `factor`."""
+    frames = (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()  # (T, H, W, 3)
+    return [_upscale(f, factor) for f in frames]
+
+
+def _aug_text(a: AugmentConfig) -> str:
+    return (f"crop area {a.area[0]:g}-{a.area[1]:g}, flip p {a.flip_p:g}, colour jitter p {a.jitter_p:g}, "
+            f"gray p {a.gray_p:g}, blur p {a.blur_p:g}, solarize p {a.solarize_p:g}"
+            + (", drawn per frame" if a.per_frame else ""))
+
+
+class _RecordingSampler:
+    """Wraps a sampler and keeps what it chose last (the video's frame count and fps, the clips' frame indices),
+    so `show` can write the start frames under the pictures. VideoDataset calls the sampler once per attempt; the
+    last call is the video that was decoded."""
+
+    def __init__(self, sampler):
+        self.sampler, self.last = sampler, None
+
+    def __call__(self, num_frames, fps, rng):
+        clips = self.sampler(num_frames, fps, rng)
+        self.last = (num_frames, fps, [np.asarray(c) for c in clips])
+        return clips
+
+
+def _frames_text(idx) -> str:
+    """'frames 8..22 every 2', or every index when they are not evenly spaced (a clip that wraps around the end)."""
+    step = int(idx[1] - idx[0]) if len(idx) > 1 else 0
+    if step > 0 and np.all(np.diff(idx) == step):
+        return f"frames {idx[0]}..{idx[-1]} every {step}"
+    return "frames " + " ".join(str(int(i)) for i in idx)
+
+
+def show(method: str, method_argv, out, num_videos: int = 3, tile: int = 64) -> Path:
+    """A PNG of what `method` (cvrl | lss) trains on, for a few videos of its training data: the clips as decoded
+    (the canvas) and the augmented views the network is fed, with their frame numbers. `method_argv` are the
+    method's own flags (--data, --dataset, --frames, --size, --seed, ...): the picture shows exactly the views that
+    command would train on (the same samplers and augmentation code), chosen by --seed. Global views are drawn
+    `tile` pixels wide per frame; everything else at the same scale (a 16-px local view is a quarter of a 32-px one)."""
+    import importlib
+    module = importlib.import_module(method)  # imported here: cvrl.py and lss.py import data.py
+    cfg = module.parse_args(list(method_argv))
+    videos = load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train",
+                        synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail))
+    if method == "cvrl":
+        sampler = module.PairSampler(cfg.frames, cfg.stride, cfg.interval, cfg.power)
+    else:
+        sampler = module.MultiViewSampler(cfg.frames, cfg.stride, cfg.local_views, cfg.local_stride)
+    recorder = _RecordingSampler(sampler)
+    dataset = VideoDataset(videos, recorder, canvas=cfg.canvas, resample=False, min_frames=cfg.frames)
+    items, picks = [], []
+    for i in np.random.default_rng(cfg.seed).permutation(len(videos)):  # as in training, each video's own generator
+        item = dataset[(int(i), cfg.seed)]
+        for b in item["bad"]:
+            print(f"skipped unreadable video: {b}", file=sys.stderr)
+        if item["ok"]:
+            items.append(item)
+            picks.append(recorder.last)
+        if len(items) == num_videos:
+            break
+    if not items:
+        raise DatasetError(f"none of the {len(videos)} videos of {videos.name} could be decoded")
+    video = torch.stack([it["video"] for it in items])  # (N, V, T, H, W, 3) uint8: V clips per video
+    g = torch.Generator().manual_seed(cfg.seed)
+    f = tile / cfg.size  # display scale: a network-input pixel is f screen pixels
+    rows = []
+
+    def header(n, item):
+        path = videos.paths[item["index"]]
+        info = probe(path)
+        name = os.path.relpath(path, cfg.data) if cfg.data else os.path.basename(path)
+        rows.append((f"{n + 1}. {name}: {info.num_frames} frames at {info.fps:.3g} fps, {info.width}x{info.height} "
+                     f"| decoded to a {cfg.canvas[0]}x{cfg.canvas[1]} canvas (scaled to cover, centre crop)", [], None))
+
+    if method == "cvrl":
+        aug1, aug2 = module.augment_configs(cfg)
+        x1 = augment(to_bcthw(video[:, 0]), cfg.size, aug1, g)  # (N, C, T, S, S) in [0, 1], as cvrl.train does
+        x2 = augment(to_bcthw(video[:, 1]), cfg.size, aug2, g)
+        for n, (item, (num_frames, fps, (a, b))) in enumerate(zip(items, picks)):
+            header(n, item)
+            dt = int(b[0]) - int(a[0])
+            rows += [(f"clip 1 as decoded: {_frames_text(a)}, starts at {a[0] / fps:.2f} s", _to_images(
+                          to_bcthw(video[n:n + 1, 0])[0].float() / 255, f), None),
+                     (f"view 1, the network's input ({cfg.size}px): {_aug_text(aug1)}", _to_images(x1[n], f), None),
+                     (f"clip 2 as decoded: {_frames_text(b)}, starts {dt:+d} frames ({dt / fps:+.2f} s) from clip 1",
+                      _to_images(to_bcthw(video[n:n + 1, 1])[0].float() / 255, f), None),
+                     (f"view 2 ({cfg.size}px): {_aug_text(aug2)}", _to_images(x2[n], f), None)]
+    else:
+        aug_global, aug_local = module.view_augmentations(cfg)
+        groups = module.make_views(video, cfg, aug_global, aug_local, g)  # CLIP-normalised, (views*N, T, C, H, W)
+        mean = torch.tensor(module.CLIP_MEAN).view(1, 1, 3, 1, 1)
+        std = torch.tensor(module.CLIP_STD).view(1, 1, 3, 1, 1)
+        groups = [(x * std + mean).permute(0, 2, 1, 3, 4) for x in groups]  # back to [0, 1], (views*N, C, T, H, W)
+        N = len(items)
+        local_idx = module.local_frame_index(cfg.frames, cfg.local_frames).numpy()
+        for n, (item, (num_frames, fps, views)) in enumerate(zip(items, picks)):
+            header(n, item)
+            g1, g2 = views[0], views[1]
+            rows += [(f"global 1 as decoded: {_frames_text(g1)} (spans {(len(g1) - 1) * cfg.stride / fps:.2f} s), starts at "
+                      f"{g1[0] / fps:.2f} s", _to_images(to_bcthw(video[n:n + 1, 0])[0].float() / 255, f), None),
+                     (f"global view 1 ({cfg.size}px): {_aug_text(aug_global)}", _to_images(groups[0][n], f), None),
+                     (f"global view 2 ({cfg.size}px): {_frames_text(g2)}, shifted by {int(g2[0]) - int(g1[0])} frames",
+                      _to_images(groups[0][N + n], f), None)]
+            for k in range(cfg.local_views):
+                shown = views[2 + k][local_idx]
+                rows.append((f"local view {k + 1} ({cfg.local_size}px, {cfg.local_frames} frames): {_frames_text(shown)}"
+                             f", starts at {shown[0] / fps:.2f} s" + (f"; {_aug_text(aug_local)}" if k == 0 else ""),
+                             _to_images(groups[1][k * N + n], f), None))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(rows).save(out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # 8. CLI
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -1746,7 +1908,25 @@ def main(argv=None):
     r.add_argument("--crf", type=int, default=23, help="x264 constant rate factor (lower = better quality, larger)")
     r.add_argument("--preset", default="medium", help="x264 preset (encoding speed vs file size)")
     r.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="parallel processes")
-    a = ap.parse_args(argv)
+    w = sub.add_parser("show", allow_abbrev=False, help="a PNG of what cvrl.py or lss.py trains on: the clips and "
+                                                         "augmented views of a few videos",
+                       description="A PNG of the clips and augmented views that `python METHOD.py FLAGS` would train "
+                                   "on. Every flag not listed here is the method's own (--data, --dataset, --seed, "
+                                   "--frames, --stride, --size, --canvas, ...) and goes to its parser.")
+    w.add_argument("--method", required=True, choices=["cvrl", "lss"])
+    w.add_argument("--out", required=True, help="the PNG to write")
+    w.add_argument("--videos", type=int, default=3, help="how many videos (chosen by the method's --seed)")
+    w.add_argument("--tile", type=int, default=64, help="pixels per frame of a network-size view")
+    a, rest = ap.parse_known_args(argv)
+    if rest and a.cmd != "show":
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    if a.cmd == "show":
+        try:
+            out = show(a.method, rest, a.out, a.videos, a.tile)
+        except DatasetError as e:
+            sys.exit(f"error: {e}")
+        print(f"wrote {out}")
+        return 0
     if a.cmd == "reencode":
         try:
             res = reencode_dataset(a.src, a.dst, a.short_side or None, a.gop, a.crf, a.workers, a.preset)
