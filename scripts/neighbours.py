@@ -135,8 +135,8 @@ def main(argv=None) -> dict:
     if cosine is not None:
         print(f"mean cosine between two videos: {cosine:.4f} (near 1: the features barely tell videos apart)")
     rows.insert(0, (f"{ckpt['method']} {what}, {cfg.ckpt} | middle frames | cosine similarity of the videos' "
-                 f"features under each neighbour" + (f" | mean between two videos {cosine:.3f}" if cosine else ""),
-                 [], None))
+                    f"features under each neighbour" + (f" | mean between two videos {cosine:.3f}" if cosine else ""),
+                    [], None))
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     data.image_grid(rows).save(out)
