@@ -6,7 +6,8 @@ something?" still has a visual answer: take a few videos, find the videos whose 
 theirs, and look. This script extracts features exactly as eval_linear.py does for test videos (its
 build_frozen_backbone and extract_features: K uniformly spaced clips, a centre crop, no augmentation, the checkpoint's
 frames/stride/size/canvas), averages each video's clips (L2-normalised), and writes a PNG: one row per query video,
-its middle frame and then its k nearest neighbours by cosine similarity, each with the similarity under it.
+its middle frame and then its k nearest neighbours by cosine similarity, each with the similarity and its file name
+under it.
 
 How to read it. Neighbours of a trained network share what its training made it attend to (the motion, the scene, the
 camera's movement); with random weights they share mostly colour and layout. Compare with the same picture of
@@ -126,7 +127,7 @@ def main(argv=None) -> dict:
             same = sum(videos.labels[index[j]] == cls for j in top[r].tolist())
             text += f" (class {videos.classes[cls]}: {same} of {k} neighbours share it)"
         images = [thumbnail(middle_frame(p), cfg.tile) for p in [query] + nbrs]
-        captions = ["query"] + [f"{s:.3f}" for s in top_sim[r].tolist()]
+        captions = [f"query\n{name(query)}"] + [f"{s:.3f}\n{name(p)}" for p, s in zip(nbrs, top_sim[r].tolist())]
         rows.append((text, images, captions))
         result.append({"query": query, "neighbours": [{"path": p, "cosine": round(s, 4)}
                                                       for p, s in zip(nbrs, top_sim[r].tolist())]})
