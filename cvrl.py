@@ -609,7 +609,7 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> flo
 class Config:
     # data
     dataset: str = "auto"           # auto (from --data) | synthetic | folder | unlabeled | ucf101 | hmdb51 | kinetics
-    data: str | None = None         # dataset root: any folder of videos; none: the synthetic videos, made once in the cache
+    data: str | None = None         # any folder of videos; none: the synthetic videos, made once in the cache
     annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
     fold: int = 1                   # UCF101/HMDB51 split number (1-3)
     data_fraction: float = 1.0      # use this class-stratified fraction of the training videos (data-size study)

@@ -393,10 +393,12 @@ def _lines(path) -> list[str]:
 # folders, warm page cache, 2-core VM: 4.5 s with Path.rglob + is_file (a stat per file), 0.16 s for os.walk's bare
 # walk (directory entries only), and on a cold disk or a network drive every directory read is a round trip. So
 # the folder is listed once with os.walk (1.5 s there, with the sorting and the writing of the index) and saved; a
-# later start checks that the listing still holds by stat-ing the 401 folders only, and reads it back: 0.05 s. Adding, removing or renaming a file changes the mtime of the folder
-# that holds it, so "every folder's mtime is what it was when we listed it" means "the listing is unchanged"; a new
-# subfolder changes its parent's mtime too. Editing a file in place changes no folder, and needs no re-listing:
-# files are opened (probed) only when a clip is read, so a file that turned unreadable is skipped and reported then.
+# later start checks that the listing still holds by stat-ing the 401 folders only, and reads it back: 0.05 s.
+# Why folder mtimes are enough: adding, removing or renaming a file changes the mtime of the folder that holds it,
+# so "every folder's mtime is what it was when we listed it" means "the listing is unchanged"; a new subfolder
+# changes its parent's mtime too. (A hash of the sorted listing would need the listing itself, the cost we avoid.)
+# Editing a file in place changes no folder, and needs no re-listing: files are opened (probed) only when a clip is
+# read, so a file that turned unreadable is skipped and reported then.
 # One caveat: some filesystems (FAT/exFAT on USB drives) keep mtimes to 2 s, so a file added within 2 s of the
 # listing could leave its folder's mtime unchanged. A folder modified less than INDEX_RACY_S before the listing
 # was made is therefore never trusted (git's "racily clean" rule): the next start lists again, and then it sticks.
@@ -555,8 +557,8 @@ def unlabeled_split(root) -> VideoList:
     index = index_folder(root)
     if index.ignored:
         shown = ", ".join(index.ignored_examples) + (" ..." if index.ignored > len(index.ignored_examples) else "")
-        print(f"note: {index.ignored} file{'s' if index.ignored != 1 else ''} under {root} ignored (not videos, or hidden): {shown}",
-              file=sys.stderr)
+        files = f"{index.ignored} file{'s' if index.ignored != 1 else ''}"
+        print(f"note: {files} under {root} ignored (not videos, or hidden): {shown}", file=sys.stderr)
     paths = index.paths
     return VideoList(paths, [-1] * len(paths), [], [], f"unlabeled:{root}", ignored=index.ignored)
 
@@ -1093,6 +1095,10 @@ def ensure_synthetic(root=None, train_per_class=60, test_per_class=50, size=64, 
     root = Path(root)
     if (root / "classes.txt").exists():
         return str(root)
+    if root.is_dir() and any(root.iterdir()):  # someone's folder: never generate next to it or into it
+        raise DatasetError(f"{root} is not empty and holds no synthetic dataset (no classes.txt): refusing to "
+                           f"generate one there. For the videos in it, drop --dataset synthetic (--dataset auto "
+                           f"decides from the folder); for the synthetic set, pass a new or empty folder")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp", dir=root.parent))
     print(f"generating the synthetic dataset once into {root} ...", file=sys.stderr)
@@ -1669,18 +1675,20 @@ def show(method: str, method_argv, out, num_videos: int = 3, tile: int = 64) -> 
         rows.append((f"{n + 1}. {name}: {info.num_frames} frames at {info.fps:.3g} fps, {info.width}x{info.height} "
                      f"| decoded to a {cfg.canvas[0]}x{cfg.canvas[1]} canvas (scaled to cover, centre crop)", [], None))
 
+    def decoded(n, v):  # clip v of video n as decoded: the canvas, before any augmentation
+        return _to_images(video[n, v].permute(3, 0, 1, 2).float() / 255, f)  # (T, H, W, 3) -> (C, T, H, W)
+
     if method == "cvrl":
         aug1, aug2 = module.augment_configs(cfg)
         x1 = augment(to_bcthw(video[:, 0]), cfg.size, aug1, g)  # (N, C, T, S, S) in [0, 1], as cvrl.train does
         x2 = augment(to_bcthw(video[:, 1]), cfg.size, aug2, g)
-        for n, (item, (num_frames, fps, (a, b))) in enumerate(zip(items, picks)):
+        for n, (item, (_, fps, (a, b))) in enumerate(zip(items, picks)):
             header(n, item)
-            dt = int(b[0]) - int(a[0])
-            rows += [(f"clip 1 as decoded: {_frames_text(a)}, starts at {a[0] / fps:.2f} s", _to_images(
-                          to_bcthw(video[n:n + 1, 0])[0].float() / 255, f), None),
+            dt = int(b[0]) - int(a[0])  # the interval between the two clips' start frames
+            rows += [(f"clip 1 as decoded: {_frames_text(a)}, starts at {a[0] / fps:.2f} s", decoded(n, 0), None),
                      (f"view 1, the network's input ({cfg.size}px): {_aug_text(aug1)}", _to_images(x1[n], f), None),
                      (f"clip 2 as decoded: {_frames_text(b)}, starts {dt:+d} frames ({dt / fps:+.2f} s) from clip 1",
-                      _to_images(to_bcthw(video[n:n + 1, 1])[0].float() / 255, f), None),
+                      decoded(n, 1), None),
                      (f"view 2 ({cfg.size}px): {_aug_text(aug2)}", _to_images(x2[n], f), None)]
     else:
         aug_global, aug_local = module.view_augmentations(cfg)
@@ -1690,18 +1698,20 @@ def show(method: str, method_argv, out, num_videos: int = 3, tile: int = 64) -> 
         groups = [(x * std + mean).permute(0, 2, 1, 3, 4) for x in groups]  # back to [0, 1], (views*N, C, T, H, W)
         N = len(items)
         local_idx = module.local_frame_index(cfg.frames, cfg.local_frames).numpy()
-        for n, (item, (num_frames, fps, views)) in enumerate(zip(items, picks)):
+        for n, (item, (_, fps, views)) in enumerate(zip(items, picks)):
             header(n, item)
             g1, g2 = views[0], views[1]
-            rows += [(f"global 1 as decoded: {_frames_text(g1)} (spans {(len(g1) - 1) * cfg.stride / fps:.2f} s), starts at "
-                      f"{g1[0] / fps:.2f} s", _to_images(to_bcthw(video[n:n + 1, 0])[0].float() / 255, f), None),
+            span = (len(g1) - 1) * cfg.stride / fps
+            rows += [(f"global 1 as decoded: {_frames_text(g1)} (spans {span:.2f} s), starts at {g1[0] / fps:.2f} s",
+                      decoded(n, 0), None),
                      (f"global view 1 ({cfg.size}px): {_aug_text(aug_global)}", _to_images(groups[0][n], f), None),
                      (f"global view 2 ({cfg.size}px): {_frames_text(g2)}, shifted by {int(g2[0]) - int(g1[0])} frames",
                       _to_images(groups[0][N + n], f), None)]
-            for k in range(cfg.local_views):
+            for k in range(cfg.local_views):  # view-major: local view k of video n is row k * N + n
                 shown = views[2 + k][local_idx]
-                rows.append((f"local view {k + 1} ({cfg.local_size}px, {cfg.local_frames} frames): {_frames_text(shown)}"
-                             f", starts at {shown[0] / fps:.2f} s" + (f"; {_aug_text(aug_local)}" if k == 0 else ""),
+                rows.append((f"local view {k + 1} ({cfg.local_size}px, {cfg.local_frames} frames): "
+                             f"{_frames_text(shown)}, starts at {shown[0] / fps:.2f} s"
+                             + (f"; {_aug_text(aug_local)}" if k == 0 else ""),
                              _to_images(groups[1][k * N + n], f), None))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -126,6 +126,7 @@ class Config:
     json: str | None = None         # write the results here
 
 
+FOLDER_KINDS = ("synthetic", "folder", "unlabeled", "auto")  # datasets whose kind the folder alone decides
 DATA_FIELDS = ("dataset", "data", "annotations", "fold")  # flags owned by data.add_data_args (shared with cvrl.py)
 NONE_TYPES = {"frames": int, "stride": int, "size": int, "test_size": int, "nuisance": float, "trail": float, "lr": float,
               "cache": str, "json": str}  # fields whose default None hides their type
@@ -170,14 +171,17 @@ def parse_args(argv=None) -> Config:
 def resolve_config(cfg: Config, ckpt_cfg: dict) -> Config:
     """Fill every None with the checkpoint's setting. The data flags are inherited only as a whole: with --dataset
     given, --data/--annotations/--fold mean what the command line says (a checkpoint's UCF101 root is no root for
-    HMDB51). Refuses a checkpoint config that lacks a view setting the command line does not give either."""
+    HMDB51). --data alone after a run on a folder kind (synthetic, folder, unlabeled) is --dataset auto: the new
+    folder's contents decide (never "generate the synthetic set into the user's folder"); after UCF101/HMDB51/
+    Kinetics it keeps that kind and its annotations. Refuses a checkpoint config that lacks a view setting the
+    command line does not give either."""
     def need(key):
         if key not in ckpt_cfg or ckpt_cfg[key] is None:
             raise SystemExit(f"error: the checkpoint's config has no {key!r}; pass --{key.replace('_', '-')}")
         return ckpt_cfg[key]
 
-    if cfg.dataset is None and ckpt_cfg.get("dataset") == "unlabeled" and cfg.data is not None:
-        cfg = replace(cfg, dataset="auto")  # pretrained without labels: the labelled set is named by --data alone
+    if cfg.dataset is None and cfg.data is not None and ckpt_cfg.get("dataset", "synthetic") in FOLDER_KINDS:
+        cfg = replace(cfg, dataset="auto")  # --data alone names another folder: its contents decide its kind
     if cfg.dataset is None:
         cfg = replace(cfg, dataset=ckpt_cfg.get("dataset", "synthetic"),
                       data=cfg.data if cfg.data is not None else ckpt_cfg.get("data"),

@@ -779,7 +779,7 @@ def ema_update(teacher, student, m):
 class Config:
     # data
     dataset: str = "auto"           # auto (from --data) | synthetic | folder | unlabeled | ucf101 | hmdb51 | kinetics
-    data: str | None = None         # dataset root: any folder of videos; none: the synthetic videos, made once in the cache
+    data: str | None = None         # any folder of videos; none: the synthetic videos, made once in the cache
     annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
     fold: int = 1                   # UCF101/HMDB51 split number (1-3)
     data_fraction: float = 1.0      # use this class-stratified fraction of the training videos
@@ -809,7 +809,7 @@ class Config:
     drop_path: float = 0.1          # stochastic depth of the student (SVT: 0.1); the teacher has none
     probe_feature: str = "cls"      # feature eval_linear.py sees: cls (ln_post CLS, width-d, as SVT) | proj (embed_dim)
     # concept spaces (lss.md sections 3.1-3.3)
-    concepts: str = "auto"          # category space: dataset (its class names) | union (all label sets) | descriptions | auto (union without labels, else dataset)
+    concepts: str = "auto"          # category space: auto (union if unlabeled, else dataset) | dataset | union | descriptions
     templates: str = "auto"         # prompts per class name: auto (by --dataset) | kinetics | ucf101 | synthetic | single
     desc_template: str = "{desc}"   # text embedded per description; may use {cls} and {desc}
     bpe: str | None = None          # CLIP's BPE vocabulary file (default: the copy inside the clip-anytorch package)
@@ -1617,7 +1617,7 @@ def train(cfg: Config):
 class ZeroShotConfig:
     ckpt: str | None = None         # an lss.py checkpoint: its teacher and its text tower are evaluated
     clip: str | None = None         # instead of --ckpt: CLIP weights evaluated frozen (frame-averaged CLIP baseline)
-    dataset: str | None = None      # auto | synthetic | folder | ucf101 | hmdb51 | kinetics (default: the checkpoint's; auto with --data)
+    dataset: str | None = None      # auto | synthetic | folder | ucf101 | hmdb51 | kinetics; default: the checkpoint's
     data: str | None = None         # dataset root
     annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
     fold: int = 0                   # UCF101/HMDB51 split; 0: the checkpoint's (or 1)
@@ -1670,8 +1670,8 @@ def zero_shot(zc: ZeroShotConfig) -> dict:
         backbone = Backbone(tcfg, "proj", vit=vit)
         text = text_tower(clip)
         what, step = f"frozen CLIP {zc.clip} (frame-averaged, cls {zc.cls_mode})", None
-    if zc.dataset is None and tcfg.get("dataset") == "unlabeled" and zc.data:
-        zc = replace(zc, dataset="auto")  # trained without labels: the labelled set is named by --data alone
+    if zc.dataset is None and zc.data and tcfg.get("dataset", "synthetic") in ("synthetic", "folder", "unlabeled"):
+        zc = replace(zc, dataset="auto")  # --data alone names another folder: its contents decide (as eval_linear.py)
     if zc.dataset is None:
         dataset, root, ann = tcfg.get("dataset", "synthetic"), zc.data or tcfg.get("data"), \
             zc.annotations or tcfg.get("annotations")

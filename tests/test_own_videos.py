@@ -148,6 +148,35 @@ def test_dataset_inference_rules(tmp_path, tiny_synthetic):
     assert not (tmp_path / "typo").exists()
 
 
+def test_data_alone_after_a_folder_run_is_decided_by_the_new_folder(tmp_path, phone):
+    """eval_linear.py (and lss.py zero-shot, neighbours.py) with --data and no --dataset: after a run on a folder
+    kind, the new folder decides; the checkpoint's 'synthetic' never means 'generate into the user's folder'."""
+    import eval_linear
+    labelled = tmp_path / "labelled"
+    for split in ("train", "test"):
+        (labelled / split / "waving").mkdir(parents=True)
+    views = {"frames": 4, "stride": 2, "size": 32, "canvas": [32, 32]}
+    for trained_on in ("synthetic", "unlabeled", "folder"):
+        cfg = eval_linear.resolve_config(eval_linear.Config(ckpt="x", data=str(labelled)),
+                                         {"dataset": trained_on, "data": "/elsewhere", **views})
+        assert (cfg.dataset, cfg.data) == ("folder", str(labelled))
+        cfg = eval_linear.resolve_config(eval_linear.Config(ckpt="x", data=str(phone)),
+                                         {"dataset": trained_on, **views})
+        assert cfg.dataset == "unlabeled"
+    cfg = eval_linear.resolve_config(eval_linear.Config(ckpt="x", data=str(labelled)),
+                                     {"dataset": "ucf101", "annotations": "/ann", **views})
+    assert (cfg.dataset, cfg.annotations) == ("ucf101", "/ann")  # a kind that needs annotations keeps them
+
+
+def test_synthetic_is_never_generated_into_a_users_folder(phone, tmp_path):
+    before = snapshot(phone.parent)
+    with pytest.raises(data.DatasetError, match="refusing to generate"):
+        data.load_split("synthetic", str(phone))
+    assert snapshot(phone.parent) == before  # not even a temporary folder beside it
+    data.ensure_synthetic(tmp_path / "new", train_per_class=1, test_per_class=1, size=32, frames=16)  # asked for: ok
+    assert (tmp_path / "new" / "classes.txt").exists()
+
+
 # ----------------------------------------------------------------------------- the index
 
 def test_index_is_reused_without_listing_and_rebuilt_when_the_folder_changes(tmp_path, monkeypatch):
