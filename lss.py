@@ -40,6 +40,9 @@ Commands
     python lss.py zero-shot --ckpt runs/lss/checkpoint.pt --json runs/lss/zero_shot.json
     # the same on 2 CPU processes (gloo) or N GPUs (NCCL)
     torchrun --standalone --nproc_per_node=2 lss.py --out runs/lss_ddp
+    # your own videos: every video under the folder, no labels (category space: UCF101 + HMDB51 + K400 names)
+    python lss.py --data ~/videos --out runs/lss_own
+    python scripts/neighbours.py --ckpt runs/lss_own/checkpoint.pt --out runs/lss_own/neighbours.png
 
     # the paper's setting (reconstructed): OpenAI CLIP ViT-B/16 weights (a local file; nothing is downloaded),
     # SVT's views and schedule, Kinetics-400 without labels, 4 GPUs x 8 videos
