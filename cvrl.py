@@ -24,6 +24,10 @@ Commands
     # smoke test (seconds)
     python cvrl.py --epochs 1 --max-steps 5 --out runs/smoke
 
+    # your own videos: every video under the folder, any layout, no labels; then what the features find similar
+    python cvrl.py --data ~/videos --out runs/mine
+    python scripts/neighbours.py --ckpt runs/mine/checkpoint.pt --out runs/mine/neighbours.png
+
     # one GPU, UCF101 split 1, R3D-18 at 16x112
     python cvrl.py --dataset ucf101 --data UCF-101 --annotations ucfTrainTestlist --fold 1 --arch r3d18 \
         --frames 16 --stride 2 --temperature 0.1 --size 112 --canvas 128 171 --batch-size 64 --epochs 100 \
@@ -604,8 +608,8 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> flo
 @dataclass
 class Config:
     # data
-    dataset: str = "synthetic"      # synthetic | folder | ucf101 | hmdb51 | kinetics
-    data: str | None = None         # dataset root (videos); synthetic: generated once into the cache if not given
+    dataset: str = "auto"           # auto (from --data) | synthetic | folder | unlabeled | ucf101 | hmdb51 | kinetics
+    data: str | None = None         # any folder of videos; none: the synthetic videos, made once in the cache
     annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
     fold: int = 1                   # UCF101/HMDB51 split number (1-3)
     data_fraction: float = 1.0      # use this class-stratified fraction of the training videos (data-size study)
@@ -664,6 +668,7 @@ ARCH_KEYS = ("arch", "head_hidden", "head_layers", "head_out")
 
 def parse_args(argv=None) -> Config:
     cfg = data.parse_config(Config, argv, "CVRL pretraining. " + __doc__.split("\n\n")[0])
+    cfg = data.decide_dataset(cfg)  # --dataset auto: synthetic, a labelled folder or unlabeled videos, from --data
     for name, value, allowed in [("arch", cfg.arch, sorted(ARCHS)), ("interval", cfg.interval, DISTRIBUTIONS + ("same",)),
                                  ("spatial-aug", cfg.spatial_aug, ("consistent", "per-frame", "none")),
                                  ("optimizer", cfg.optimizer, ("sgd", "lars"))]:
@@ -785,7 +790,8 @@ def train(cfg: Config):
         if world > 1 else model
 
     n_params = sum(p.numel() for p in encoder.parameters())
-    print0(f"CVRL | {videos.name}: {len(videos)} videos, {len(videos.classes)} classes | encoder {cfg.arch} "
+    labels = f"{len(videos.classes)} classes" if videos.classes else "no labels"
+    print0(f"CVRL | {videos.name}: {len(videos)} videos, {labels} | encoder {cfg.arch} "
            f"({n_params / 1e6:.2f}M params) | {world} process(es) on {device} | global batch {global_batch} videos "
            f"({2 * global_batch} clips) | lr {lr:.4g} | {steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
     if master:
@@ -884,9 +890,13 @@ def train(cfg: Config):
         if skipped:
             (out / "skipped.txt").write_text("\n".join(sorted(set(skipped))) + "\n")
             print0(f"{len(set(skipped))} unreadable videos were skipped (listed in {out / 'skipped.txt'})")
-        print0(f"done: {step} steps; checkpoint {ckpt_path}\n"
-               f"evaluate: python eval_linear.py --ckpt {ckpt_path}"
-               + (f" --dataset {cfg.dataset}" if cfg.dataset != "synthetic" else ""))
+        if cfg.dataset == "unlabeled":  # nothing to probe with: look at what the features find similar instead
+            print0(f"done: {step} steps; checkpoint {ckpt_path}\n"
+                   f"look: python scripts/neighbours.py --ckpt {ckpt_path} --out {out / 'neighbours.png'}")
+        else:
+            print0(f"done: {step} steps; checkpoint {ckpt_path}\n"
+                   f"evaluate: python eval_linear.py --ckpt {ckpt_path}"
+                   + (f" --dataset {cfg.dataset}" if cfg.dataset != "synthetic" else ""))
     if world > 1:
         dist.destroy_process_group()
 

@@ -5,7 +5,8 @@ Read it top to bottom:
   1. decoding      probe() and read_frames(): PyAV, seek to the keyframe before the first wanted frame, decode
                    forward, keep only wanted frames (matched by timestamp), convert only those to RGB.
   2. datasets      split files -> a VideoList (paths, labels, classes, missing): class-per-folder, UCF101,
-                   HMDB51, Kinetics CSV, and the built-in synthetic action videos.
+                   HMDB51, Kinetics CSV, the built-in synthetic action videos, and any folder of unlabeled videos
+                   (listed once and indexed in the cache); --dataset auto decides which from the folder.
   3. synthetic     procedurally generated action videos (motion carries the label), written as real H.264 files.
   4. samplers      which frames make a clip: one random clip, K uniform clips; cvrl.py plugs in its own pair sampler.
   5. dataset       a torch Dataset that opens a video once, samples clips, decodes them, and skips-and-reports
@@ -14,11 +15,14 @@ Read it top to bottom:
                    jitter in random order, grayscale, blur, solarize -- parameters drawn per clip and shared by all
                    its frames (temporally consistent), or per frame (the CVRL ablation).
   7. run utils     config dataclass -> kebab-case flags, torchrun setup, atomic checkpoints, resume checks
+  7b. pictures     what the model sees (`show`), and the image grid scripts/neighbours.py draws with
   8. CLI           python data.py synthetic --out DIR      write the synthetic dataset with train/test split files
                    python data.py check --dataset ... --data ROOT [--annotations ...]   list unreadable videos
                    python data.py reencode --src ROOT --dst ROOT2 [--short-side 256] [--gop 16] [--crf 23] [--workers N]
                                    re-encode every video for fast random access (H.264, a keyframe every 16
                                    frames, short side 256), same relative paths and file names, resumable
+                   python data.py show --method cvrl|lss --out FILE.png [--videos 3] [any cvrl.py/lss.py flag]
+                                   a picture of what the model sees: clips as decoded and their augmented views
 
 Tensor layouts: a decoded clip is uint8 (T, H, W, 3) -- PyAV's layout; a batch handed to the augmentation is uint8
 (B, C, T, H, W) -- the 3D-CNN layout; the augmentation returns float (B, C, T, h, w). lss.py rearranges to the ViT
@@ -29,7 +33,9 @@ from __future__ import annotations
 import argparse
 import bisect
 import csv
+import gzip
 import hashlib
+import json
 import math
 import os
 import random
@@ -37,6 +43,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -352,21 +359,23 @@ class VideoList:
     classes: list[str]
     missing: list[str] = field(default_factory=list)
     name: str = ""
+    ignored: int = 0  # unlabeled folders: files under the root that are not videos (counted, reported, not used)
 
     def __len__(self):
         return len(self.paths)
 
     def subset(self, fraction: float, seed: int = 0) -> "VideoList":
-        """A class-stratified random fraction of the videos (the 'more data' study uses 25/50/100%)."""
+        """A class-stratified random fraction of the videos (the 'more data' study uses 25/50/100%); without
+        classes (an unlabeled folder), a plain random fraction."""
         rng = np.random.default_rng(seed)
         keep = []
-        labels = np.asarray(self.labels)
-        for c in range(len(self.classes)):
+        labels = np.asarray(self.labels) if self.classes else np.zeros(len(self.paths), np.int64)
+        for c in range(max(1, len(self.classes))):
             idx = np.flatnonzero(labels == c)
             keep += list(rng.permutation(idx)[:max(1, round(len(idx) * fraction))] if len(idx) else [])
         keep.sort()
         return VideoList([self.paths[i] for i in keep], [self.labels[i] for i in keep], self.classes, self.missing,
-                         f"{self.name} ({fraction:.0%})")
+                         f"{self.name} ({fraction:.0%})", self.ignored)
 
 
 class DatasetError(Exception):
@@ -379,8 +388,105 @@ def _lines(path) -> list[str]:
         return [ln.strip() for ln in f if ln.strip()]
 
 
+# The folder index: every video file under a root, found once and kept in the cache dir.
+# A Kinetics-size folder holds ~240k files. Listing it costs at every start and resume: 240k empty files in 400
+# folders, warm page cache, 2-core VM: 4.5 s with Path.rglob + is_file (a stat per file), 0.16 s for os.walk's bare
+# walk (directory entries only), and on a cold disk or a network drive every directory read is a round trip. So
+# the folder is listed once with os.walk (1.5 s there, with the sorting and the writing of the index) and saved; a
+# later start checks that the listing still holds by stat-ing the 401 folders only, and reads it back: 0.05 s.
+# Why folder mtimes are enough: adding, removing or renaming a file changes the mtime of the folder that holds it,
+# so "every folder's mtime is what it was when we listed it" means "the listing is unchanged"; a new subfolder
+# changes its parent's mtime too. (A hash of the sorted listing would need the listing itself, the cost we avoid.)
+# Editing a file in place changes no folder, and needs no re-listing: files are opened (probed) only when a clip is
+# read, so a file that turned unreadable is skipped and reported then.
+# One caveat: some filesystems (FAT/exFAT on USB drives) keep mtimes to 2 s, so a file added within 2 s of the
+# listing could leave its folder's mtime unchanged. A folder modified less than INDEX_RACY_S before the listing
+# was made is therefore never trusted (git's "racily clean" rule): the next start lists again, and then it sticks.
+# Hidden files and folders (".DS_Store", macOS's "._IMG_0001.MOV" resource forks, ".thumbnails/") are skipped: the
+# resource forks carry a video extension but are not videos. Symbolic links to folders are not followed (cycles).
+INDEX_VERSION = 1
+INDEX_RACY_S = 2.0
+
+
+@dataclass
+class FolderIndex:
+    root: str                 # the root as given (paths are built from it)
+    rel: list[str]            # videos, relative posix paths, sorted by path components (as sorted(Path) is)
+    ignored: int              # other files (not a video extension, or hidden), counted and not used
+    ignored_examples: list[str]
+    reused: bool              # read from the cache (True) or listed now (False)
+
+    @property
+    def paths(self) -> list[str]:
+        return [os.path.join(self.root, r) for r in self.rel]
+
+
+def _index_path(root) -> Path:
+    key = hashlib.sha1(os.path.realpath(root).encode()).hexdigest()[:16]
+    return cache_dir() / "index" / f"{key}.json.gz"
+
+
+def _index_is_current(saved: dict, root) -> bool:
+    racy = saved["built_ns"] - int(INDEX_RACY_S * 1e9)
+    for rel, mtime in saved["dirs"].items():
+        try:
+            now = os.stat(os.path.join(root, rel)).st_mtime_ns
+        except OSError:
+            return False  # a folder was removed or renamed
+        if now != mtime or mtime >= racy:
+            return False
+    return True
+
+
+def index_folder(root, progress=True) -> FolderIndex:
+    """Every video under `root`, any depth, from the cache when no folder changed since it was listed (see above).
+    Nothing is written under root: the index lives in cache_dir()/index/."""
+    from tqdm import tqdm
+    root = str(root)
+    path = _index_path(root)
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            saved = json.load(f)
+        if saved.get("version") == INDEX_VERSION and saved.get("root") == os.path.realpath(root) \
+                and _index_is_current(saved, root):
+            return FolderIndex(root, saved["videos"], saved["ignored"], saved["ignored_examples"], True)
+    except (OSError, ValueError, KeyError, EOFError):
+        pass  # no index yet, or an unreadable one: list the folder
+    built_ns = time.time_ns()
+    dirs, videos, ignored, examples = {}, [], 0, []
+    # delay: the bar appears only when listing takes more than a second (a large or slow folder)
+    bar = tqdm(desc=f"indexing {root}", unit=" files", delay=1.0, disable=not progress)
+    for d, subdirs, files in os.walk(root):  # top-down: pruning subdirs in place skips hidden folders
+        subdirs[:] = [s for s in subdirs if not s.startswith(".")]
+        rel_d = os.path.relpath(d, root).replace(os.sep, "/")
+        dirs[rel_d] = os.stat(d).st_mtime_ns
+        for name in files:
+            rel = name if rel_d == "." else f"{rel_d}/{name}"
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
+                videos.append(rel)
+            else:
+                ignored += 1
+                if len(examples) < 5:
+                    examples.append(rel)
+        bar.update(len(files))
+    bar.close()
+    videos.sort(key=lambda r: r.split("/"))
+    saved = {"version": INDEX_VERSION, "root": os.path.realpath(root), "built_ns": built_ns, "dirs": dirs,
+             "videos": videos, "ignored": ignored, "ignored_examples": examples}
+    try:  # a temporary file renamed into place: torchrun ranks may index at the same time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=1) as f:  # 240k paths: 6.5 MB of JSON, 0.7 gzipped
+            json.dump(saved, f)
+        os.replace(tmp, path)
+    except OSError as e:
+        print(f"warning: cannot save the index of {root} in {path.parent} ({e}); it will be listed again next time",
+              file=sys.stderr)
+    return FolderIndex(root, videos, ignored, examples, False)
+
+
 def _find_videos(root) -> list[Path]:
-    return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+    return [Path(p) for p in index_folder(root).paths]
 
 
 def _check_root(root, dataset):
@@ -422,18 +528,90 @@ def folder_split(root, split="train") -> VideoList:
                                f"and ROOT/test/<class>/ to be evaluated")
         base = root
     train_base = next((os.path.join(root, s) for s in ["train"] if os.path.isdir(os.path.join(root, s))), base)
-    classes = sorted(d for d in os.listdir(train_base) if os.path.isdir(os.path.join(train_base, d)))
+    classes = sorted(d for d in os.listdir(train_base) if os.path.isdir(os.path.join(train_base, d))
+                     and not d.startswith("."))
     if not classes:
-        raise DatasetError(f"{train_base} has no class folders: expected {train_base}/<class>/<video>")
+        raise DatasetError(f"{train_base} has no class folders: expected {train_base}/<class>/<video>. For videos "
+                           f"without labels, pass --data {root} alone (or --dataset unlabeled): every video under it "
+                           f"is used for pretraining")
+    by_class = {}  # one index of the split's folder, grouped by the first path component (the class folder)
+    for rel in index_folder(base).rel:
+        first, _, rest = rel.partition("/")
+        if rest:
+            by_class.setdefault(first, []).append(os.path.join(base, rel))
     paths, labels = [], []
     for c, name in enumerate(classes):
-        d = os.path.join(base, name)
-        vids = _find_videos(d) if os.path.isdir(d) else []
+        vids = by_class.get(name, [])
         if not vids:
-            print(f"warning: class folder {d} is empty or missing", file=sys.stderr)
-        paths += [str(v) for v in vids]
+            print(f"warning: class folder {os.path.join(base, name)} is empty or missing", file=sys.stderr)
+        paths += vids
         labels += [c] * len(vids)
     return VideoList(paths, labels, classes, [], f"folder:{base}")
+
+
+def unlabeled_split(root) -> VideoList:
+    """Every video under ROOT, any depth (flat, nested, mixed), with no labels: for pretraining only. Labels are -1
+    and there are no classes; files that are not videos (by extension) are counted and reported, never opened.
+    Broken videos are found only when read: training skips them and lists them in OUT/skipped.txt."""
+    _check_root(root, "unlabeled")
+    index = index_folder(root)
+    if index.ignored:
+        shown = ", ".join(index.ignored_examples) + (" ..." if index.ignored > len(index.ignored_examples) else "")
+        files = f"{index.ignored} file{'s' if index.ignored != 1 else ''}"
+        print(f"note: {files} under {root} ignored (not videos, or hidden): {shown}", file=sys.stderr)
+    paths = index.paths
+    return VideoList(paths, [-1] * len(paths), [], [], f"unlabeled:{root}", ignored=index.ignored)
+
+
+DATASETS = ("synthetic", "folder", "unlabeled", "ucf101", "hmdb51", "kinetics")
+
+
+def resolve_dataset(dataset, root) -> tuple[str, str]:
+    """--dataset auto (or None) -> the kind, decided from the folder, and a one-line explanation to print:
+        no --data                     the built-in synthetic dataset, generated once into the cache
+        ROOT/classes.txt              a synthetic dataset written by `python data.py synthetic`
+        ROOT/train/ + ROOT/test/      a labelled class-per-folder dataset (val/ or validate/ also count as test)
+        anything else                 every video under ROOT, unlabeled, for pretraining
+    A --data that does not exist is refused: auto never generates anything into a folder the user named (pass
+    --dataset synthetic to ask for that). An explicit --dataset is returned as it is, with no explanation."""
+    if dataset not in (None, "auto"):
+        if dataset not in DATASETS:
+            raise DatasetError(f"unknown dataset {dataset!r}: choose auto, {', '.join(DATASETS)}")
+        return dataset, ""
+    if root is None:
+        return "synthetic", ""
+    if not os.path.isdir(root):
+        raise DatasetError(f"--data {root} does not exist or is not a folder. To generate the synthetic dataset "
+                           f"into a new folder there, add --dataset synthetic")
+    if os.path.exists(os.path.join(root, "classes.txt")):
+        return "synthetic", f"data: {root} has classes.txt: the synthetic dataset (--dataset synthetic)"
+    if os.path.isdir(os.path.join(root, "train")) and any(
+            os.path.isdir(os.path.join(root, s)) for s in ("test", "val", "validate")):
+        return "folder", (f"data: {root} has train/ and test/: a labelled dataset, one folder per class "
+                          f"(--dataset folder)")
+    return "unlabeled", (f"data: {root} has no classes.txt and no train/ + test/ folders: every video under it, "
+                         f"unlabeled, for pretraining (--dataset unlabeled)")
+
+
+def decide_dataset(cfg):
+    """A script's config with --dataset auto replaced by the kind decided from --data (resolve_dataset); the
+    decision is printed once (by rank 0 under torchrun). The checkpoint then records the kind, not "auto"."""
+    from dataclasses import replace
+    kind, why = resolve_dataset(cfg.dataset, cfg.data)
+    if why and os.environ.get("RANK", "0") == "0":
+        print(why)
+    return replace(cfg, dataset=kind)
+
+
+UNLABELED_HINT = ("lay labelled videos out as ROOT/train/<class>/<video> and ROOT/test/<class>/<video> (test/ may be "
+                  "val/), or use --dataset ucf101|hmdb51 --annotations DIR, or --dataset kinetics --annotations CSV")
+
+
+def require_labels(dataset, root, what: str, advice: str = ""):
+    """Refuse an unlabeled folder where labels are needed (linear probe, zero-shot), naming the layout that works."""
+    if dataset == "unlabeled":
+        raise DatasetError(f"{what} needs labels, and {root} is a folder of unlabeled videos (no classes.txt, no "
+                           f"train/ + test/ folders): {UNLABELED_HINT}. {advice}".strip())
 
 
 def list_split(root, list_file, classes_file) -> VideoList:
@@ -560,10 +738,12 @@ def kinetics_split(root, annotations, split="train") -> VideoList:
 
 def load_split(dataset: str, root=None, annotations=None, fold: int = 1, split: str = "train",
                synthetic_kwargs: dict | None = None) -> VideoList:
-    """The one entry point the scripts use. Refuses (DatasetError) a split with no usable video; reports missing
-    files on stderr and keeps going when some remain."""
+    """The one entry point the scripts use. `dataset` "auto" (or None) is decided from the folder (resolve_dataset).
+    Refuses (DatasetError) a split with no usable video; reports missing files on stderr and keeps going when some
+    remain. An unlabeled folder has a train split only."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    dataset, _ = resolve_dataset(dataset, root)
     if dataset == "synthetic":
         root = ensure_synthetic(root, **(synthetic_kwargs or {}))
         videos = list_split(root, os.path.join(root, f"{split}.txt"), os.path.join(root, "classes.txt"))
@@ -575,12 +755,18 @@ def load_split(dataset: str, root=None, annotations=None, fold: int = 1, split: 
         videos = hmdb51_split(root, annotations, fold, split)
     elif dataset == "kinetics":
         videos = kinetics_split(root, annotations, split)
+    elif split == "test":  # unlabeled
+        raise DatasetError(f"{root} is a folder of unlabeled videos: it has no test split. To evaluate, "
+                           f"{UNLABELED_HINT}")
     else:
-        raise DatasetError(f"unknown dataset {dataset!r}: choose synthetic, folder, ucf101, hmdb51 or kinetics")
+        videos = unlabeled_split(root)
     if videos.missing:
         shown = ", ".join(videos.missing[:5]) + (" ..." if len(videos.missing) > 5 else "")
         print(f"warning: {len(videos.missing)} of {len(videos.missing) + len(videos)} videos named by the {split} split "
               f"of {videos.name} are not under {root}: {shown}", file=sys.stderr)
+    if len(videos) == 0 and dataset == "unlabeled":
+        raise DatasetError(f"no video files under {root} ({videos.ignored} other files; videos are recognised by "
+                           f"their extension: {' '.join(VIDEO_EXTENSIONS)})")
     if len(videos) == 0:
         raise DatasetError(f"the {split} split of {videos.name or dataset} has no videos under {root}"
                            + (f" (all {len(videos.missing)} listed files are missing: is --data the right folder?)"
@@ -909,6 +1095,10 @@ def ensure_synthetic(root=None, train_per_class=60, test_per_class=50, size=64, 
     root = Path(root)
     if (root / "classes.txt").exists():
         return str(root)
+    if root.is_dir() and any(root.iterdir()):  # someone's folder: never generate next to it or into it
+        raise DatasetError(f"{root} is not empty and holds no synthetic dataset (no classes.txt): refusing to "
+                           f"generate one there. For the videos in it, drop --dataset synthetic (--dataset auto "
+                           f"decides from the folder); for the synthetic set, pass a new or empty folder")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp", dir=root.parent))
     print(f"generating the synthetic dataset once into {root} ...", file=sys.stderr)
@@ -1358,13 +1548,187 @@ def unwrap(model):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# 7b. pictures: what the model sees (python data.py show), and a grid of images with text for scripts/neighbours.py
+# ----------------------------------------------------------------------------------------------------------------------
+# Drawn with Pillow (a dependency of torchvision, declared in pyproject.toml), not matplotlib: a few rows of frames with
+# a line of text above each is all it takes, and the main scripts stay free of plotting libraries.
+
+def image_grid(rows, pad: int = 4, background=(255, 255, 255)):
+    """rows: [(text, [uint8 (H, W, 3) images], [captions] or None)] -> a PIL image: for each row a line of text, then
+    its images side by side (top-aligned), each with its caption under it (lines split at '\n', each cut to the
+    image's width). A row may have text only (a header)."""
+    from PIL import Image, ImageDraw, ImageFont
+    font = ImageFont.load_default()
+    line = font.getbbox("Ag")[3] + 3  # text line height in pixels
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def fit(text, width):  # cut a caption line to the image's width, marking the cut
+        while len(text) > 1 and measure.textlength(text, font=font) > width:
+            text = text[:-2] + "~"
+        return text
+
+    def caption_lines(captions):
+        return max(c.count("\n") + 1 for c in captions) if captions else 0
+
+    width, height = 0, pad
+    for text, images, captions in rows:
+        row_w = pad + sum(im.shape[1] + pad for im in images)
+        width = max(width, row_w, 2 * pad + int(measure.textlength(text, font=font)))
+        height += line + (max(im.shape[0] for im in images) + pad if images else 0) + line * caption_lines(captions)
+    canvas = Image.new("RGB", (width, height + pad), background)
+    draw = ImageDraw.Draw(canvas)
+    y = pad
+    for text, images, captions in rows:
+        draw.text((pad, y), text, fill=(0, 0, 0), font=font)
+        y += line
+        x = pad
+        for k, im in enumerate(images):
+            canvas.paste(Image.fromarray(np.ascontiguousarray(im)), (x, y))
+            for j, cap in enumerate(captions[k].split("\n") if captions else []):
+                draw.text((x, y + im.shape[0] + 1 + j * line), fit(cap, im.shape[1]), fill=(0, 0, 0), font=font)
+            x += im.shape[1] + pad
+        if images:
+            y += max(im.shape[0] for im in images) + pad + line * caption_lines(captions)
+    return canvas
+
+
+def _upscale(img: np.ndarray, factor: float) -> np.ndarray:
+    """uint8 (H, W, 3) -> nearest-neighbour scaled by `factor` (pixels stay visible as pixels)."""
+    H, W = img.shape[:2]
+    ys = np.minimum((np.arange(max(1, round(H * factor))) / factor).astype(int), H - 1)
+    xs = np.minimum((np.arange(max(1, round(W * factor))) / factor).astype(int), W - 1)
+    return img[ys][:, xs]
+
+
+def _to_images(x: torch.Tensor, factor: float) -> list:
+    """float (C, T, H, W) in [0, 1] -> T uint8 (H, W, 3) images, scaled by `factor`."""
+    frames = (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()  # (T, H, W, 3)
+    return [_upscale(f, factor) for f in frames]
+
+
+def _aug_text(a: AugmentConfig) -> str:
+    return (f"crop area {a.area[0]:g}-{a.area[1]:g}, flip p {a.flip_p:g}, colour jitter p {a.jitter_p:g}, "
+            f"gray p {a.gray_p:g}, blur p {a.blur_p:g}, solarize p {a.solarize_p:g}"
+            + (", drawn per frame" if a.per_frame else ""))
+
+
+class _RecordingSampler:
+    """Wraps a sampler and keeps what it chose last (the video's frame count and fps, the clips' frame indices),
+    so `show` can write the start frames under the pictures. VideoDataset calls the sampler once per attempt; the
+    last call is the video that was decoded."""
+
+    def __init__(self, sampler):
+        self.sampler, self.last = sampler, None
+
+    def __call__(self, num_frames, fps, rng):
+        clips = self.sampler(num_frames, fps, rng)
+        self.last = (num_frames, fps, [np.asarray(c) for c in clips])
+        return clips
+
+
+def _frames_text(idx) -> str:
+    """'frames 8..22 every 2', or every index when they are not evenly spaced (a clip that wraps around the end)."""
+    step = int(idx[1] - idx[0]) if len(idx) > 1 else 0
+    if step > 0 and np.all(np.diff(idx) == step):
+        return f"frames {idx[0]}..{idx[-1]} every {step}"
+    return "frames " + " ".join(str(int(i)) for i in idx)
+
+
+def show(method: str, method_argv, out, num_videos: int = 3, tile: int = 64) -> Path:
+    """A PNG of what `method` (cvrl | lss) trains on, for a few videos of its training data: the clips as decoded
+    (the canvas) and the augmented views the network is fed, with their frame numbers. `method_argv` are the
+    method's own flags (--data, --dataset, --frames, --size, --seed, ...): the picture shows exactly the views that
+    command would train on (the same samplers and augmentation code), chosen by --seed. Global views are drawn
+    `tile` pixels wide per frame; everything else at the same scale (a 16-px local view is a quarter of a 32-px one)."""
+    import importlib
+    module = importlib.import_module(method)  # imported here: cvrl.py and lss.py import data.py
+    cfg = module.parse_args(list(method_argv))
+    videos = load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train",
+                        synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail))
+    if method == "cvrl":
+        sampler = module.PairSampler(cfg.frames, cfg.stride, cfg.interval, cfg.power)
+    else:
+        sampler = module.MultiViewSampler(cfg.frames, cfg.stride, cfg.local_views, cfg.local_stride)
+    recorder = _RecordingSampler(sampler)
+    dataset = VideoDataset(videos, recorder, canvas=cfg.canvas, resample=False, min_frames=cfg.frames)
+    items, picks = [], []
+    for i in np.random.default_rng(cfg.seed).permutation(len(videos)):  # as in training, each video's own generator
+        item = dataset[(int(i), cfg.seed)]
+        for b in item["bad"]:
+            print(f"skipped unreadable video: {b}", file=sys.stderr)
+        if item["ok"]:
+            items.append(item)
+            picks.append(recorder.last)
+        if len(items) == num_videos:
+            break
+    if not items:
+        raise DatasetError(f"none of the {len(videos)} videos of {videos.name} could be decoded")
+    video = torch.stack([it["video"] for it in items])  # (N, V, T, H, W, 3) uint8: V clips per video
+    g = torch.Generator().manual_seed(cfg.seed)
+    f = tile / cfg.size  # display scale: a network-input pixel is f screen pixels
+    rows = []
+
+    def header(n, item):
+        path = videos.paths[item["index"]]
+        info = probe(path)
+        name = os.path.relpath(path, cfg.data) if cfg.data else os.path.basename(path)
+        rows.append((f"{n + 1}. {name}: {info.num_frames} frames at {info.fps:.3g} fps, {info.width}x{info.height} "
+                     f"| decoded to a {cfg.canvas[0]}x{cfg.canvas[1]} canvas (scaled to cover, centre crop)", [], None))
+
+    def decoded(n, v):  # clip v of video n as decoded: the canvas, before any augmentation
+        return _to_images(video[n, v].permute(3, 0, 1, 2).float() / 255, f)  # (T, H, W, 3) -> (C, T, H, W)
+
+    if method == "cvrl":
+        aug1, aug2 = module.augment_configs(cfg)
+        x1 = augment(to_bcthw(video[:, 0]), cfg.size, aug1, g)  # (N, C, T, S, S) in [0, 1], as cvrl.train does
+        x2 = augment(to_bcthw(video[:, 1]), cfg.size, aug2, g)
+        for n, (item, (_, fps, (a, b))) in enumerate(zip(items, picks)):
+            header(n, item)
+            dt = int(b[0]) - int(a[0])  # the interval between the two clips' start frames
+            rows += [(f"clip 1 as decoded: {_frames_text(a)}, starts at {a[0] / fps:.2f} s", decoded(n, 0), None),
+                     (f"view 1, the network's input ({cfg.size}px): {_aug_text(aug1)}", _to_images(x1[n], f), None),
+                     (f"clip 2 as decoded: {_frames_text(b)}, starts {dt:+d} frames ({dt / fps:+.2f} s) from clip 1",
+                      decoded(n, 1), None),
+                     (f"view 2 ({cfg.size}px): {_aug_text(aug2)}", _to_images(x2[n], f), None)]
+    else:
+        aug_global, aug_local = module.view_augmentations(cfg)
+        groups = module.make_views(video, cfg, aug_global, aug_local, g)  # CLIP-normalised, (views*N, T, C, H, W)
+        mean = torch.tensor(module.CLIP_MEAN).view(1, 1, 3, 1, 1)
+        std = torch.tensor(module.CLIP_STD).view(1, 1, 3, 1, 1)
+        groups = [(x * std + mean).permute(0, 2, 1, 3, 4) for x in groups]  # back to [0, 1], (views*N, C, T, H, W)
+        N = len(items)
+        local_idx = module.local_frame_index(cfg.frames, cfg.local_frames).numpy()
+        for n, (item, (_, fps, views)) in enumerate(zip(items, picks)):
+            header(n, item)
+            g1, g2 = views[0], views[1]
+            span = (len(g1) - 1) * cfg.stride / fps
+            rows += [(f"global 1 as decoded: {_frames_text(g1)} (spans {span:.2f} s), starts at {g1[0] / fps:.2f} s",
+                      decoded(n, 0), None),
+                     (f"global view 1 ({cfg.size}px): {_aug_text(aug_global)}", _to_images(groups[0][n], f), None),
+                     (f"global view 2 ({cfg.size}px): {_frames_text(g2)}, shifted by {int(g2[0]) - int(g1[0])} frames",
+                      _to_images(groups[0][N + n], f), None)]
+            for k in range(cfg.local_views):  # view-major: local view k of video n is row k * N + n
+                shown = views[2 + k][local_idx]
+                rows.append((f"local view {k + 1} ({cfg.local_size}px, {cfg.local_frames} frames): "
+                             f"{_frames_text(shown)}, starts at {shown[0] / fps:.2f} s"
+                             + (f"; {_aug_text(aug_local)}" if k == 0 else ""),
+                             _to_images(groups[1][k * N + n], f), None))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(rows).save(out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # 8. CLI
 # ----------------------------------------------------------------------------------------------------------------------
 
 def add_data_args(p: argparse.ArgumentParser):
     """The data flags shared by every script (DESIGN.md contract)."""
-    p.add_argument("--dataset", default="synthetic", choices=["synthetic", "folder", "ucf101", "hmdb51", "kinetics"])
-    p.add_argument("--data", default=None, help="dataset root (videos); synthetic: where to generate (default: cache)")
+    p.add_argument("--dataset", default="auto", choices=["auto", *DATASETS],
+                   help="auto: decided from --data (classes.txt: synthetic; train/ + test/: folder; else unlabeled)")
+    p.add_argument("--data", default=None, help="dataset root (videos); --dataset synthetic: where to generate "
+                                                "(default: the cache)")
     p.add_argument("--annotations", default=None, help="UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, Kinetics CSV")
     p.add_argument("--fold", type=int, default=1, choices=[1, 2, 3], help="UCF101/HMDB51 split number")
     return p
@@ -1564,7 +1928,25 @@ def main(argv=None):
     r.add_argument("--crf", type=int, default=23, help="x264 constant rate factor (lower = better quality, larger)")
     r.add_argument("--preset", default="medium", help="x264 preset (encoding speed vs file size)")
     r.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="parallel processes")
-    a = ap.parse_args(argv)
+    w = sub.add_parser("show", allow_abbrev=False, help="a PNG of what cvrl.py or lss.py trains on: the clips and "
+                                                         "augmented views of a few videos",
+                       description="A PNG of the clips and augmented views that `python METHOD.py FLAGS` would train "
+                                   "on. Every flag not listed here is the method's own (--data, --dataset, --seed, "
+                                   "--frames, --stride, --size, --canvas, ...) and goes to its parser.")
+    w.add_argument("--method", required=True, choices=["cvrl", "lss"])
+    w.add_argument("--out", required=True, help="the PNG to write")
+    w.add_argument("--videos", type=int, default=3, help="how many videos (chosen by the method's --seed)")
+    w.add_argument("--tile", type=int, default=64, help="pixels per frame of a network-size view")
+    a, rest = ap.parse_known_args(argv)
+    if rest and a.cmd != "show":
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    if a.cmd == "show":
+        try:
+            out = show(a.method, rest, a.out, a.videos, a.tile)
+        except DatasetError as e:
+            sys.exit(f"error: {e}")
+        print(f"wrote {out}")
+        return 0
     if a.cmd == "reencode":
         try:
             res = reencode_dataset(a.src, a.dst, a.short_side or None, a.gop, a.crf, a.workers, a.preset)
@@ -1587,7 +1969,16 @@ def main(argv=None):
               f"(train/test), split files {out}/train.txt {out}/test.txt")
         return 0
     total_bad = 0
-    for split in (["train", "test"] if a.split == "both" else [a.split]):
+    try:
+        a.dataset, why = resolve_dataset(a.dataset, a.data)
+    except DatasetError as e:
+        sys.exit(f"error: {e}")
+    if why:
+        print(why)
+    splits = ["train", "test"] if a.split == "both" else [a.split]
+    if a.dataset == "unlabeled" and a.split == "both":
+        splits = ["train"]  # every video under the root
+    for split in splits:
         try:
             videos = load_split(a.dataset, a.data, a.annotations, a.fold, split)
         except DatasetError as e:

@@ -92,7 +92,7 @@ class Config:
     ckpt: str = ""                  # checkpoint of cvrl.py or lss.py (required)
     random_init: bool = False       # the baseline: the checkpoint's network with fresh weights (seeded by --seed)
     # data (None: the checkpoint's own settings when --dataset is not given, so a synthetic run needs no flags)
-    dataset: str | None = None      # synthetic | folder | ucf101 | hmdb51 | kinetics
+    dataset: str | None = None      # auto (from --data) | synthetic | folder | ucf101 | hmdb51 | kinetics
     data: str | None = None         # dataset root
     annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
     fold: int | None = None         # UCF101/HMDB51 split number
@@ -126,6 +126,7 @@ class Config:
     json: str | None = None         # write the results here
 
 
+FOLDER_KINDS = ("synthetic", "folder", "unlabeled", "auto")  # datasets whose kind the folder alone decides
 DATA_FIELDS = ("dataset", "data", "annotations", "fold")  # flags owned by data.add_data_args (shared with cvrl.py)
 NONE_TYPES = {"frames": int, "stride": int, "size": int, "test_size": int, "nuisance": float, "trail": float, "lr": float,
               "cache": str, "json": str}  # fields whose default None hides their type
@@ -176,12 +177,17 @@ def parse_args(argv=None) -> Config:
 def resolve_config(cfg: Config, ckpt_cfg: dict) -> Config:
     """Fill every None with the checkpoint's setting. The data flags are inherited only as a whole: with --dataset
     given, --data/--annotations/--fold mean what the command line says (a checkpoint's UCF101 root is no root for
-    HMDB51). Refuses a checkpoint config that lacks a view setting the command line does not give either."""
+    HMDB51). --data alone after a run on a folder kind (synthetic, folder, unlabeled) is --dataset auto: the new
+    folder's contents decide (never "generate the synthetic set into the user's folder"); after UCF101/HMDB51/
+    Kinetics it keeps that kind and its annotations. Refuses a checkpoint config that lacks a view setting the
+    command line does not give either."""
     def need(key):
         if key not in ckpt_cfg or ckpt_cfg[key] is None:
             raise SystemExit(f"error: the checkpoint's config has no {key!r}; pass --{key.replace('_', '-')}")
         return ckpt_cfg[key]
 
+    if cfg.dataset is None and cfg.data is not None and ckpt_cfg.get("dataset", "synthetic") in FOLDER_KINDS:
+        cfg = replace(cfg, dataset="auto")  # --data alone names another folder: its contents decide its kind
     if cfg.dataset is None:
         cfg = replace(cfg, dataset=ckpt_cfg.get("dataset", "synthetic"),
                       data=cfg.data if cfg.data is not None else ckpt_cfg.get("data"),
@@ -192,7 +198,13 @@ def resolve_config(cfg: Config, ckpt_cfg: dict) -> Config:
     else:
         cfg = replace(cfg, fold=1 if cfg.fold is None else cfg.fold, nuisance=cfg.nuisance or 0.0,
                       trail=cfg.trail or 0.0)
-    cfg = replace(cfg,
+    try:
+        dataset, why = data.resolve_dataset(cfg.dataset, cfg.data)  # --dataset auto: from the folder
+    except data.DatasetError as e:
+        raise SystemExit(f"error: {e}")
+    if why:
+        print(why)
+    cfg = replace(cfg, dataset=dataset,
                   frames=cfg.frames or int(need("frames")), stride=cfg.stride or int(need("stride")),
                   size=cfg.size or int(need("size")),
                   canvas=tuple(int(v) for v in (cfg.canvas or need("canvas"))))
@@ -617,6 +629,9 @@ def main(argv=None) -> dict:
     print(json.dumps(asdict(cfg)))
 
     try:
+        data.require_labels(cfg.dataset, cfg.data, "the linear probe",
+                            f"Pass --data with such a ROOT. Without labels, `python scripts/neighbours.py --ckpt "
+                            f"{cfg.ckpt}` shows which videos the features find similar.")
         synthetic_kwargs = dict(nuisance=cfg.nuisance, trail=cfg.trail) if cfg.dataset == "synthetic" else None
         splits = {s: data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, s, synthetic_kwargs)
                   for s in ("train", "test")}

@@ -40,6 +40,9 @@ Commands
     python lss.py zero-shot --ckpt runs/lss/checkpoint.pt --json runs/lss/zero_shot.json
     # the same on 2 CPU processes (gloo) or N GPUs (NCCL)
     torchrun --standalone --nproc_per_node=2 lss.py --out runs/lss_ddp
+    # your own videos: every video under the folder, no labels (category space: UCF101 + HMDB51 + K400 names)
+    python lss.py --data ~/videos --out runs/lss_own
+    python scripts/neighbours.py --ckpt runs/lss_own/checkpoint.pt --out runs/lss_own/neighbours.png
 
     # the paper's setting (reconstructed): OpenAI CLIP ViT-B/16 weights (a local file; nothing is downloaded),
     # SVT's views and schedule, Kinetics-400 without labels, 4 GPUs x 8 videos
@@ -783,8 +786,8 @@ def ema_update(teacher, student, m):
 @dataclass
 class Config:
     # data
-    dataset: str = "synthetic"      # synthetic | folder | ucf101 | hmdb51 | kinetics
-    data: str | None = None         # dataset root (videos); synthetic: generated once into the cache if not given
+    dataset: str = "auto"           # auto (from --data) | synthetic | folder | unlabeled | ucf101 | hmdb51 | kinetics
+    data: str | None = None         # any folder of videos; none: the synthetic videos, made once in the cache
     annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
     fold: int = 1                   # UCF101/HMDB51 split number (1-3)
     data_fraction: float = 1.0      # use this class-stratified fraction of the training videos
@@ -814,7 +817,7 @@ class Config:
     drop_path: float = 0.1          # stochastic depth of the student (SVT: 0.1); the teacher has none
     probe_feature: str = "cls"      # feature eval_linear.py sees: cls (ln_post CLS, width-d, as SVT) | proj (embed_dim)
     # concept spaces (lss.md sections 3.1-3.3)
-    concepts: str = "dataset"       # category space: dataset (its class names) | union (all label sets) | descriptions
+    concepts: str = "auto"          # category space: auto (union if unlabeled, else dataset) | dataset | union | descriptions
     templates: str = "auto"         # prompts per class name: auto (by --dataset) | kinetics | ucf101 | synthetic | single
     desc_template: str = "{desc}"   # text embedded per description; may use {cls} and {desc}
     bpe: str | None = None          # CLIP's BPE vocabulary file (default: the copy inside the clip-anytorch package)
@@ -860,9 +863,9 @@ ARCH_KEYS = ("init", "width", "layers", "patch", "embed_dim", "text_width", "tex
 TEMPLATES = {"kinetics": KINETICS_TEMPLATES, "ucf101": UCF101_TEMPLATES, "synthetic": SYNTHETIC_TEMPLATES,
              "single": DEFAULT_TEMPLATES}
 DATASET_TEMPLATES = {"kinetics": "kinetics", "ucf101": "ucf101", "hmdb51": "ucf101", "synthetic": "synthetic",
-                     "folder": "kinetics"}  # --templates auto
+                     "folder": "kinetics", "unlabeled": "kinetics"}  # --templates auto
 CHOICES = {"init": ("tiny", "random", "clip"), "cls_mode": ("per_frame", "shared"), "probe_feature": ("cls", "proj"),
-           "concepts": ("dataset", "union", "descriptions"), "templates": ("auto",) + tuple(TEMPLATES),
+           "concepts": ("auto", "dataset", "union", "descriptions"), "templates": ("auto",) + tuple(TEMPLATES),
            "ca_target": ("class", "description"), "up_scope": ("global", "local"),
            "up_average": ("auto", "batch", "ema"), "amp": ("auto", "bf16", "off")}
 
@@ -890,6 +893,7 @@ def parse_args(argv=None) -> Config:
     desc = ("LSS pretraining. Zero-shot evaluation: `python lss.py zero-shot --help`. "
             + __doc__.strip().split("\n\n")[0])
     cfg = data.parse_config(Config, argv, desc)
+    cfg = data.decide_dataset(cfg)  # --dataset auto: synthetic, a labelled folder or unlabeled videos, from --data
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be one of {list(allowed)}, "
@@ -904,6 +908,17 @@ def parse_args(argv=None) -> Config:
         raise SystemExit("error: --local-views must be >= 0 and --frames, --stride, --local-stride >= 1")
     if cfg.templates == "auto":
         cfg = replace(cfg, templates=DATASET_TEMPLATES[cfg.dataset])  # the checkpoint records the list used
+    # Unlabeled videos have no class names to build a category space from: the union of the label sets we ship
+    # (UCF101, HMDB51, Kinetics-400 names) stands in, as for a Kinetics-pretrained model that transfers.
+    if cfg.dataset == "unlabeled":
+        if cfg.concepts in ("dataset", "descriptions"):
+            raise SystemExit(f"error: --concepts {cfg.concepts} needs the dataset's class names, and {cfg.data} holds "
+                             f"unlabeled videos: use --concepts union (the default for unlabeled videos)")
+        if cfg.concepts == "auto" and os.environ.get("RANK", "0") == "0":
+            print(f"concepts: the videos have no labels, so the category space is --concepts union: "
+                  f"{len(category_names('union', []))} action names of UCF101, HMDB51 and Kinetics-400")
+    if cfg.concepts == "auto":
+        cfg = replace(cfg, concepts="union" if cfg.dataset == "unlabeled" else "dataset")
     return cfg
 
 
@@ -1513,7 +1528,10 @@ def train(cfg: Config):
 
     # zero-shot on the dataset's own test split with its class names: the teacher before and after training
     zs = None
-    if cfg.zero_shot_eval:
+    if cfg.zero_shot_eval and cfg.dataset == "unlabeled":
+        print0("note: no zero-shot evaluation: it needs labelled test videos, and the training folder has none "
+               "(python lss.py zero-shot --ckpt ... --data LABELLED_ROOT evaluates later)")
+    elif cfg.zero_shot_eval:
         try:
             test_videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "test",
                                           synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail))
@@ -1588,9 +1606,13 @@ def train(cfg: Config):
             (out / "skipped.txt").write_text("\n".join(sorted(set(skipped))) + "\n")
             print0(f"{len(set(skipped))} unreadable videos were skipped (listed in {out / 'skipped.txt'})")
         data_flags = f" --dataset {cfg.dataset}" if cfg.dataset != "synthetic" else ""
-        print0(f"done: {step} steps; checkpoint {ckpt_path}\n"
-               f"evaluate: python eval_linear.py --ckpt {ckpt_path}{data_flags}\n"
-               f"          python lss.py zero-shot --ckpt {ckpt_path}{data_flags}")
+        if cfg.dataset == "unlabeled":  # nothing to evaluate on: look at what the features find similar instead
+            print0(f"done: {step} steps; checkpoint {ckpt_path}\n"
+                   f"look: python scripts/neighbours.py --ckpt {ckpt_path} --out {out / 'neighbours.png'}")
+        else:
+            print0(f"done: {step} steps; checkpoint {ckpt_path}\n"
+                   f"evaluate: python eval_linear.py --ckpt {ckpt_path}{data_flags}\n"
+                   f"          python lss.py zero-shot --ckpt {ckpt_path}{data_flags}")
     if log:
         log.close()
     if world > 1:
@@ -1603,7 +1625,7 @@ def train(cfg: Config):
 class ZeroShotConfig:
     ckpt: str | None = None         # an lss.py checkpoint: its teacher and its text tower are evaluated
     clip: str | None = None         # instead of --ckpt: CLIP weights evaluated frozen (frame-averaged CLIP baseline)
-    dataset: str | None = None      # synthetic | folder | ucf101 | hmdb51 | kinetics (default: the checkpoint's)
+    dataset: str | None = None      # auto | synthetic | folder | ucf101 | hmdb51 | kinetics; default: the checkpoint's
     data: str | None = None         # dataset root
     annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
     fold: int = 0                   # UCF101/HMDB51 split; 0: the checkpoint's (or 1)
@@ -1656,6 +1678,8 @@ def zero_shot(zc: ZeroShotConfig) -> dict:
         backbone = Backbone(tcfg, "proj", vit=vit)
         text = text_tower(clip)
         what, step = f"frozen CLIP {zc.clip} (frame-averaged, cls {zc.cls_mode})", None
+    if zc.dataset is None and zc.data and tcfg.get("dataset", "synthetic") in ("synthetic", "folder", "unlabeled"):
+        zc = replace(zc, dataset="auto")  # --data alone names another folder: its contents decide (as eval_linear.py)
     if zc.dataset is None:
         dataset, root, ann = tcfg.get("dataset", "synthetic"), zc.data or tcfg.get("data"), \
             zc.annotations or tcfg.get("annotations")
@@ -1667,6 +1691,13 @@ def zero_shot(zc: ZeroShotConfig) -> dict:
     frames, stride = zc.frames or tcfg["frames"], zc.stride or tcfg["stride"]
     size = zc.size or tcfg["size"]
     canvas = tuple(zc.canvas) if all(zc.canvas) else tuple(tcfg["canvas"])
+    try:
+        dataset, why = data.resolve_dataset(dataset, root)
+        if why:
+            print(why)
+        data.require_labels(dataset, root, "zero-shot classification")
+    except data.DatasetError as e:
+        raise SystemExit(f"error: {e}")
     templates = zc.templates or tcfg.get("templates") or DATASET_TEMPLATES[dataset]
     if templates not in TEMPLATES:
         raise SystemExit(f"error: --templates must be one of {list(TEMPLATES)}")

@@ -66,7 +66,7 @@ L, C = lss.Config, cvrl.Config  # view and network defaults are lss.py's, the cl
 @dataclass
 class Config:
     # data (as lss.py)
-    dataset: str = L.dataset        # synthetic | folder | ucf101 | hmdb51 | kinetics
+    dataset: str = L.dataset        # auto (from --data) | synthetic | folder | unlabeled | ucf101 | hmdb51 | kinetics
     data: str | None = L.data       # dataset root (videos); synthetic: generated once into the cache if not given
     annotations: str | None = L.annotations  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
     fold: int = L.fold              # UCF101/HMDB51 split number (1-3)
@@ -249,6 +249,6 @@ def train(cfg: Config):
 
 if __name__ == "__main__":
     try:
-        train(data.parse_config(Config, None, __doc__.strip().split("\n\n")[0]))
+        train(data.decide_dataset(data.parse_config(Config, None, __doc__.strip().split("\n\n")[0])))
     except data.DatasetError as e:
         sys.exit(f"error: {e}")

@@ -42,7 +42,7 @@ C = cvrl.Config  # data, clip and network defaults are CVRL's own, so "the same 
 @dataclass
 class Config:
     # data (as cvrl.py)
-    dataset: str = C.dataset        # synthetic | folder | ucf101 | hmdb51 | kinetics
+    dataset: str = C.dataset        # auto (from --data) | synthetic | folder | ucf101 | hmdb51 | kinetics
     data: str | None = C.data       # dataset root (videos); synthetic: generated once into the cache if not given
     annotations: str | None = C.annotations  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
     fold: int = C.fold              # UCF101/HMDB51 split number (1-3)
@@ -161,6 +161,8 @@ def train(cfg: Config):
 
 if __name__ == "__main__":
     try:
-        train(data.parse_config(Config, None, __doc__.strip().split("\n\n")[0]))
+        cfg = data.decide_dataset(data.parse_config(Config, None, __doc__.strip().split("\n\n")[0]))
+        data.require_labels(cfg.dataset, cfg.data, "supervised training")
+        train(cfg)
     except data.DatasetError as e:
         sys.exit(f"error: {e}")

@@ -13,7 +13,7 @@ from conftest import ROOT
 
 # import name -> distribution name, for every third-party module the repository may import
 DISTRIBUTION = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "einops": "einops", "av": "av",
-                "tqdm": "tqdm", "regex": "regex", "ftfy": "ftfy", "scipy": "scipy", "matplotlib": "matplotlib",
+                "tqdm": "tqdm", "PIL": "pillow", "regex": "regex", "ftfy": "ftfy", "scipy": "scipy", "matplotlib": "matplotlib",
                 "pytest": "pytest", "open_clip": "open_clip_torch"}
 
 
