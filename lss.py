@@ -919,6 +919,8 @@ def parse_args(argv=None) -> Config:
                   f"{len(category_names('union', []))} action names of UCF101, HMDB51 and Kinetics-400")
     if cfg.concepts == "auto":
         cfg = replace(cfg, concepts="union" if cfg.dataset == "unlabeled" else "dataset")
+    if cfg.init == "random":  # a pretrained CLIP's temperatures are read off its weights, in train()
+        cfg = resolve_temperatures(cfg, None)
     return cfg
 
 
