@@ -1,6 +1,6 @@
 """
 The replication study: a grid of short pretraining runs, each read out by a linear probe, every row mean ± std over
-seeds, written as JSON, a markdown table and two plots (and, on request, README.md's results block).
+seeds, written as JSON, a markdown table and two plots (and, on request, the results block of docs/results.md).
 
 Rows, grouped by the claim they test:
   baselines     random-init encoder (no pretraining: the floor), supervised training of the same encoder on the
@@ -41,7 +41,7 @@ A fine-tuning row is one command, its own test instead of the probe:
 
 Commands
     python scripts/replicate.py --quick                   # the CPU preset on the synthetic videos (~70 min, 2 cores)
-    python scripts/replicate.py --quick --update-readme   # ... and rewrite README.md's results block
+    python scripts/replicate.py --quick --update-readme   # ... and rewrite docs/results.md's results block
     python scripts/replicate.py --preset full             # the GPU preset: longer runs, 5 seeds, 5 nuisance levels
     python scripts/replicate.py --preset lss-explore      # LSS from random init: attempts against its collapse
     python scripts/replicate.py --preset cvrl-search      # the search that chose --quick's CVRL batch size and lr
@@ -809,19 +809,21 @@ def wall_clock(invocations: list) -> str:
     return text + (" (one or more not timed)" if len(timed) < len(invocations) else "")
 
 
-def readme_block(table: str, env: dict, out: Path, plots: list, invocations: list) -> str:
-    where = rel(out)
+def readme_block(table: str, env: dict, out: Path, plots: list, invocations: list, base: Path = ROOT) -> str:
+    """The results block; its links are relative to `base`, the folder of the file it goes into."""
+    link = lambda p: os.path.relpath(Path(p).resolve(), Path(base).resolve())  # noqa: E731
+    where = link(out)
     lines = [README_BEGIN,
              "<!-- written by scripts/replicate.py --update-readme: edit the script, not this block -->",
              f"`{env['command']}` (commit {env['git'] or '?'}, {env['date']}; {env['device']}; torch {env['torch']}, "
              f"Python {env['python']}; wall-clock {wall_clock(invocations)}). Per-job numbers: "
              f"[{where}/results.json]({where}/results.json).", "", table.rstrip("\n"), ""]
-    lines += [f"![{p.stem}]({rel(p)})" for p in plots]
+    lines += [f"![{p.stem}]({link(p)})" for p in plots]
     return "\n".join(lines + [README_END]) + "\n"
 
 
 def update_readme(readme: Path, block: str) -> bool:
-    """Replace the marked block of README.md; False (and nothing written) when the markers are not there."""
+    """Replace the marked block of the file; False (and nothing written) when the markers are not there."""
     text = readme.read_text() if readme.exists() else ""
     pattern = re.compile(re.escape(README_BEGIN) + r".*?" + re.escape(README_END) + r"\n?", re.S)
     if not pattern.search(text):
@@ -850,7 +852,8 @@ def parse_args(argv=None):
     p.add_argument("--fold", type=int, default=None, choices=[1, 2, 3], help="passed to every job")
     p.add_argument("--update-readme", action="store_true",
                    help=f"rewrite the block between {README_BEGIN} and {README_END} in --readme")
-    p.add_argument("--readme", default=str(ROOT / "README.md"))
+    p.add_argument("--readme", default=str(ROOT / "docs" / "results.md"),
+                   help="the file whose marked block --update-readme rewrites (the study's narrative lives there)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="print every job's commands and exit")
     a = p.parse_args(argv)
@@ -925,7 +928,7 @@ def main(argv=None, runner=run_job) -> int:
     print("\n" + table)
     print(f"wrote {rel(out / 'results.json')}, {rel(out / 'table.md')}" + "".join(f", {rel(p)}" for p in plots))
     if a.update_readme:
-        block = readme_block(table, env, out, plots, invocations)
+        block = readme_block(table, env, out, plots, invocations, base=Path(a.readme).resolve().parent)
         if update_readme(Path(a.readme), block):
             print(f"updated the results block of {a.readme}")
         else:

@@ -1,4 +1,6 @@
 """The README's numbers and defaults against the code and the committed results they come from."""
+import json
+import math
 import re
 import sys
 
@@ -10,12 +12,14 @@ import bench  # noqa: E402
 import pretrain_clip  # noqa: E402
 
 README = (ROOT / "README.md").read_text()
+FLAT = " ".join(README.split())  # line breaks as spaces
 
 
 def section(title: str) -> str:
+    """The section's text, line breaks as spaces."""
     start = README.index(f"## {title}")
     end = README.find("\n## ", start + 3)
-    return README[start:end if end > 0 else None]
+    return " ".join(README[start:end if end > 0 else None].split())
 
 
 def model_row(run: dict, kind: str, variant: str) -> tuple:
@@ -51,5 +55,39 @@ def test_lss_section_states_the_defaults():
     assert f"{c.stills:,} synthetic *captioned stills*" in text
     assert f"(`--trail {lss.Config.trail:g}`)" in text
     assert lss.Config.init == "tiny"
-    m = re.search(r"τ_t = ([0-9.]+) τ_s", README)
+    m = re.search(r"τ_t = ([0-9.]+) τ_s", (ROOT / "docs" / "lss.md").read_text())
     assert m and float(m.group(1)) == lss.TEACHER_STUDENT_TAU_RATIO
+
+
+def summary_block() -> str:
+    return README[README.index("<!-- results-summary:begin -->"):README.index("<!-- results-summary:end -->")]
+
+
+def mean_std(results: dict, row: str) -> str:
+    a = next(r for r in results["rows"] if r["name"] == row)["top1"]
+    assert a["n"] == 3, row  # every claim rests on 3 seeds
+    return f"{a['mean']:.1f} ± {a['std']:.1f}"
+
+
+def test_results_summary_matches_the_committed_study():
+    quick = json.loads((ROOT / "results" / "replicate" / "quick" / "results.json").read_text())
+    block = summary_block()
+    for row in ("cvrl", "random-init", "cvrl-uniform", "cvrl-increasing", "cvrl-per-frame"):
+        assert mean_std(quick, row) in block, row
+    lss_rows = [j for j in quick["jobs"] if j["row"].startswith("lss") and j["row"] != "lss-init"]
+    assert len(lss_rows) == 12 and all(abs(j["final_teacher_entropy"] - math.log(8)) < 0.01 for j in lss_rows)
+    assert "12 of 12 runs" in block
+
+
+def test_quick_start_claims():
+    text = section("Quick start")
+    # the three seeds of the default in docs/cvrl.md's table
+    cvrl_doc = (ROOT / "docs" / "cvrl.md").read_text()
+    diffs = [float(x) for x in re.findall(r"\*\*\+(\d+\.\d)\*\*", cvrl_doc)]
+    assert f"by {min(diffs)}-{max(diffs)} points" in text
+
+
+def test_every_local_link_exists():
+    targets = re.findall(r"\]\(([^)#]+)\)", README) + re.findall(r'<img src="([^"]+)"', README)
+    local = [t for t in targets if not t.startswith("http")]
+    assert local and all((ROOT / t).exists() for t in local), [t for t in local if not (ROOT / t).exists()]
