@@ -1466,14 +1466,21 @@ def parse_config(config_cls, argv=None, description=""):
     return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(a).items()})
 
 
+def resolve_device(flag: str) -> torch.device:
+    """--device auto | cpu | cuda -> a torch.device: auto is the GPU when one is visible; cuda without one is an
+    error that says so."""
+    if flag == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if flag == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no GPU is visible (torch.cuda.is_available() is False)")
+    return torch.device(flag)
+
+
 def setup_distributed(device_flag: str):
     """-> (rank, world_size, device). torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; plain `python` runs one process with
     no process group. gloo on CPU (tests, laptops), NCCL on GPUs."""
     import torch.distributed as dist
-    if device_flag == "auto":
-        device_flag = "cuda" if torch.cuda.is_available() else "cpu"
-    if device_flag == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no GPU is visible (torch.cuda.is_available() is False)")
+    device_flag = resolve_device(device_flag).type
     if "RANK" not in os.environ:
         return 0, 1, torch.device(device_flag)
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
@@ -1724,7 +1731,7 @@ def show(method: str, method_argv, out, num_videos: int = 3, tile: int = 64) -> 
 # ----------------------------------------------------------------------------------------------------------------------
 
 def add_data_args(p: argparse.ArgumentParser):
-    """The data flags shared by every script (DESIGN.md contract)."""
+    """The data flags every script shares (--dataset, --data, --annotations, --fold: one meaning everywhere)."""
     p.add_argument("--dataset", default="auto", choices=["auto", *DATASETS],
                    help="auto: decided from --data (classes.txt: synthetic; train/ + test/: folder; else unlabeled)")
     p.add_argument("--data", default=None, help="dataset root (videos); --dataset synthetic: where to generate "

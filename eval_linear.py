@@ -604,12 +604,7 @@ def choose_hyperparameters(feats, labels, num_classes, cfg: Config, device):
 
 # ----------------------------------------------------------------------------- main
 
-def resolve_device(flag: str) -> torch.device:
-    if flag == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if flag == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no GPU is visible (torch.cuda.is_available() is False)")
-    return torch.device(flag)
+resolve_device = data.resolve_device  # scripts/supervised.py and neighbours.py import it from here
 
 
 def main(argv=None) -> dict:

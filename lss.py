@@ -1654,10 +1654,7 @@ def zero_shot(zc: ZeroShotConfig) -> dict:
         raise SystemExit("error: give exactly one of --ckpt (an lss.py checkpoint) or --clip (frozen CLIP weights)")
     if zc.class_vectors not in ("names", "descriptions") or zc.split not in ("train", "test"):
         raise SystemExit("error: --class-vectors must be names|descriptions and --split train|test")
-    if zc.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no GPU is visible")
-    device = torch.device("cuda" if zc.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if zc.device == "auto" else zc.device)
+    device = data.resolve_device(zc.device)
     t0 = time.perf_counter()
     if zc.ckpt:
         ckpt = data.load_checkpoint(zc.ckpt)
