@@ -1447,12 +1447,17 @@ def to_bcthw(video: torch.Tensor) -> torch.Tensor:
 # 7. run management shared by cvrl.py, lss.py and eval_linear.py (config flags, torchrun, checkpoints)
 # ----------------------------------------------------------------------------------------------------------------------
 
+def field_helps(config_cls) -> dict:
+    """{field: the comment after it} from a config dataclass's source: each field's one-line help, written once."""
+    import inspect
+    return dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(config_cls), re.M))
+
+
 def parse_config(config_cls, argv=None, description=""):
     """A kebab-case flag for every field of a config dataclass (--batch-size 64), with the help text taken from the
     field's trailing comment, so the dataclass stays the one place where a setting is defined and explained."""
     import dataclasses
-    import inspect
-    helps = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(config_cls), re.M))
+    helps = field_helps(config_cls)
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(config_cls):
         flag, default, h = "--" + f.name.replace("_", "-"), f.default, helps.get(f.name, "")
@@ -1495,8 +1500,10 @@ def setup_distributed(device_flag: str):
 
 
 def save_checkpoint(path, state: dict):
-    """Write to a temporary file, fsync, then rename: a crash or SIGKILL mid-write leaves the previous checkpoint."""
-    tmp = f"{path}.tmp"
+    """Write to a temporary file, fsync, then rename: a crash or SIGKILL mid-write leaves the previous checkpoint.
+    The temporary name carries the process id, so two processes writing the same file (two evaluations filling one
+    feature cache) never write into each other's."""
+    tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
         torch.save(state, f)
         f.flush()

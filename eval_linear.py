@@ -58,11 +58,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
-import inspect
 import json
 import math
 import os
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -139,7 +137,7 @@ def add_config_args(p: argparse.ArgumentParser, config_cls, none_types: dict, ch
     data.py's defaults would silently pick synthetic, fold 1). Not data.parse_config: here most settings default to
     "whatever the checkpoint says" (None), which needs explicit types (`none_types`), and the data flags must know
     whether they were given at all. scripts/finetune.py builds its flags with this too."""
-    helps = dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(config_cls), re.M))
+    helps = data.field_helps(config_cls)
     data.add_data_args(p)
     p.set_defaults(dataset=None, fold=None)
     for f in fields(config_cls):
@@ -396,9 +394,7 @@ def cached_features(path: Path, key_fields: dict, compute):
     feats["key_fields"] = key_fields
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        torch.save(feats, tmp)
-        os.replace(tmp, path)
+        data.save_checkpoint(path, feats)  # atomic, as every checkpoint
         print(f"cached features in {path}")
     except OSError as e:
         print(f"warning: cannot write the feature cache {path} ({e}); continuing without it", file=sys.stderr)

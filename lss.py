@@ -1302,14 +1302,18 @@ def train_step(cfg: Config, run: Run, video: torch.Tensor, step: int) -> dict:
     with torch.no_grad():
         P = torch.cat(teacher_probs(t_cat, run.center, tau_t))  # (2B, K)
         Ps = torch.cat([F.softmax(s / cfg.tau_s, dim=-1) for s in s_cat])  # ((2+L)B, K)
-        stats = torch.cat([torch.stack([loss.detach(), cd.detach(), ca.detach(), up.detach(),
-                                        -(P * P.clamp_min(1e-12).log()).sum(-1).mean(), P.max(-1).values.mean(),
-                                        -(Ps * Ps.clamp_min(1e-12).log()).sum(-1).mean()]), P.mean(0)])
+        scalars = {"loss": loss.detach(), "cd": cd.detach(), "ca": ca.detach(), "up": up.detach(),
+                   "t_entropy": -(P * P.clamp_min(1e-12).log()).sum(-1).mean(),
+                   "t_max_prob": P.max(-1).values.mean(),
+                   "s_entropy": -(Ps * Ps.clamp_min(1e-12).log()).sum(-1).mean()}
+        packed = torch.cat([torch.stack(list(scalars.values())), P.mean(0)])  # one all-reduce for all of them
         if run.world > 1:
-            dist.all_reduce(stats, op=dist.ReduceOp.AVG)
+            dist.all_reduce(packed, op=dist.ReduceOp.AVG)
+        stats = dict(zip(scalars, packed[:len(scalars)].tolist()))
+        p_mean = packed[len(scalars):]  # (K,) batch-mean teacher distribution
     # every process sees the same averaged loss, so a non-finite loss stops all of them at the same step
-    if not math.isfinite(stats[0].item()):
-        raise FloatingPointError(f"loss is {stats[0].item()} at step {step}; stopping (the last checkpoint is kept). "
+    if not math.isfinite(stats["loss"]):
+        raise FloatingPointError(f"loss is {stats['loss']} at step {step}; stopping (the last checkpoint is kept). "
                                  f"Try a lower --lr, higher --tau-s/--tau-t, or --amp off.")
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -1317,11 +1321,8 @@ def train_step(cfg: Config, run: Run, video: torch.Tensor, step: int) -> dict:
     run.optimizer.step()
     ema_update(run.teacher, run.student_vit, m)  # teacher <- m teacher + (1 - m) student
     run.center = update_center(run.center, t_cat, cfg.center_momentum)  # all-reduced batch mean (DINO/SVT)
-    p_mean = stats[7:]  # (K,) batch-mean teacher distribution
     h_mean = -(p_mean * p_mean.clamp_min(1e-12).log()).sum().item()
-    return dict(loss=stats[0].item(), cd=stats[1].item(), ca=stats[2].item(), up=stats[3].item(),
-                t_entropy=stats[4].item(), t_max_prob=stats[5].item(), s_entropy=stats[6].item(),
-                t_batch_entropy=h_mean, t_mi=h_mean - stats[4].item(),
+    return dict(**stats, t_batch_entropy=h_mean, t_mi=h_mean - stats["t_entropy"],
                 lr=lr, wd=wd, momentum=m, tau_t=tau_t, grad_norm=grad_norm.item())
 
 
