@@ -31,42 +31,23 @@ L = L_CD + lambda_ca L_CA + lambda_up L_UP; AdamW with SVT's lr/weight-decay/mom
 "backbone" is the TEACHER (SVT evaluates the teacher); it also carries the student, optimizer, centre and the text
 tower, so a run resumes exactly and zero-shot evaluation can embed any dataset's class names later.
 
-Commands
-    # CPU, no flags: a tiny CLIP from RANDOM weights (both towers) on the built-in synthetic videos, generated once
-    # into ~/.cache/nanovideossl; prints zero-shot top-1 on their test split before and after training
-    python lss.py
-    python eval_linear.py --ckpt runs/lss/checkpoint.pt                 # linear probe of the teacher (CLS feature)
-    python eval_linear.py --ckpt runs/lss/checkpoint.pt --random-init   # baseline: same network, random weights
-    python lss.py zero-shot --ckpt runs/lss/checkpoint.pt --json runs/lss/zero_shot.json
-    # the same on 2 CPU processes (gloo) or N GPUs (NCCL)
-    torchrun --standalone --nproc_per_node=2 lss.py --out runs/lss_ddp
-    # your own videos: every video under the folder, no labels (category space: UCF101 + HMDB51 + K400 names)
-    python lss.py --data ~/videos --out runs/lss_own
-    python scripts/neighbours.py --ckpt runs/lss_own/checkpoint.pt --out runs/lss_own/neighbours.png
+Where no OpenAI weights are at hand, the start is a tiny CLIP pretrained here on captioned synthetic stills
+(scripts/pretrain_clip.py, run once by --init tiny, the default, and cached); --init random is the collapse.
 
-    # the paper's setting (reconstructed): OpenAI CLIP ViT-B/16 weights (a local file; nothing is downloaded),
-    # SVT's views and schedule, Kinetics-400 without labels, 4 GPUs x 8 videos
-    VIEWS="--size 224 --local-size 96 --canvas 256 320 --frames 8 --stride 32 --local-views 8 --local-frames 8 \
-           --local-stride 4"
-    torchrun --standalone --nproc_per_node=4 lss.py --init clip --clip ViT-B-16.pt $VIEWS \
+Commands
+    python lss.py                                          # CPU: the tiny CLIP adapted to the synthetic videos
+    python lss.py zero-shot --ckpt runs/lss/checkpoint.pt  # the teacher names the test videos by their classes
+    python eval_linear.py --ckpt runs/lss/checkpoint.pt    # linear probe of the teacher (CLS feature)
+    torchrun --standalone --nproc_per_node=2 lss.py --out runs/lss_ddp     # 2 processes (gloo; NCCL on GPUs)
+    python lss.py --data ~/videos --out runs/lss_own       # your unlabeled videos (concepts: UCF101+HMDB51+K400)
+    # the paper's setting (reconstructed): OpenAI's ViT-B/16 (a local file), SVT's views, Kinetics-400, 4 GPUs
+    torchrun --standalone --nproc_per_node=4 lss.py --init clip --clip ViT-B-16.pt --size 224 --local-size 96 \
+        --canvas 256 320 --frames 8 --stride 32 --local-views 8 --local-frames 8 --local-stride 4 \
         --dataset kinetics --data K400/ --annotations K400/annotations/ --epochs 20 --warmup-epochs 10 \
-        --batch-size 8 --lr 5e-4 --momentum-teacher 0.996 --test-clips 1 --workers 8 --out runs/lss_k400
-    # transfer zero-shot (category space = K400 class names in training; UCF101 / HMDB51 class names at test)
+        --batch-size 8 --lr 5e-4 --test-clips 1 --workers 8 --out runs/lss_k400
     python lss.py zero-shot --ckpt runs/lss_k400/checkpoint.pt --dataset ucf101 --data UCF-101/ \
-        --annotations ucfTrainTestlist/ --fold 1 --test-clips 1 --json runs/lss_k400/zs_ucf101.json
-    python lss.py zero-shot --ckpt runs/lss_k400/checkpoint.pt --dataset hmdb51 --data hmdb51/ \
-        --annotations testTrainMulti_7030_splits/ --fold 1 --test-clips 1 --json runs/lss_k400/zs_hmdb51.json
-    # transductive: train on the target's unlabeled training videos with its own class names, test on its test split
-    torchrun --standalone --nproc_per_node=4 lss.py --init clip --clip ViT-B-16.pt $VIEWS --stride 16 \
-        --dataset ucf101 --data UCF-101/ --annotations ucfTrainTestlist/ --fold 1 --epochs 20 --warmup-epochs 10 \
-        --batch-size 8 --lr 5e-4 --momentum-teacher 0.996 --test-clips 1 --out runs/lss_ucf101
-    python lss.py zero-shot --ckpt runs/lss_ucf101/checkpoint.pt --test-clips 1   # the checkpoint's own dataset
-    # baseline: frozen image CLIP, features averaged over the frames (= lss.py's network at step 0)
-    python lss.py zero-shot --clip ViT-B-16.pt --dataset ucf101 --data UCF-101/ --annotations ucfTrainTestlist/ \
-        --frames 8 --stride 8 --test-clips 1
-    # linear probes (SVT evaluates 8 x 32 frames, 3 crops)
-    python eval_linear.py --ckpt runs/lss_k400/checkpoint.pt --dataset ucf101 --data UCF-101/ \
-        --annotations ucfTrainTestlist/ --frames 8 --stride 8 --size 224 --canvas 256 320 --test-clips 10 --crops 3
+        --annotations ucfTrainTestlist/ --fold 1 --test-clips 1    # transfer: UCF101's class names
+More (transductive runs, HMDB51, the frozen-CLIP baseline, probes): README.md and docs/lss.md.
 """
 
 import copy
