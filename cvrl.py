@@ -754,9 +754,6 @@ def train(cfg: Config):
     loader = data.make_loader(dataset, cfg.batch_size, cfg.workers, shuffle=True, drop_last=True, seed=cfg.seed,
                               rank=rank, world_size=world)
     steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
-        raise SystemExit(f"error: {len(videos)} training videos cannot fill one batch of {cfg.batch_size} x "
-                         f"{world} processes; lower --batch-size")
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     global_batch = cfg.batch_size * world

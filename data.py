@@ -1260,8 +1260,12 @@ def _worker_init(worker_id):
 def make_loader(dataset, batch_size, workers=2, shuffle=True, drop_last=True, seed=0, rank=0, world_size=1,
                 pin_memory=None):
     """DataLoader over (index, seed) keys. Workers persist across epochs (no re-fork per epoch), memory is pinned
-    when a GPU is present, and `loader.sampler.set_epoch(e)` picks the epoch's order."""
+    when a GPU is present, and `loader.sampler.set_epoch(e)` picks the epoch's order. A drop_last (training) loader
+    that cannot fill one batch on every process exits with a message instead of training for zero steps."""
     sampler = EpochSampler(len(dataset), shuffle, seed, rank, world_size, drop_last)
+    if drop_last and len(dataset) < batch_size * world_size:  # a training loader that would yield no step at all
+        raise SystemExit(f"error: {len(dataset)} training videos cannot fill one batch of {batch_size} x {world_size} "
+                         f"processes; lower --batch-size")
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory, drop_last=drop_last,

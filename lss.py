@@ -21,10 +21,12 @@ backbone/views/EMA, DINO for centring and multi-view pairing, MUST for the unifo
   - the prompt templates and the description set.
 Each such place says so in a comment.
 
-Layout: tokenizer -> CLIP (plain PyTorch, OpenAI state-dict layout) -> video ViT -> concept spaces -> losses ->
-training. Tensor layout at the video model's boundary is (B, T, C, H, W), CLIP-normalised floats.
+Layout, in the order the method is learnt: CLIP's blocks (plain PyTorch, OpenAI state-dict layout) -> the video
+ViT (divided space-time attention) -> concept spaces -> the three losses -> views -> one training step -> config ->
+the training loop -> zero-shot evaluation; appendix: CLIP's BPE tokenizer and weight loading. Tensor layout at the
+video model's boundary is (B, T, C, H, W), CLIP-normalised floats.
 
-Training, as reconstructed (sections below the "config" banner): every video gives 2 global views (the whole
+Training, as reconstructed: every video gives 2 global views (the whole
 window, 8 frames, 224 px) and L local views (short windows, fewer frames, 96 px); the EMA teacher embeds the
 globals, the student all views, one backbone pass per view shape; both project onto the frozen concept vectors;
 L = L_CD + lambda_ca L_CA + lambda_up L_UP; AdamW with SVT's lr/weight-decay/momentum schedules. The checkpoint's
@@ -49,6 +51,8 @@ Commands
         --annotations ucfTrainTestlist/ --fold 1 --test-clips 1    # transfer: UCF101's class names
 More (transductive runs, HMDB51, the frozen-CLIP baseline, probes): README.md and docs/lss.md.
 """
+
+from __future__ import annotations  # type hints may name what is defined further down (the reading order is the paper's)
 
 import copy
 import gzip
@@ -81,142 +85,6 @@ import data
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # images must be normalised with CLIP's stats, not ImageNet's
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-# ----------------------------------------------------------------------------- tokenizer
-# CLIP's byte-level BPE, as in openai/CLIP clip/simple_tokenizer.py. Byte level means every string is encodable:
-# text -> UTF-8 bytes -> each byte mapped to a printable unicode char -> words split by a regex -> BPE merges.
-
-BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
-SOT, EOT = 49406, 49407  # <|startoftext|>, <|endoftext|>; EOT is the largest id, which text pooling relies on
-
-
-def find_bpe_vocab(path=None):
-    """Path of CLIP's BPE merges file: `path` if given, else the copy shipped inside an installed CLIP package.
-
-    The file (OpenAI's, MIT licence) comes with the dependency clip-anytorch, the lightest package that ships it
-    (1.4 MB; open_clip_torch, which the tests use as the reference CLIP, ships the same bytes but pulls in timm and
-    huggingface_hub). We only read the file: neither package is imported."""
-    if path is not None:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"BPE vocabulary file not found: {path}")
-        return path
-    # find_spec locates the package directory without importing it
-    for pkg in ("clip", "open_clip"):  # clip-anytorch (or openai/CLIP), open_clip_torch: same file, same bytes
-        spec = importlib.util.find_spec(pkg)
-        for d in (spec.submodule_search_locations or []) if spec else []:
-            if os.path.isfile(os.path.join(d, BPE_FILE)):
-                return os.path.join(d, BPE_FILE)
-    raise FileNotFoundError(
-        f"CLIP's BPE vocabulary '{BPE_FILE}' was not found. It ships inside clip-anytorch, a dependency of this "
-        f"project: run `pip install -e .` in the repository, or pass the file's path explicitly (--bpe PATH).")
-
-
-@lru_cache()
-def bytes_to_unicode():
-    # Printable bytes map to themselves; the other 68 (control chars, space, ...) map to chr(256+n), so that no
-    # BPE symbol is whitespace or a control character and the mapping stays reversible.
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
-def get_pairs(word):
-    """Set of adjacent symbol pairs in a word (a tuple of symbols)."""
-    return set(zip(word[:-1], word[1:]))
-
-
-def clean_text(text):
-    text = ftfy.fix_text(text)  # repairs mojibake ("cafÃ©" -> "café"), as OpenAI's tokenizer does
-    text = html.unescape(html.unescape(text)).strip()  # twice: web captions are often double-escaped ("&amp;amp;")
-    text = regex.sub(r"\s+", " ", text).strip()  # collapse runs of spaces, tabs, newlines
-    return text.lower()
-
-
-class BPETokenizer:
-    def __init__(self, bpe_path):
-        self.byte_encoder = bytes_to_unicode()
-        merges = gzip.open(bpe_path).read().decode("utf-8").split("\n")
-        merges = [tuple(m.split()) for m in merges[1:49152 - 256 - 2 + 1]]  # line 0 is "#version: 0.2"
-        vocab = list(self.byte_encoder.values())
-        vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges]  # "</w>" marks a word's end
-        vocab += ["<|startoftext|>", "<|endoftext|>"]
-        self.encoder = {v: i for i, v in enumerate(vocab)}  # 256 + 256 + 48894 + 2 = 49408 ids
-        assert self.encoder["<|startoftext|>"] == SOT and self.encoder["<|endoftext|>"] == EOT
-        self.bpe_ranks = {m: i for i, m in enumerate(merges)}  # lower rank = merged earlier in BPE training
-        self.cache = {"<|startoftext|>": "<|startoftext|>", "<|endoftext|>": "<|endoftext|>"}
-        # contractions, runs of letters, single digits, runs of other non-space symbols (\p{..} needs `regex`)
-        self.pat = regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"""
-                                 r"""[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
-
-    def bpe(self, token):
-        """Greedy BPE on one pre-token: repeatedly merge the adjacent pair with the lowest merge rank."""
-        if token in self.cache:
-            return self.cache[token]
-        word = tuple(token[:-1]) + (token[-1] + "</w>",)
-        pairs = get_pairs(word)
-        if not pairs:
-            return token + "</w>"
-        while True:
-            bigram = min(pairs, key=lambda p: self.bpe_ranks.get(p, float("inf")))
-            if bigram not in self.bpe_ranks:
-                break
-            first, second = bigram
-            new_word, i = [], 0
-            while i < len(word):
-                try:
-                    j = word.index(first, i)
-                except ValueError:
-                    new_word.extend(word[i:])
-                    break
-                new_word.extend(word[i:j])
-                i = j
-                if i < len(word) - 1 and word[i + 1] == second:
-                    new_word.append(first + second)
-                    i += 2
-                else:
-                    new_word.append(first)
-                    i += 1
-            word = tuple(new_word)
-            if len(word) == 1:
-                break
-            pairs = get_pairs(word)
-        word = " ".join(word)
-        self.cache[token] = word
-        return word
-
-    def encode(self, text):
-        ids = []
-        for token in self.pat.findall(clean_text(text)):
-            token = "".join(self.byte_encoder[b] for b in token.encode("utf-8"))
-            ids.extend(self.encoder[t] for t in self.bpe(token).split(" "))
-        return ids
-
-
-@lru_cache(maxsize=4)
-def get_tokenizer(bpe_path=None):
-    return BPETokenizer(find_bpe_vocab(bpe_path))  # ~1 s to build the merge table, so build it once per file
-
-
-def tokenize(texts, context_length=77, bpe_path=None):
-    """list[str] -> LongTensor (N, context_length): SOT + tokens + EOT, zero-padded; too long -> cut, last = EOT."""
-    if isinstance(texts, str):
-        texts = [texts]
-    tok = get_tokenizer(bpe_path)
-    out = torch.zeros(len(texts), context_length, dtype=torch.long)
-    for i, text in enumerate(texts):
-        ids = [SOT] + tok.encode(text) + [EOT]
-        if len(ids) > context_length:
-            ids = ids[:context_length]
-            ids[-1] = EOT  # keep EOT: the text feature is read at the EOT position
-        out[i, :len(ids)] = torch.tensor(ids)
-    return out
-
 
 # ----------------------------------------------------------------------------- CLIP
 # openai/CLIP clip/model.py (ViT variant) rewritten batch-first with F.scaled_dot_product_attention. Module names are
@@ -390,50 +258,6 @@ class CLIP(nn.Module):
         return logits_per_image, logits_per_image.t()
 
 
-def _is_torchscript_archive(path):
-    # TorchScript archives are zip files holding "<name>/constants.pkl" and "<name>/code/"; plain torch.save zips don't
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.split("/", 1)[-1] == "constants.pkl" for n in z.namelist())
-
-
-def load_clip(path):
-    """Load CLIP from an OpenAI-layout state dict (plain, or under 'state_dict'/'model'), or OpenAI's JIT archive."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"CLIP checkpoint not found: {path}")
-    if _is_torchscript_archive(path):
-        # OpenAI's ViT-B-16.pt is a TorchScript archive, which torch.load(weights_only=True) refuses. This is the one
-        # place that is not weights_only: torch.jit.load does not run arbitrary pickled Python (unlike torch.load
-        # with weights_only=False), but it does deserialize TorchScript code that runs in the TorchScript interpreter
-        # when the module is called. We only call .state_dict() and never run the module, yet a hostile archive is
-        # still a parser attack surface: only load archives you trust (e.g. downloaded from OpenAI's own URL).
-        with warnings.catch_warnings():  # torch >= 2.9 marks torch.jit as deprecated; nothing the user can act on
-            warnings.simplefilter("ignore", FutureWarning)
-            sd = torch.jit.load(path, map_location="cpu").state_dict()
-    else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)  # refuses pickles that would run code
-        except Exception as e:
-            raise RuntimeError(f"{path}: torch.load(weights_only=True) refused or failed to read this file; "
-                               f"expected a CLIP state dict (tensors only) or OpenAI's TorchScript .pt") from e
-        if isinstance(sd, dict) and ("state_dict" in sd or "model" in sd) and "visual.conv1.weight" not in sd:
-            sd = sd.get("state_dict", sd.get("model"))
-    if not isinstance(sd, dict) or not any(k.endswith("visual.conv1.weight") for k in sd):
-        raise ValueError(f"{path} is not an OpenAI-layout CLIP (ViT) state dict: no 'visual.conv1.weight' key")
-    if "visual.conv1.weight" not in sd:  # e.g. saved from a DDP-wrapped model: strip "module."
-        prefix = next(k for k in sd if k.endswith("visual.conv1.weight"))[:-len("visual.conv1.weight")]
-        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()  # OpenAI ships fp16: train in fp32
-          if k not in ("input_resolution", "context_length", "vocab_size")}  # ints in the JIT file, not weights
-    model = CLIP(CLIPConfig.from_state_dict(sd))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        warnings.warn(f"load_clip({path}): {len(missing)} missing keys {missing}; "
-                      f"{len(unexpected)} unexpected keys {unexpected}")
-    return model
-
-
 # ----------------------------------------------------------------------------- video backbone
 # CLIP's ViT with divided space-time attention (TimeSformer "divST", as in SVT), lss.md section 2. Only "space-time
 # backbone, partially initialised from CLIP" is known about LSS; this structure and init are reconstructions.
@@ -570,6 +394,64 @@ class VideoViT(nn.Module):
         return self.features(x, "proj")
 
 
+# ----------------------------------------------------------------------------- student, teacher, text tower
+# The student and the teacher are VideoViTs made from the same CLIP visual tower (from_clip: spatial weights copied,
+# temporal branch a no-op at step 0); the teacher is the EMA of the student and sees only the global views. The
+# text tower is kept only to build concept vectors and is frozen; it travels in the checkpoint so that zero-shot
+# evaluation can embed any dataset's class names later.
+
+def clip_config_from_flags(cfg: Config) -> CLIPConfig:
+    """The CLIP that --init random builds. Heads = width // 64 (at least 1): the rule load_clip infers them by."""
+    return CLIPConfig(embed_dim=cfg.embed_dim, image_resolution=cfg.size, vision_layers=cfg.layers,
+                      vision_width=cfg.width, vision_patch_size=cfg.patch, vision_heads=max(1, cfg.width // 64),
+                      text_width=cfg.text_width, text_heads=max(1, cfg.text_width // 64), text_layers=cfg.text_layers)
+
+
+class MultiView(nn.Module):
+    """One backbone pass per view shape (DINO's MultiCropWrapper): [(N_i, T_i, 3, H_i, W_i)] -> [(N_i, embed_dim)].
+    A module of its own so that DDP sees one forward per step, however many view shapes there are."""
+
+    def __init__(self, vit: VideoViT):
+        super().__init__()
+        self.vit = vit
+
+    def forward(self, groups):
+        return [self.vit(x) for x in groups]
+
+
+class Backbone(nn.Module):
+    """What eval_linear.py and zero-shot evaluation see: float clips in [0, 1], (B, C, T, H, W), the layout every
+    method is fed -> (B, feature_dim). CLIP normalisation and the ViT layout (B, T, C, H, W) happen here.
+    feature 'cls': ln_post of the CLS token(s), width-d (SVT's linear-probe feature); 'proj': the same projected
+    into the joint image-text space, embed_dim-d (the feature the concept losses and zero-shot use)."""
+
+    def __init__(self, cfg: dict, feature: str | None = None, vit: VideoViT | None = None):
+        super().__init__()
+        a = cfg["clip_arch"]
+        self.vit = vit if vit is not None else VideoViT(
+            a["image_resolution"], a["vision_patch_size"], a["vision_width"], a["vision_layers"], a["vision_heads"],
+            a["embed_dim"], num_frames=cfg["frames"], cls_mode=cfg["cls_mode"])
+        self.feature = feature or cfg.get("probe_feature", "cls")
+        self.feature_dim = a["vision_width"] if self.feature == "cls" else a["embed_dim"]
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1, 1), persistent=False)
+
+    def forward(self, x):  # (B, C, T, H, W) in [0, 1]
+        x = rearrange((x - self.mean) / self.std, "b c t h w -> b t c h w")  # (B, T, C, H, W), CLIP-normalised
+        return self.vit.features(x, self.feature)  # (B, feature_dim)
+
+
+def build_backbone(cfg: dict) -> nn.Module:
+    """eval_linear.py's entry point: the network the checkpoint's "backbone" (the TEACHER) belongs to."""
+    return Backbone(cfg)
+
+
+def text_tower(clip: CLIP) -> CLIP:
+    """The CLIP with its visual tower dropped (it lives on as the student/teacher), frozen. encode_text works."""
+    clip.visual = None
+    return clip.requires_grad_(False).eval()
+
+
 # ----------------------------------------------------------------------------- concept spaces
 # Fixed "concept" vectors from the frozen CLIP text tower, lss.md 3.1-3.3. They replace DINO's learned prototype
 # head: a feature's logits are its cosine similarities to these vectors. Computed once; text tower not needed later.
@@ -636,6 +518,114 @@ def build_description_space(clip, descriptions, class_names, bpe_path=None, batc
         assign += [k] * len(descriptions[c])
     feats = _encode_texts(clip, texts, bpe_path, batch_size)  # (M, D)
     return feats, torch.tensor(assign, dtype=torch.long, device=feats.device)
+
+
+# Concept spaces for a run.
+# lss.md sections 3.1-3.3. The label lists and the (hand-written, not the paper's LLM) descriptions are in
+# lss_concepts.json. Three category spaces (--concepts):
+#   dataset       the training dataset's own class names x templates (transductive or K400-transfer settings)
+#   union         the union of every label list in lss_concepts.json (UCF101, HMDB51, Kinetics-400; the synthetic
+#                 labels only when training on them) plus the dataset's own, deduplicated by their text
+#   descriptions  the dataset's classes, but each category vector is the normalised mean of the class's description
+#                 embeddings: class names never reach the text tower
+# The description space always covers the same classes as the category space (CA needs the assignment).
+# Vectors are computed once per run and cached in the out dir under a key of everything they depend on (label
+# list, templates, descriptions, text-tower weights).
+
+CONCEPTS_FILE = Path(__file__).resolve().with_name("lss_concepts.json")
+
+
+@lru_cache(maxsize=2)
+def load_concepts_file(path=CONCEPTS_FILE) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def category_names(mode: str, classes) -> list:
+    """The category space's class names for --concepts `mode`, given the training dataset's classes."""
+    if mode != "union":
+        return list(classes)
+    labels = load_concepts_file()["labels"]
+    names, seen = [], set()
+    for name in list(classes) + labels["ucf101"] + labels["hmdb51"] + labels["kinetics400"]:
+        if class_to_text(name) not in seen:  # 'Archery' (UCF101) and 'archery' (K400) are one concept
+            seen.add(class_to_text(name))
+            names.append(name)
+    return names
+
+
+def descriptions_for(names) -> tuple[dict, list]:
+    """{name: [descriptions]} for every name (matched exactly, then by its text), and the names that have none;
+    those get their plain name prompt as their only description, so CA still sees every class."""
+    table = load_concepts_file()["descriptions"]
+    by_text = {class_to_text(k): v for k, v in table.items()}
+    out, missing = {}, []
+    for n in names:
+        d = table.get(n) or by_text.get(class_to_text(n))
+        if not d:
+            missing.append(n)
+            d = [DEFAULT_TEMPLATES[0].format(class_to_text(n))]
+        out[n] = list(d)
+    return out, missing
+
+
+def build_concepts(text: CLIP, names, mode: str, templates, desc_template="{desc}", bpe=None) -> dict:
+    """{"C_cat" (K, D), "C_desc" (M, D), "assign" (M,)} from the frozen text tower, unit rows."""
+    desc, _ = descriptions_for(names)
+    C_desc, assign = build_description_space(text, desc, names, bpe, template=desc_template)  # (M, D), (M,)
+    if mode == "descriptions":  # mean of the class's unit description vectors, back onto the sphere
+        C_cat = F.normalize(C_desc.new_zeros(len(names), C_desc.shape[1]).index_add_(0, assign, C_desc), dim=-1)
+    else:
+        C_cat = build_concept_space(text, names, templates, bpe)  # (K, D): prompt ensemble per class name
+    return {"C_cat": C_cat, "C_desc": C_desc, "assign": assign}
+
+
+def run_concepts(cfg: Config, text: CLIP, names, out: Path, device, rank: int, world: int, print0) -> dict:
+    """The run's concept spaces: built (or read from the out dir's cache) on rank 0, broadcast to the others."""
+    desc, missing = descriptions_for(names)
+    if missing:
+        print0(f"warning: {len(missing)} of {len(names)} classes have no descriptions in {CONCEPTS_FILE.name} "
+               f"(e.g. {missing[:3]}); their name prompt stands in as their only description")
+    K, M, D = len(names), sum(len(v) for v in desc.values()), text.text_projection.shape[1]
+    if rank == 0:
+        key_fields = {"version": 1, "names": list(names), "concepts": cfg.concepts,
+                      "templates": TEMPLATES[cfg.templates], "desc_template": cfg.desc_template,
+                      "descriptions": hashlib.sha1(json.dumps(desc, sort_keys=True).encode()).hexdigest(),
+                      "text_sha1": data.state_dict_sha1(text.state_dict())}
+        path = out / f"concepts-{hashlib.sha1(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]}.pt"
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+        except Exception:  # noqa: BLE001 -- an unreadable cache file is rebuilt
+            cached = None
+        if cached is not None and cached.get("key_fields") == key_fields:
+            concepts = {k: cached[k] for k in ("C_cat", "C_desc", "assign")}
+            print0(f"concept vectors from the cache {path}")
+        else:
+            t0 = time.perf_counter()
+            concepts = build_concepts(text.to(device), names, cfg.concepts, TEMPLATES[cfg.templates],
+                                      cfg.desc_template, cfg.bpe)
+            text.cpu()
+            concepts = {k: v.cpu() for k, v in concepts.items()}
+            data.save_checkpoint(path, {**concepts, "key_fields": key_fields})
+            print0(f"built {K} category and {M} description vectors in {time.perf_counter() - t0:.1f}s -> {path}")
+        concepts = {k: v.to(device) for k, v in concepts.items()}
+    else:
+        concepts = {"C_cat": torch.empty(K, D, device=device), "C_desc": torch.empty(M, D, device=device),
+                    "assign": torch.empty(M, dtype=torch.long, device=device)}
+    if world > 1:
+        for v in concepts.values():
+            dist.broadcast(v, src=0)
+    return concepts
+
+
+def class_vectors(text: CLIP, classes, how: str, templates, desc_template="{desc}", bpe=None, device="cpu"):
+    """Zero-shot classifier weights (C, D) for a dataset's classes: 'names' = class names x templates (CLIP's
+    prompt ensemble), 'descriptions' = mean of each class's description vectors."""
+    text.to(device)
+    c = build_concepts(text, classes, "descriptions" if how == "descriptions" else "dataset", templates,
+                       desc_template, bpe)["C_cat"]
+    text.cpu()
+    return c.to(device)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -752,159 +742,6 @@ def ema_update(teacher, student, m):
         tb.copy_(sb)
 
 
-# ----------------------------------------------------------------------------- config
-# Defaults are a CPU-sized run on the built-in synthetic videos (`python lss.py`: ~5 minutes on 2 cores, plus ~8 the
-# first time): LSS adapts an image CLIP, and where no OpenAI weights are at hand it adapts a tiny one (ViT width 128,
-# 4 blocks, patch 8, 32 px; text width 128, 4 blocks) that scripts/pretrain_clip.py pretrains once on captioned
-# synthetic stills and caches (--init tiny). The videos carry a faint motion trail (--trail 1), so that one frame
-# hints at its motion as a real frame does and the frozen CLIP names the videos above chance, far from perfectly.
-# The paper's setting (OpenAI CLIP ViT-B/16 weights, Kinetics-400, 224 px, SVT's views and schedule) is a command
-# line in the module docstring. "(SVT: x)" marks SVT's value where ours differs; LSS's own values are unknown
-# (lss.md section 5). --init random builds the CLIP from the --width ... --text-layers flags with random weights.
-# --lr 1e-3 (at 256 videos), 4x below the rate that suited random weights: adaptation must keep what the CLIP knows
-# (at 4e-3 its zero-shot fell during training; docs/results.md).
-
-@dataclass
-class Config:
-    # data
-    dataset: str = "auto"           # auto (from --data) | synthetic | folder | unlabeled | ucf101 | hmdb51 | kinetics
-    data: str | None = None         # any folder of videos; none: the synthetic videos, made once in the cache
-    annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
-    fold: int = 1                   # UCF101/HMDB51 split number (1-3)
-    data_fraction: float = 1.0      # use this class-stratified fraction of the training videos
-    nuisance: float = 0.0           # synthetic only: appearance nuisance 0..1 (texture, colour, distractor, pan)
-    trail: float = 1.0              # synthetic only: motion trail 0..2, faded earlier positions in every frame
-    canvas: tuple = (32, 32)        # decode size (H, W): frames are scaled to cover it, then centre-cropped
-    # views: SVT's multi-view recipe (lss.md section 4; see MultiViewSampler)
-    frames: int = 8                 # frames decoded per view; a global view uses all of them (SVT: 8)
-    stride: int = 4                 # frames between a global view's frames (SVT: 32, an 8.5 s window at 30 fps)
-    local_views: int = 4            # local views per video (SVT: 8)
-    local_frames: int = 4           # frames per local view, subsampled on the device from --frames (SVT: 8)
-    local_stride: int = 1           # frames between a local view's decoded frames (SVT: a window 1/8 of the global one)
-    size: int = 32                  # global view side in pixels, a multiple of the patch size (SVT: 224)
-    local_size: int = 16            # local view side, a multiple of the patch size (SVT: 96)
-    global_area: tuple = (0.4, 1.0)  # random resized crop area range of the global views (SVT/DINO: 0.4-1)
-    local_area: tuple = (0.05, 0.4)  # random resized crop area range of the local views (SVT/DINO: 0.05-0.4)
-    # model
-    init: str = "tiny"              # tiny (a CLIP pretrained once on captioned stills, cached) | random (the flags below) | clip (--clip)
-    clip: str | None = None         # OpenAI-layout CLIP weights (state dict or OpenAI's JIT .pt); needed by --init clip
-    width: int = 96                 # --init random: ViT width; heads = width // 64 (at least 1), as OpenAI (ViT-B: 768)
-    layers: int = 3                 # --init random: ViT blocks (ViT-B: 12)
-    patch: int = 8                  # --init random: patch side in pixels (ViT-B/16: 16)
-    embed_dim: int = 64             # --init random: joint image-text space (ViT-B/16: 512)
-    text_width: int = 64            # --init random: text transformer width (ViT-B/16: 512)
-    text_layers: int = 2            # --init random: text transformer blocks (ViT-B/16: 12)
-    cls_mode: str = "per_frame"     # per_frame (a CLS token per frame; step 0 = frame-averaged CLIP) | shared (SVT's)
-    drop_path: float = 0.1          # stochastic depth of the student (SVT: 0.1); the teacher has none
-    probe_feature: str = "cls"      # feature eval_linear.py sees: cls (ln_post CLS, width-d, as SVT) | proj (embed_dim)
-    # concept spaces (lss.md sections 3.1-3.3)
-    concepts: str = "auto"          # category space: auto (union if unlabeled, else dataset) | dataset | union | descriptions
-    templates: str = "auto"         # prompts per class name: auto (by --dataset) | kinetics | ucf101 | synthetic | single
-    desc_template: str = "{desc}"   # text embedded per description; may use {cls} and {desc}
-    bpe: str | None = None          # CLIP's BPE vocabulary file (default: the copy inside the clip-anytorch package)
-    # losses (lss.md section 3.5; all reconstructions)
-    lambda_ca: float = 1.0          # weight of concept alignment L_CA (0 = off)
-    lambda_up: float = 1.0          # weight of the uniform prior L_UP (0 = off)
-    ca_target: str = "class"        # class (student's description mass summed per class) | description
-    up_scope: str = "global"        # global (p-bar over the batch of all processes) | local (per process)
-    up_average: str = "auto"        # p-bar of L_UP: auto (MUST: moving average when K >= 512, else the batch) | batch | ema
-    tau_s: float = 0.0              # student temperature; 0 = auto: the CLIP's 1/exp(logit_scale) (OpenAI: 0.01), 0.1 with --init random
-    tau_t: float = 0.0              # teacher temperature; 0 = auto: 0.4 tau_s (OpenAI: 0.004), 0.04 with --init random
-    tau_t_warmup: float = 0.0       # teacher temperature at step 0, linear to --tau-t over the next flag (0 = off)
-    tau_t_warmup_epochs: float = 0.0  # length of that warmup (DINO: 30 epochs from 0.04; SVT: none)
-    center_momentum: float = 0.9    # EMA momentum of the teacher centre (DINO/SVT: 0.9; 1 = no centring)
-    # optimisation
-    epochs: int = 15                # passes over the training videos (SVT: 20 on Kinetics-400)
-    batch_size: int = 32            # videos per process per step; global batch = batch_size x processes (SVT: 8 x 4)
-    lr: float = 1e-3                # AdamW peak lr at a global batch of 256 videos, scaled linearly (SVT: 5e-4)
-    min_lr: float = 1e-6            # lr at the end of the cosine (SVT: 1e-6)
-    warmup_epochs: float = 1.0      # linear lr warmup from 0 (SVT: 10 of 20 epochs)
-    weight_decay: float = 0.04      # start of the cosine weight-decay schedule; none on biases/1-d params (SVT: 0.04)
-    weight_decay_end: float = 0.4   # end of that schedule (SVT: 0.4)
-    momentum_teacher: float = 0.996  # teacher EMA momentum at step 0, cosine to 1 (SVT; DINO: higher for small batches)
-    clip_grad: float = 3.0          # per-parameter gradient-norm clip, as DINO/SVT (0 = off)
-    # machinery
-    device: str = "auto"            # auto | cpu | cuda
-    workers: int = 2                # DataLoader worker processes per process (decode on the CPU)
-    amp: str = "auto"               # auto (bf16 on GPU, off on CPU) | bf16 | off
-    compile: bool = False           # torch.compile student and teacher (GPU: faster after a minute of compiling)
-    seed: int = 0
-    out: str = "runs/lss"           # output dir: checkpoint.pt, config.json, log.jsonl, concepts-*.pt, skipped.txt
-    log_every: int = 10             # steps between log lines
-    max_steps: int = 0              # stop after this many steps in total (0 = no limit; for tests and quick looks)
-    zero_shot_eval: bool = True     # zero-shot top-1 on the dataset's test split with its class names, at start and end
-    test_clips: int = 4             # zero-shot: uniformly spaced clips per test video (1 centre crop each)
-
-
-# Changing these between a checkpoint and a resume would load weights into a different network or change the
-# concept space under the centre: refused. (The CLIP architecture itself is checked separately, "clip_arch".)
-ARCH_KEYS = ("init", "width", "layers", "patch", "embed_dim", "text_width", "text_layers", "frames", "cls_mode",
-             "concepts", "templates", "desc_template")
-
-TEMPLATES = {"kinetics": KINETICS_TEMPLATES, "ucf101": UCF101_TEMPLATES, "synthetic": SYNTHETIC_TEMPLATES,
-             "single": DEFAULT_TEMPLATES}
-DATASET_TEMPLATES = {"kinetics": "kinetics", "ucf101": "ucf101", "hmdb51": "ucf101", "synthetic": "synthetic",
-                     "folder": "kinetics", "unlabeled": "kinetics"}  # --templates auto
-CHOICES = {"init": ("tiny", "random", "clip"), "cls_mode": ("per_frame", "shared"), "probe_feature": ("cls", "proj"),
-           "concepts": ("auto", "dataset", "union", "descriptions"), "templates": ("auto",) + tuple(TEMPLATES),
-           "ca_target": ("class", "description"), "up_scope": ("global", "local"),
-           "up_average": ("auto", "batch", "ema"), "amp": ("auto", "bf16", "off")}
-
-# Temperatures by initialisation (lss.md section 3.5). The logits are cosine similarities divided by tau. A trained
-# CLIP's image-text cosines sit in a narrow band (~0.15-0.35 for OpenAI's), so DINO's tau_s = 0.1 would give nearly
-# uniform distributions: use the CLIP's own scale, tau_s = 1/exp(logit_scale) (OpenAI's: 1/100; the tiny CLIP
-# learns its own), and DINO's teacher/student ratio 0.4 for the teacher (OpenAI's: 0.004). From random weights
-# nothing confines the cosines to a band (the student can turn its feature onto a concept vector, cosine -> 1), so
-# DINO's 0.1 / 0.04 apply.
-RANDOM_TAU = (0.1, 0.04)
-TEACHER_STUDENT_TAU_RATIO = 0.4
-
-
-def resolve_temperatures(cfg: Config, clip: "CLIP | None") -> Config:
-    """--tau-s/--tau-t 0 (auto) -> the values for this start; the checkpoint records the values used."""
-    if clip is None:
-        tau_s, tau_t = RANDOM_TAU
-    else:
-        tau_s = 1 / clip.logit_scale.exp().item()
-        tau_t = TEACHER_STUDENT_TAU_RATIO * tau_s
-    return replace(cfg, tau_s=cfg.tau_s or tau_s, tau_t=cfg.tau_t or tau_t)
-
-
-def parse_args(argv=None) -> Config:
-    desc = ("LSS pretraining. Zero-shot evaluation: `python lss.py zero-shot --help`. "
-            + __doc__.strip().split("\n\n")[0])
-    cfg = data.parse_config(Config, argv, desc)
-    cfg = data.decide_dataset(cfg)  # --dataset auto: synthetic, a labelled folder or unlabeled videos, from --data
-    for name, allowed in CHOICES.items():
-        if getattr(cfg, name) not in allowed:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be one of {list(allowed)}, "
-                             f"got {getattr(cfg, name)!r}")
-    if cfg.init == "clip" and not cfg.clip:
-        raise SystemExit("error: --init clip needs --clip PATH (OpenAI-layout CLIP weights, e.g. ViT-B-16.pt)")
-    if cfg.init != "clip" and cfg.clip:
-        raise SystemExit(f"error: --clip is only used with --init clip (--init {cfg.init} makes its own CLIP)")
-    if not 1 <= cfg.local_frames <= cfg.frames:
-        raise SystemExit(f"error: --local-frames must be in 1..--frames ({cfg.frames}), got {cfg.local_frames}")
-    if cfg.local_views < 0 or cfg.frames < 1 or cfg.stride < 1 or cfg.local_stride < 1:
-        raise SystemExit("error: --local-views must be >= 0 and --frames, --stride, --local-stride >= 1")
-    if cfg.templates == "auto":
-        cfg = replace(cfg, templates=DATASET_TEMPLATES[cfg.dataset])  # the checkpoint records the list used
-    # Unlabeled videos have no class names to build a category space from: the union of the label sets we ship
-    # (UCF101, HMDB51, Kinetics-400 names) stands in, as for a Kinetics-pretrained model that transfers.
-    if cfg.dataset == "unlabeled":
-        if cfg.concepts in ("dataset", "descriptions"):
-            raise SystemExit(f"error: --concepts {cfg.concepts} needs the dataset's class names, and {cfg.data} holds "
-                             f"unlabeled videos: use --concepts union (the default for unlabeled videos)")
-        if cfg.concepts == "auto" and os.environ.get("RANK", "0") == "0":
-            print(f"concepts: the videos have no labels, so the category space is --concepts union: "
-                  f"{len(category_names('union', []))} action names of UCF101, HMDB51 and Kinetics-400")
-    if cfg.concepts == "auto":
-        cfg = replace(cfg, concepts="union" if cfg.dataset == "unlabeled" else "dataset")
-    if cfg.init == "random":  # a pretrained CLIP's temperatures are read off its weights, in train()
-        cfg = resolve_temperatures(cfg, None)
-    return cfg
-
-
 # ----------------------------------------------------------------------------- data: 2 global + L local views
 # SVT's views (lss.md section 4), adapted to one constraint: data.py's collate stacks the views of a video, so
 # every view decodes the same number of frames. The local views' lower frame count is made on the device instead
@@ -969,172 +806,6 @@ def make_views(video: torch.Tensor, cfg: Config, aug_global, aug_local, generato
         loc = rearrange(video[:, 2:, idx], "b v t h w c -> (v b) c t h w")  # (L*B, C, T_l, H, W)
         groups.append(data.augment(loc, cfg.local_size, aug_local, generator))  # (L*B, C, T_l, s, s)
     return [to_vit(x) for x in groups]
-
-
-# ----------------------------------------------------------------------------- networks
-# The student and the teacher are VideoViTs made from the same CLIP visual tower (from_clip: spatial weights copied,
-# temporal branch a no-op at step 0); the teacher is the EMA of the student and sees only the global views. The
-# text tower is kept only to build concept vectors and is frozen; it travels in the checkpoint so that zero-shot
-# evaluation can embed any dataset's class names later.
-
-def clip_config_from_flags(cfg: Config) -> CLIPConfig:
-    """The CLIP that --init random builds. Heads = width // 64 (at least 1): the rule load_clip infers them by."""
-    return CLIPConfig(embed_dim=cfg.embed_dim, image_resolution=cfg.size, vision_layers=cfg.layers,
-                      vision_width=cfg.width, vision_patch_size=cfg.patch, vision_heads=max(1, cfg.width // 64),
-                      text_width=cfg.text_width, text_heads=max(1, cfg.text_width // 64), text_layers=cfg.text_layers)
-
-
-class MultiView(nn.Module):
-    """One backbone pass per view shape (DINO's MultiCropWrapper): [(N_i, T_i, 3, H_i, W_i)] -> [(N_i, embed_dim)].
-    A module of its own so that DDP sees one forward per step, however many view shapes there are."""
-
-    def __init__(self, vit: VideoViT):
-        super().__init__()
-        self.vit = vit
-
-    def forward(self, groups):
-        return [self.vit(x) for x in groups]
-
-
-class Backbone(nn.Module):
-    """What eval_linear.py and zero-shot evaluation see: float clips in [0, 1], (B, C, T, H, W), the layout every
-    method is fed -> (B, feature_dim). CLIP normalisation and the ViT layout (B, T, C, H, W) happen here.
-    feature 'cls': ln_post of the CLS token(s), width-d (SVT's linear-probe feature); 'proj': the same projected
-    into the joint image-text space, embed_dim-d (the feature the concept losses and zero-shot use)."""
-
-    def __init__(self, cfg: dict, feature: str | None = None, vit: VideoViT | None = None):
-        super().__init__()
-        a = cfg["clip_arch"]
-        self.vit = vit if vit is not None else VideoViT(
-            a["image_resolution"], a["vision_patch_size"], a["vision_width"], a["vision_layers"], a["vision_heads"],
-            a["embed_dim"], num_frames=cfg["frames"], cls_mode=cfg["cls_mode"])
-        self.feature = feature or cfg.get("probe_feature", "cls")
-        self.feature_dim = a["vision_width"] if self.feature == "cls" else a["embed_dim"]
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1, 1), persistent=False)
-
-    def forward(self, x):  # (B, C, T, H, W) in [0, 1]
-        x = rearrange((x - self.mean) / self.std, "b c t h w -> b t c h w")  # (B, T, C, H, W), CLIP-normalised
-        return self.vit.features(x, self.feature)  # (B, feature_dim)
-
-
-def build_backbone(cfg: dict) -> nn.Module:
-    """eval_linear.py's entry point: the network the checkpoint's "backbone" (the TEACHER) belongs to."""
-    return Backbone(cfg)
-
-
-def text_tower(clip: CLIP) -> CLIP:
-    """The CLIP with its visual tower dropped (it lives on as the student/teacher), frozen. encode_text works."""
-    clip.visual = None
-    return clip.requires_grad_(False).eval()
-
-
-# ----------------------------------------------------------------------------- concept spaces for a run
-# lss.md sections 3.1-3.3. The label lists and the (hand-written, not the paper's LLM) descriptions are in
-# lss_concepts.json. Three category spaces (--concepts):
-#   dataset       the training dataset's own class names x templates (transductive or K400-transfer settings)
-#   union         the union of every label list in lss_concepts.json (UCF101, HMDB51, Kinetics-400; the synthetic
-#                 labels only when training on them) plus the dataset's own, deduplicated by their text
-#   descriptions  the dataset's classes, but each category vector is the normalised mean of the class's description
-#                 embeddings: class names never reach the text tower
-# The description space always covers the same classes as the category space (CA needs the assignment).
-# Vectors are computed once per run and cached in the out dir under a key of everything they depend on (label
-# list, templates, descriptions, text-tower weights).
-
-CONCEPTS_FILE = Path(__file__).resolve().with_name("lss_concepts.json")
-
-
-@lru_cache(maxsize=2)
-def load_concepts_file(path=CONCEPTS_FILE) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def category_names(mode: str, classes) -> list:
-    """The category space's class names for --concepts `mode`, given the training dataset's classes."""
-    if mode != "union":
-        return list(classes)
-    labels = load_concepts_file()["labels"]
-    names, seen = [], set()
-    for name in list(classes) + labels["ucf101"] + labels["hmdb51"] + labels["kinetics400"]:
-        if class_to_text(name) not in seen:  # 'Archery' (UCF101) and 'archery' (K400) are one concept
-            seen.add(class_to_text(name))
-            names.append(name)
-    return names
-
-
-def descriptions_for(names) -> tuple[dict, list]:
-    """{name: [descriptions]} for every name (matched exactly, then by its text), and the names that have none;
-    those get their plain name prompt as their only description, so CA still sees every class."""
-    table = load_concepts_file()["descriptions"]
-    by_text = {class_to_text(k): v for k, v in table.items()}
-    out, missing = {}, []
-    for n in names:
-        d = table.get(n) or by_text.get(class_to_text(n))
-        if not d:
-            missing.append(n)
-            d = [DEFAULT_TEMPLATES[0].format(class_to_text(n))]
-        out[n] = list(d)
-    return out, missing
-
-
-def build_concepts(text: CLIP, names, mode: str, templates, desc_template="{desc}", bpe=None) -> dict:
-    """{"C_cat" (K, D), "C_desc" (M, D), "assign" (M,)} from the frozen text tower, unit rows."""
-    desc, _ = descriptions_for(names)
-    C_desc, assign = build_description_space(text, desc, names, bpe, template=desc_template)  # (M, D), (M,)
-    if mode == "descriptions":  # mean of the class's unit description vectors, back onto the sphere
-        C_cat = F.normalize(C_desc.new_zeros(len(names), C_desc.shape[1]).index_add_(0, assign, C_desc), dim=-1)
-    else:
-        C_cat = build_concept_space(text, names, templates, bpe)  # (K, D): prompt ensemble per class name
-    return {"C_cat": C_cat, "C_desc": C_desc, "assign": assign}
-
-
-def run_concepts(cfg: Config, text: CLIP, names, out: Path, device, rank: int, world: int, print0) -> dict:
-    """The run's concept spaces: built (or read from the out dir's cache) on rank 0, broadcast to the others."""
-    desc, missing = descriptions_for(names)
-    if missing:
-        print0(f"warning: {len(missing)} of {len(names)} classes have no descriptions in {CONCEPTS_FILE.name} "
-               f"(e.g. {missing[:3]}); their name prompt stands in as their only description")
-    K, M, D = len(names), sum(len(v) for v in desc.values()), text.text_projection.shape[1]
-    if rank == 0:
-        key_fields = {"version": 1, "names": list(names), "concepts": cfg.concepts,
-                      "templates": TEMPLATES[cfg.templates], "desc_template": cfg.desc_template,
-                      "descriptions": hashlib.sha1(json.dumps(desc, sort_keys=True).encode()).hexdigest(),
-                      "text_sha1": data.state_dict_sha1(text.state_dict())}
-        path = out / f"concepts-{hashlib.sha1(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]}.pt"
-        try:
-            cached = torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
-        except Exception:  # noqa: BLE001 -- an unreadable cache file is rebuilt
-            cached = None
-        if cached is not None and cached.get("key_fields") == key_fields:
-            concepts = {k: cached[k] for k in ("C_cat", "C_desc", "assign")}
-            print0(f"concept vectors from the cache {path}")
-        else:
-            t0 = time.perf_counter()
-            concepts = build_concepts(text.to(device), names, cfg.concepts, TEMPLATES[cfg.templates],
-                                      cfg.desc_template, cfg.bpe)
-            text.cpu()
-            concepts = {k: v.cpu() for k, v in concepts.items()}
-            data.save_checkpoint(path, {**concepts, "key_fields": key_fields})
-            print0(f"built {K} category and {M} description vectors in {time.perf_counter() - t0:.1f}s -> {path}")
-        concepts = {k: v.to(device) for k, v in concepts.items()}
-    else:
-        concepts = {"C_cat": torch.empty(K, D, device=device), "C_desc": torch.empty(M, D, device=device),
-                    "assign": torch.empty(M, dtype=torch.long, device=device)}
-    if world > 1:
-        for v in concepts.values():
-            dist.broadcast(v, src=0)
-    return concepts
-
-
-def class_vectors(text: CLIP, classes, how: str, templates, desc_template="{desc}", bpe=None, device="cpu"):
-    """Zero-shot classifier weights (C, D) for a dataset's classes: 'names' = class names x templates (CLIP's
-    prompt ensemble), 'descriptions' = mean of each class's description vectors."""
-    text.to(device)
-    c = build_concepts(text, classes, "descriptions" if how == "descriptions" else "dataset", templates,
-                       desc_template, bpe)["C_cat"]
-    text.cpu()
-    return c.to(device)
 
 
 # ----------------------------------------------------------------------------- schedules, optimizer, DDP prior
@@ -1307,53 +978,157 @@ def train_step(cfg: Config, run: Run, video: torch.Tensor, step: int) -> dict:
                 lr=lr, wd=wd, momentum=m, tau_t=tau_t, grad_norm=grad_norm.item())
 
 
-# ----------------------------------------------------------------------------- zero-shot evaluation
-# lss.md section 6 [D]: each test video -> K uniformly spaced clips (the global view's frames and stride) x 1 centre
-# crop (short side scaled to --size); the teacher's projected feature of each clip is L2-normalised, averaged over
-# the clips and re-normalised; the prediction is the class whose concept vector (class name x templates, from the
-# checkpoint's text tower) has the largest cosine similarity. Top-1 / top-5 in percent over decodable videos.
+# ----------------------------------------------------------------------------- config
+# Defaults are a CPU-sized run on the built-in synthetic videos (`python lss.py`: ~5 minutes on 2 cores, plus ~8 the
+# first time): LSS adapts an image CLIP, and where no OpenAI weights are at hand it adapts a tiny one (ViT width 128,
+# 4 blocks, patch 8, 32 px; text width 128, 4 blocks) that scripts/pretrain_clip.py pretrains once on captioned
+# synthetic stills and caches (--init tiny). The videos carry a faint motion trail (--trail 1), so that one frame
+# hints at its motion as a real frame does and the frozen CLIP names the videos above chance, far from perfectly.
+# The paper's setting (OpenAI CLIP ViT-B/16 weights, Kinetics-400, 224 px, SVT's views and schedule) is a command
+# line in the module docstring. "(SVT: x)" marks SVT's value where ours differs; LSS's own values are unknown
+# (lss.md section 5). --init random builds the CLIP from the --width ... --text-layers flags with random weights.
+# --lr 1e-3 (at 256 videos), 4x below the rate that suited random weights: adaptation must keep what the CLIP knows
+# (at 4e-3 its zero-shot fell during training; docs/results.md).
 
-@torch.no_grad()
-def zero_shot_eval(backbone: Backbone, vectors: torch.Tensor, videos: data.VideoList, frames: int, stride: int,
-                   size: int, canvas, test_clips: int, batch_size: int, workers: int, device, rank=0, world=1,
-                   progress=True) -> dict:
-    """backbone with feature 'proj', vectors (C, D) unit rows in the order of videos.classes. Under DDP every
-    process takes a shard of the videos and the counts are summed, so every process must call this."""
-    dataset = data.VideoDataset(videos, data.UniformClips(frames, stride, test_clips), canvas=canvas, resample=False,
-                                min_frames=1)
-    loader = data.make_loader(dataset, batch_size, workers, shuffle=False, drop_last=False, rank=rank,
-                              world_size=world)
-    C = len(videos.classes)
-    counts = torch.zeros(3, C, dtype=torch.float64, device=device)  # videos, top-1 hits, top-5 hits per class
-    skipped = []
-    backbone.eval()
-    for batch in tqdm(loader, desc="zero-shot", unit="batch", disable=not progress, dynamic_ncols=True, leave=False):
-        for i, msg in zip(batch["failed"], batch["bad"]):
-            path = videos.paths[i]
-            skipped.append({"path": path, "reason": msg[len(path) + 2:] if msg.startswith(path + ": ") else msg})
-        if len(batch["index"]) == 0:
-            continue
-        video = batch["video"].to(device, non_blocking=True)  # (B, K, T, H, W, 3)
-        Bv, Kc = video.shape[:2]
-        x = data.spatial_crops(data.to_bcthw(video.flatten(0, 1)), size, 1)  # (B*K, C, T, s, s) in [0, 1]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            f = backbone(x)  # (B*K, E)
-        f = F.normalize(F.normalize(f.float(), dim=-1).view(Bv, Kc, -1).mean(1), dim=-1)  # (B, E), clip-averaged
-        top = (f @ vectors.float().t()).topk(min(5, C), dim=-1).indices  # (B, 5)
-        labels = batch["label"].to(device)
-        counts[0].index_add_(0, labels, torch.ones(Bv, dtype=torch.float64, device=device))
-        counts[1].index_add_(0, labels, (top[:, 0] == labels).double())
-        counts[2].index_add_(0, labels, (top == labels[:, None]).any(-1).double())
-    if world > 1:
-        dist.all_reduce(counts)
-        gathered = [None] * world
-        dist.all_gather_object(gathered, skipped)
-        skipped = [s for part in gathered for s in part]
-    counts = counts.cpu()
-    n = int(counts[0].sum().item())
-    pct = lambda hits, total: round(100.0 * float(hits) / float(total), 2) if total else None  # noqa: E731
-    return {"top1": pct(counts[1].sum(), n), "top5": pct(counts[2].sum(), n), "num_test": n, "num_classes": C,
-            "skipped": skipped, "per_class": {c: pct(counts[1, k], counts[0, k]) for k, c in enumerate(videos.classes)}}
+@dataclass
+class Config:
+    # data
+    dataset: str = "auto"           # auto (from --data) | synthetic | folder | unlabeled | ucf101 | hmdb51 | kinetics
+    data: str | None = None         # any folder of videos; none: the synthetic videos, made once in the cache
+    annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
+    fold: int = 1                   # UCF101/HMDB51 split number (1-3)
+    data_fraction: float = 1.0      # use this class-stratified fraction of the training videos
+    nuisance: float = 0.0           # synthetic only: appearance nuisance 0..1 (texture, colour, distractor, pan)
+    trail: float = 1.0              # synthetic only: motion trail 0..2, faded earlier positions in every frame
+    canvas: tuple = (32, 32)        # decode size (H, W): frames are scaled to cover it, then centre-cropped
+    # views: SVT's multi-view recipe (lss.md section 4; see MultiViewSampler)
+    frames: int = 8                 # frames decoded per view; a global view uses all of them (SVT: 8)
+    stride: int = 4                 # frames between a global view's frames (SVT: 32, an 8.5 s window at 30 fps)
+    local_views: int = 4            # local views per video (SVT: 8)
+    local_frames: int = 4           # frames per local view, subsampled on the device from --frames (SVT: 8)
+    local_stride: int = 1           # frames between a local view's decoded frames (SVT: a window 1/8 of the global one)
+    size: int = 32                  # global view side in pixels, a multiple of the patch size (SVT: 224)
+    local_size: int = 16            # local view side, a multiple of the patch size (SVT: 96)
+    global_area: tuple = (0.4, 1.0)  # random resized crop area range of the global views (SVT/DINO: 0.4-1)
+    local_area: tuple = (0.05, 0.4)  # random resized crop area range of the local views (SVT/DINO: 0.05-0.4)
+    # model
+    init: str = "tiny"              # tiny (a CLIP pretrained once on captioned stills, cached) | random (the flags below) | clip (--clip)
+    clip: str | None = None         # OpenAI-layout CLIP weights (state dict or OpenAI's JIT .pt); needed by --init clip
+    width: int = 96                 # --init random: ViT width; heads = width // 64 (at least 1), as OpenAI (ViT-B: 768)
+    layers: int = 3                 # --init random: ViT blocks (ViT-B: 12)
+    patch: int = 8                  # --init random: patch side in pixels (ViT-B/16: 16)
+    embed_dim: int = 64             # --init random: joint image-text space (ViT-B/16: 512)
+    text_width: int = 64            # --init random: text transformer width (ViT-B/16: 512)
+    text_layers: int = 2            # --init random: text transformer blocks (ViT-B/16: 12)
+    cls_mode: str = "per_frame"     # per_frame (a CLS token per frame; step 0 = frame-averaged CLIP) | shared (SVT's)
+    drop_path: float = 0.1          # stochastic depth of the student (SVT: 0.1); the teacher has none
+    probe_feature: str = "cls"      # feature eval_linear.py sees: cls (ln_post CLS, width-d, as SVT) | proj (embed_dim)
+    # concept spaces (lss.md sections 3.1-3.3)
+    concepts: str = "auto"          # category space: auto (union if unlabeled, else dataset) | dataset | union | descriptions
+    templates: str = "auto"         # prompts per class name: auto (by --dataset) | kinetics | ucf101 | synthetic | single
+    desc_template: str = "{desc}"   # text embedded per description; may use {cls} and {desc}
+    bpe: str | None = None          # CLIP's BPE vocabulary file (default: the copy inside the clip-anytorch package)
+    # losses (lss.md section 3.5; all reconstructions)
+    lambda_ca: float = 1.0          # weight of concept alignment L_CA (0 = off)
+    lambda_up: float = 1.0          # weight of the uniform prior L_UP (0 = off)
+    ca_target: str = "class"        # class (student's description mass summed per class) | description
+    up_scope: str = "global"        # global (p-bar over the batch of all processes) | local (per process)
+    up_average: str = "auto"        # p-bar of L_UP: auto (MUST: moving average when K >= 512, else the batch) | batch | ema
+    tau_s: float = 0.0              # student temperature; 0 = auto: the CLIP's 1/exp(logit_scale) (OpenAI: 0.01), 0.1 with --init random
+    tau_t: float = 0.0              # teacher temperature; 0 = auto: 0.4 tau_s (OpenAI: 0.004), 0.04 with --init random
+    tau_t_warmup: float = 0.0       # teacher temperature at step 0, linear to --tau-t over the next flag (0 = off)
+    tau_t_warmup_epochs: float = 0.0  # length of that warmup (DINO: 30 epochs from 0.04; SVT: none)
+    center_momentum: float = 0.9    # EMA momentum of the teacher centre (DINO/SVT: 0.9; 1 = no centring)
+    # optimisation
+    epochs: int = 15                # passes over the training videos (SVT: 20 on Kinetics-400)
+    batch_size: int = 32            # videos per process per step; global batch = batch_size x processes (SVT: 8 x 4)
+    lr: float = 1e-3                # AdamW peak lr at a global batch of 256 videos, scaled linearly (SVT: 5e-4)
+    min_lr: float = 1e-6            # lr at the end of the cosine (SVT: 1e-6)
+    warmup_epochs: float = 1.0      # linear lr warmup from 0 (SVT: 10 of 20 epochs)
+    weight_decay: float = 0.04      # start of the cosine weight-decay schedule; none on biases/1-d params (SVT: 0.04)
+    weight_decay_end: float = 0.4   # end of that schedule (SVT: 0.4)
+    momentum_teacher: float = 0.996  # teacher EMA momentum at step 0, cosine to 1 (SVT; DINO: higher for small batches)
+    clip_grad: float = 3.0          # per-parameter gradient-norm clip, as DINO/SVT (0 = off)
+    # machinery
+    device: str = "auto"            # auto | cpu | cuda
+    workers: int = 2                # DataLoader worker processes per process (decode on the CPU)
+    amp: str = "auto"               # auto (bf16 on GPU, off on CPU) | bf16 | off
+    compile: bool = False           # torch.compile student and teacher (GPU: faster after a minute of compiling)
+    seed: int = 0
+    out: str = "runs/lss"           # output dir: checkpoint.pt, config.json, log.jsonl, concepts-*.pt, skipped.txt
+    log_every: int = 10             # steps between log lines
+    max_steps: int = 0              # stop after this many steps in total (0 = no limit; for tests and quick looks)
+    zero_shot_eval: bool = True     # zero-shot top-1 on the dataset's test split with its class names, at start and end
+    test_clips: int = 4             # zero-shot: uniformly spaced clips per test video (1 centre crop each)
+
+
+# Changing these between a checkpoint and a resume would load weights into a different network or change the
+# concept space under the centre: refused. (The CLIP architecture itself is checked separately, "clip_arch".)
+ARCH_KEYS = ("init", "width", "layers", "patch", "embed_dim", "text_width", "text_layers", "frames", "cls_mode",
+             "concepts", "templates", "desc_template")
+
+TEMPLATES = {"kinetics": KINETICS_TEMPLATES, "ucf101": UCF101_TEMPLATES, "synthetic": SYNTHETIC_TEMPLATES,
+             "single": DEFAULT_TEMPLATES}
+DATASET_TEMPLATES = {"kinetics": "kinetics", "ucf101": "ucf101", "hmdb51": "ucf101", "synthetic": "synthetic",
+                     "folder": "kinetics", "unlabeled": "kinetics"}  # --templates auto
+CHOICES = {"init": ("tiny", "random", "clip"), "cls_mode": ("per_frame", "shared"), "probe_feature": ("cls", "proj"),
+           "concepts": ("auto", "dataset", "union", "descriptions"), "templates": ("auto",) + tuple(TEMPLATES),
+           "ca_target": ("class", "description"), "up_scope": ("global", "local"),
+           "up_average": ("auto", "batch", "ema"), "amp": ("auto", "bf16", "off")}
+
+# Temperatures by initialisation (lss.md section 3.5). The logits are cosine similarities divided by tau. A trained
+# CLIP's image-text cosines sit in a narrow band (~0.15-0.35 for OpenAI's), so DINO's tau_s = 0.1 would give nearly
+# uniform distributions: use the CLIP's own scale, tau_s = 1/exp(logit_scale) (OpenAI's: 1/100; the tiny CLIP
+# learns its own), and DINO's teacher/student ratio 0.4 for the teacher (OpenAI's: 0.004). From random weights
+# nothing confines the cosines to a band (the student can turn its feature onto a concept vector, cosine -> 1), so
+# DINO's 0.1 / 0.04 apply.
+RANDOM_TAU = (0.1, 0.04)
+TEACHER_STUDENT_TAU_RATIO = 0.4
+
+
+def resolve_temperatures(cfg: Config, clip: "CLIP | None") -> Config:
+    """--tau-s/--tau-t 0 (auto) -> the values for this start; the checkpoint records the values used."""
+    if clip is None:
+        tau_s, tau_t = RANDOM_TAU
+    else:
+        tau_s = 1 / clip.logit_scale.exp().item()
+        tau_t = TEACHER_STUDENT_TAU_RATIO * tau_s
+    return replace(cfg, tau_s=cfg.tau_s or tau_s, tau_t=cfg.tau_t or tau_t)
+
+
+def parse_args(argv=None) -> Config:
+    desc = ("LSS pretraining. Zero-shot evaluation: `python lss.py zero-shot --help`. "
+            + __doc__.strip().split("\n\n")[0])
+    cfg = data.parse_config(Config, argv, desc)
+    cfg = data.decide_dataset(cfg)  # --dataset auto: synthetic, a labelled folder or unlabeled videos, from --data
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be one of {list(allowed)}, "
+                             f"got {getattr(cfg, name)!r}")
+    if cfg.init == "clip" and not cfg.clip:
+        raise SystemExit("error: --init clip needs --clip PATH (OpenAI-layout CLIP weights, e.g. ViT-B-16.pt)")
+    if cfg.init != "clip" and cfg.clip:
+        raise SystemExit(f"error: --clip is only used with --init clip (--init {cfg.init} makes its own CLIP)")
+    if not 1 <= cfg.local_frames <= cfg.frames:
+        raise SystemExit(f"error: --local-frames must be in 1..--frames ({cfg.frames}), got {cfg.local_frames}")
+    if cfg.local_views < 0 or cfg.frames < 1 or cfg.stride < 1 or cfg.local_stride < 1:
+        raise SystemExit("error: --local-views must be >= 0 and --frames, --stride, --local-stride >= 1")
+    if cfg.templates == "auto":
+        cfg = replace(cfg, templates=DATASET_TEMPLATES[cfg.dataset])  # the checkpoint records the list used
+    # Unlabeled videos have no class names to build a category space from: the union of the label sets we ship
+    # (UCF101, HMDB51, Kinetics-400 names) stands in, as for a Kinetics-pretrained model that transfers.
+    if cfg.dataset == "unlabeled":
+        if cfg.concepts in ("dataset", "descriptions"):
+            raise SystemExit(f"error: --concepts {cfg.concepts} needs the dataset's class names, and {cfg.data} holds "
+                             f"unlabeled videos: use --concepts union (the default for unlabeled videos)")
+        if cfg.concepts == "auto" and os.environ.get("RANK", "0") == "0":
+            print(f"concepts: the videos have no labels, so the category space is --concepts union: "
+                  f"{len(category_names('union', []))} action names of UCF101, HMDB51 and Kinetics-400")
+    if cfg.concepts == "auto":
+        cfg = replace(cfg, concepts="union" if cfg.dataset == "unlabeled" else "dataset")
+    if cfg.init == "random":  # a pretrained CLIP's temperatures are read off its weights, in train()
+        cfg = resolve_temperatures(cfg, None)
+    return cfg
 
 
 # ----------------------------------------------------------------------------- training
@@ -1374,9 +1149,6 @@ def build_run(cfg: Config, rank: int, world: int, device, print0, ckpt: dict | N
     loader = data.make_loader(dataset, cfg.batch_size, cfg.workers, shuffle=True, drop_last=True, seed=cfg.seed,
                               rank=rank, world_size=world)
     steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
-        raise SystemExit(f"error: {len(videos)} training videos cannot fill one batch of {cfg.batch_size} x {world} "
-                         f"processes; lower --batch-size")
     total_steps = cfg.epochs * steps_per_epoch
     # CLIP: from the file, from the flags (random, seeded: the same on every process), or a skeleton to be filled
     # from the checkpoint (its text tower is in it; its visual tower lives on as student/teacher)
@@ -1603,7 +1375,56 @@ def train(cfg: Config):
         dist.destroy_process_group()
 
 
-# ----------------------------------------------------------------------------- zero-shot command line
+# ----------------------------------------------------------------------------- zero-shot evaluation
+# lss.md section 6 [D]: each test video -> K uniformly spaced clips (the global view's frames and stride) x 1 centre
+# crop (short side scaled to --size); the teacher's projected feature of each clip is L2-normalised, averaged over
+# the clips and re-normalised; the prediction is the class whose concept vector (class name x templates, from the
+# checkpoint's text tower) has the largest cosine similarity. Top-1 / top-5 in percent over decodable videos.
+
+@torch.no_grad()
+def zero_shot_eval(backbone: Backbone, vectors: torch.Tensor, videos: data.VideoList, frames: int, stride: int,
+                   size: int, canvas, test_clips: int, batch_size: int, workers: int, device, rank=0, world=1,
+                   progress=True) -> dict:
+    """backbone with feature 'proj', vectors (C, D) unit rows in the order of videos.classes. Under DDP every
+    process takes a shard of the videos and the counts are summed, so every process must call this."""
+    dataset = data.VideoDataset(videos, data.UniformClips(frames, stride, test_clips), canvas=canvas, resample=False,
+                                min_frames=1)
+    loader = data.make_loader(dataset, batch_size, workers, shuffle=False, drop_last=False, rank=rank,
+                              world_size=world)
+    C = len(videos.classes)
+    counts = torch.zeros(3, C, dtype=torch.float64, device=device)  # videos, top-1 hits, top-5 hits per class
+    skipped = []
+    backbone.eval()
+    for batch in tqdm(loader, desc="zero-shot", unit="batch", disable=not progress, dynamic_ncols=True, leave=False):
+        for i, msg in zip(batch["failed"], batch["bad"]):
+            path = videos.paths[i]
+            skipped.append({"path": path, "reason": msg[len(path) + 2:] if msg.startswith(path + ": ") else msg})
+        if len(batch["index"]) == 0:
+            continue
+        video = batch["video"].to(device, non_blocking=True)  # (B, K, T, H, W, 3)
+        Bv, Kc = video.shape[:2]
+        x = data.spatial_crops(data.to_bcthw(video.flatten(0, 1)), size, 1)  # (B*K, C, T, s, s) in [0, 1]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            f = backbone(x)  # (B*K, E)
+        f = F.normalize(F.normalize(f.float(), dim=-1).view(Bv, Kc, -1).mean(1), dim=-1)  # (B, E), clip-averaged
+        top = (f @ vectors.float().t()).topk(min(5, C), dim=-1).indices  # (B, 5)
+        labels = batch["label"].to(device)
+        counts[0].index_add_(0, labels, torch.ones(Bv, dtype=torch.float64, device=device))
+        counts[1].index_add_(0, labels, (top[:, 0] == labels).double())
+        counts[2].index_add_(0, labels, (top == labels[:, None]).any(-1).double())
+    if world > 1:
+        dist.all_reduce(counts)
+        gathered = [None] * world
+        dist.all_gather_object(gathered, skipped)
+        skipped = [s for part in gathered for s in part]
+    counts = counts.cpu()
+    n = int(counts[0].sum().item())
+    pct = lambda hits, total: round(100.0 * float(hits) / float(total), 2) if total else None  # noqa: E731
+    return {"top1": pct(counts[1].sum(), n), "top5": pct(counts[2].sum(), n), "num_test": n, "num_classes": C,
+            "skipped": skipped, "per_class": {c: pct(counts[1, k], counts[0, k]) for k, c in enumerate(videos.classes)}}
+
+
+# The command line: python lss.py zero-shot --ckpt ... (or --clip ... for the frozen CLIP baseline).
 
 @dataclass
 class ZeroShotConfig:
@@ -1713,6 +1534,189 @@ def zero_shot(zc: ZeroShotConfig) -> dict:
         Path(zc.json).write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {zc.json}")
     return result
+
+
+# ----------------------------------------------------------------------------- appendix: CLIP's BPE tokenizer
+# CLIP's byte-level BPE, as in openai/CLIP clip/simple_tokenizer.py. Byte level means every string is encodable:
+# text -> UTF-8 bytes -> each byte mapped to a printable unicode char -> words split by a regex -> BPE merges.
+
+BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+SOT, EOT = 49406, 49407  # <|startoftext|>, <|endoftext|>; EOT is the largest id, which text pooling relies on
+
+
+def find_bpe_vocab(path=None):
+    """Path of CLIP's BPE merges file: `path` if given, else the copy shipped inside an installed CLIP package.
+
+    The file (OpenAI's, MIT licence) comes with the dependency clip-anytorch, the lightest package that ships it
+    (1.4 MB; open_clip_torch, which the tests use as the reference CLIP, ships the same bytes but pulls in timm and
+    huggingface_hub). We only read the file: neither package is imported."""
+    if path is not None:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"BPE vocabulary file not found: {path}")
+        return path
+    # find_spec locates the package directory without importing it
+    for pkg in ("clip", "open_clip"):  # clip-anytorch (or openai/CLIP), open_clip_torch: same file, same bytes
+        spec = importlib.util.find_spec(pkg)
+        for d in (spec.submodule_search_locations or []) if spec else []:
+            if os.path.isfile(os.path.join(d, BPE_FILE)):
+                return os.path.join(d, BPE_FILE)
+    raise FileNotFoundError(
+        f"CLIP's BPE vocabulary '{BPE_FILE}' was not found. It ships inside clip-anytorch, a dependency of this "
+        f"project: run `pip install -e .` in the repository, or pass the file's path explicitly (--bpe PATH).")
+
+
+@lru_cache()
+def bytes_to_unicode():
+    # Printable bytes map to themselves; the other 68 (control chars, space, ...) map to chr(256+n), so that no
+    # BPE symbol is whitespace or a control character and the mapping stays reversible.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def get_pairs(word):
+    """Set of adjacent symbol pairs in a word (a tuple of symbols)."""
+    return set(zip(word[:-1], word[1:]))
+
+
+def clean_text(text):
+    text = ftfy.fix_text(text)  # repairs mojibake ("cafÃ©" -> "café"), as OpenAI's tokenizer does
+    text = html.unescape(html.unescape(text)).strip()  # twice: web captions are often double-escaped ("&amp;amp;")
+    text = regex.sub(r"\s+", " ", text).strip()  # collapse runs of spaces, tabs, newlines
+    return text.lower()
+
+
+class BPETokenizer:
+    def __init__(self, bpe_path):
+        self.byte_encoder = bytes_to_unicode()
+        merges = gzip.open(bpe_path).read().decode("utf-8").split("\n")
+        merges = [tuple(m.split()) for m in merges[1:49152 - 256 - 2 + 1]]  # line 0 is "#version: 0.2"
+        vocab = list(self.byte_encoder.values())
+        vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges]  # "</w>" marks a word's end
+        vocab += ["<|startoftext|>", "<|endoftext|>"]
+        self.encoder = {v: i for i, v in enumerate(vocab)}  # 256 + 256 + 48894 + 2 = 49408 ids
+        assert self.encoder["<|startoftext|>"] == SOT and self.encoder["<|endoftext|>"] == EOT
+        self.bpe_ranks = {m: i for i, m in enumerate(merges)}  # lower rank = merged earlier in BPE training
+        self.cache = {"<|startoftext|>": "<|startoftext|>", "<|endoftext|>": "<|endoftext|>"}
+        # contractions, runs of letters, single digits, runs of other non-space symbols (\p{..} needs `regex`)
+        self.pat = regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"""
+                                 r"""[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
+
+    def bpe(self, token):
+        """Greedy BPE on one pre-token: repeatedly merge the adjacent pair with the lowest merge rank."""
+        if token in self.cache:
+            return self.cache[token]
+        word = tuple(token[:-1]) + (token[-1] + "</w>",)
+        pairs = get_pairs(word)
+        if not pairs:
+            return token + "</w>"
+        while True:
+            bigram = min(pairs, key=lambda p: self.bpe_ranks.get(p, float("inf")))
+            if bigram not in self.bpe_ranks:
+                break
+            first, second = bigram
+            new_word, i = [], 0
+            while i < len(word):
+                try:
+                    j = word.index(first, i)
+                except ValueError:
+                    new_word.extend(word[i:])
+                    break
+                new_word.extend(word[i:j])
+                i = j
+                if i < len(word) - 1 and word[i + 1] == second:
+                    new_word.append(first + second)
+                    i += 2
+                else:
+                    new_word.append(first)
+                    i += 1
+            word = tuple(new_word)
+            if len(word) == 1:
+                break
+            pairs = get_pairs(word)
+        word = " ".join(word)
+        self.cache[token] = word
+        return word
+
+    def encode(self, text):
+        ids = []
+        for token in self.pat.findall(clean_text(text)):
+            token = "".join(self.byte_encoder[b] for b in token.encode("utf-8"))
+            ids.extend(self.encoder[t] for t in self.bpe(token).split(" "))
+        return ids
+
+
+@lru_cache(maxsize=4)
+def get_tokenizer(bpe_path=None):
+    return BPETokenizer(find_bpe_vocab(bpe_path))  # ~1 s to build the merge table, so build it once per file
+
+
+def tokenize(texts, context_length=77, bpe_path=None):
+    """list[str] -> LongTensor (N, context_length): SOT + tokens + EOT, zero-padded; too long -> cut, last = EOT."""
+    if isinstance(texts, str):
+        texts = [texts]
+    tok = get_tokenizer(bpe_path)
+    out = torch.zeros(len(texts), context_length, dtype=torch.long)
+    for i, text in enumerate(texts):
+        ids = [SOT] + tok.encode(text) + [EOT]
+        if len(ids) > context_length:
+            ids = ids[:context_length]
+            ids[-1] = EOT  # keep EOT: the text feature is read at the EOT position
+        out[i, :len(ids)] = torch.tensor(ids)
+    return out
+
+
+# ----------------------------------------------------------------------------- appendix: loading CLIP weights
+# OpenAI's files come in two forms: a plain state dict, or the TorchScript archive they publish (ViT-B-16.pt).
+
+def _is_torchscript_archive(path):
+    # TorchScript archives are zip files holding "<name>/constants.pkl" and "<name>/code/"; plain torch.save zips don't
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.split("/", 1)[-1] == "constants.pkl" for n in z.namelist())
+
+
+def load_clip(path):
+    """Load CLIP from an OpenAI-layout state dict (plain, or under 'state_dict'/'model'), or OpenAI's JIT archive."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"CLIP checkpoint not found: {path}")
+    if _is_torchscript_archive(path):
+        # OpenAI's ViT-B-16.pt is a TorchScript archive, which torch.load(weights_only=True) refuses. This is the one
+        # place that is not weights_only: torch.jit.load does not run arbitrary pickled Python (unlike torch.load
+        # with weights_only=False), but it does deserialize TorchScript code that runs in the TorchScript interpreter
+        # when the module is called. We only call .state_dict() and never run the module, yet a hostile archive is
+        # still a parser attack surface: only load archives you trust (e.g. downloaded from OpenAI's own URL).
+        with warnings.catch_warnings():  # torch >= 2.9 marks torch.jit as deprecated; nothing the user can act on
+            warnings.simplefilter("ignore", FutureWarning)
+            sd = torch.jit.load(path, map_location="cpu").state_dict()
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)  # refuses pickles that would run code
+        except Exception as e:
+            raise RuntimeError(f"{path}: torch.load(weights_only=True) refused or failed to read this file; "
+                               f"expected a CLIP state dict (tensors only) or OpenAI's TorchScript .pt") from e
+        if isinstance(sd, dict) and ("state_dict" in sd or "model" in sd) and "visual.conv1.weight" not in sd:
+            sd = sd.get("state_dict", sd.get("model"))
+    if not isinstance(sd, dict) or not any(k.endswith("visual.conv1.weight") for k in sd):
+        raise ValueError(f"{path} is not an OpenAI-layout CLIP (ViT) state dict: no 'visual.conv1.weight' key")
+    if "visual.conv1.weight" not in sd:  # e.g. saved from a DDP-wrapped model: strip "module."
+        prefix = next(k for k in sd if k.endswith("visual.conv1.weight"))[:-len("visual.conv1.weight")]
+        sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()  # OpenAI ships fp16: train in fp32
+          if k not in ("input_resolution", "context_length", "vocab_size")}  # ints in the JIT file, not weights
+    model = CLIP(CLIPConfig.from_state_dict(sd))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        warnings.warn(f"load_clip({path}): {len(missing)} missing keys {missing}; "
+                      f"{len(unexpected)} unexpected keys {unexpected}")
+    return model
 
 
 def main(argv=None):

@@ -81,9 +81,6 @@ def train(cfg: Config):
                                 min_frames=cfg.frames)
     loader = data.make_loader(dataset, cfg.batch_size, cfg.workers, shuffle=True, drop_last=True, seed=cfg.seed)
     steps_per_epoch = len(loader)
-    if steps_per_epoch == 0:
-        raise SystemExit(f"error: {len(videos)} training videos cannot fill one batch of {cfg.batch_size}; "
-                         f"lower --batch-size")
     total_steps, warmup_steps = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
     aug = train_augment_config()
 

@@ -465,6 +465,14 @@ def test_loader_items_depend_on_seed_not_on_workers(tiny_synthetic):
     assert len(set(keys)) == 32 and len({s for _, s in keys}) == 32
 
 
+def test_training_loader_that_cannot_fill_a_batch_says_so():
+    ds = list(range(7))  # 7 items: one batch of 4 on one process, none on 2 processes
+    assert len(data.make_loader(ds, 4, workers=0, drop_last=True)) == 1
+    with pytest.raises(SystemExit, match=r"7 training videos cannot fill one batch of 4 x 2 processes; lower --batch"):
+        data.make_loader(ds, 4, workers=0, drop_last=True, world_size=2)
+    assert len(data.make_loader(ds, 8, workers=0, shuffle=False, drop_last=False)) == 1  # evaluation: a partial batch
+
+
 def test_epoch_sampler_shards_evenly():
     a = list(data.EpochSampler(10, seed=1, rank=0, world_size=3))
     b = list(data.EpochSampler(10, seed=1, rank=1, world_size=3))
