@@ -138,7 +138,7 @@ class Row:
     eval: tuple = ()          # flags for eval_linear.py, after the preset's
     base: str | None = None   # random rows: the trained row (same seed) whose checkpoint gives the network's config;
                               # trained rows: a row (same seed) whose run dir "{base}" in `train` stands for
-    ref: str | None = "random-init"  # the no-pretraining row the table's Δ column subtracts (None: no Δ)
+    ref: str | None = "random-init"  # the baseline row the table's Δ column subtracts (None: no Δ)
     epochs_scale: float = 1.0  # multiplies the preset's --epochs: the data-size rows keep the number of steps
 
 
@@ -689,7 +689,7 @@ def format_table(summary: list[dict]) -> str:
     """Markdown: one section per claim (GROUPS order), one line per row; a row may appear in several sections."""
     by_name = {s["name"]: s for s in summary}
     extra = [(k, h) for k, h in EXTRA_COLUMNS if any((s.get(k) or {}).get("n") for s in summary)]
-    lines = ["| | top-1 % (mean ± std, seeds) | Δ vs no pretraining |" + "".join(f" {h} |" for _, h in extra),
+    lines = ["| | top-1 % (mean ± std, seeds) | Δ vs baseline |" + "".join(f" {h} |" for _, h in extra),
              "|---|---|---|" + "---|" * len(extra)]
     for group, title in GROUPS.items():
         members = [s for s in summary if group in s["groups"]]
@@ -700,8 +700,9 @@ def format_table(summary: list[dict]) -> str:
     lines.append("")
     lines.append("Top-1: linear probe on frozen features (eval_linear.py), % of test videos; mean ± sample std "
                  "(ddof=1) over seeds, a single seed has no std. Δ: the row's mean minus the mean of its "
-                 "no-pretraining row: the random-init encoder (nuisance rows: at the same nuisance level; LSS rows: "
-                 "the LSS network at init; LSS from the pretrained CLIP: the frozen CLIP)."
+                 "baseline row (—): for CVRL the random-init encoder (nuisance rows: at the same nuisance level), "
+                 "for LSS from random weights the LSS network at init, for LSS from the pretrained CLIP the frozen "
+                 "CLIP it starts from, for fine-tuning the same network trained from scratch."
                  + (" Zero-shot: the LSS teacher's top-1 by class names at the end of training (lss.py; the frozen "
                     "rows: at step 0). k-NN: DINO's weighted 20-NN on the same frozen features."
                     if extra else ""))

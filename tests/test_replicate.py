@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 import threading
+from collections import Counter
 import time
 from dataclasses import replace
 
@@ -103,7 +104,7 @@ def test_table_markdown_exact(tmp_path):
     table = R.format_table(fake_summary(tmp_path))
     body, legend = table.split("\n\n")
     assert body.splitlines() == [
-        "| | top-1 % (mean ± std, seeds) | Δ vs no pretraining |",
+        "| | top-1 % (mean ± std, seeds) | Δ vs baseline |",
         "|---|---|---|",
         f"| **{R.GROUPS['baselines']}** | | |",
         "| CVRL default (decreasing P(t), p = 1) | 52.0 ± 2.0 (3 seeds) | +21.0 |",
@@ -508,3 +509,27 @@ def test_smoke_preset_all_rows_with_plots(tiny_synthetic, tmp_path):
     sup = json.loads((tmp_path / "out" / "runs" / "supervised" / "seed0" / "linear.json").read_text())
     assert sup["method"] == "cvrl" and sup["arch"] == "tiny" and sup["step"] == 2
     assert (tmp_path / "out" / "curves.png").stat().st_size > 0 and (tmp_path / "out" / "bars.png").exists()
+
+
+@pytest.mark.parametrize("preset", ["quick", "cvrl-search", "lss-explore", "lss-pretrained"])
+def test_committed_tables_regenerate_from_their_records(preset):
+    """The committed table.md is what today's replicate.py makes of the committed per-job records, and today's
+    commands are the recorded ones (so re-running the preset over its runs skips every job). Exception, by design:
+    the LSS-from-random-weights rows now spell out the settings that were lss.py's defaults when they ran (the defaults
+    moved to the pretrained start); their other flags and probe commands are unchanged."""
+    d = ROOT / "results" / "replicate" / preset
+    res = json.loads((d / "results.json").read_text())
+    P = dict(R.PRESETS[preset])
+    rows = R.preset_rows(P, P["nuisance"])
+    jobs = R.make_jobs(rows, P, d, [])
+    records = {f"{j['row']}/seed{j['seed']}": j for j in res["jobs"]}
+    assert {j.id for j in jobs} == set(records)
+    pinned = ("--init", "random", "--trail", "0", "--templates", "kinetics", "--size", "48", "--local-size", "24",
+              "--canvas", "64", "64", "--lr", "4e-3")
+    for job in jobs:
+        old, new = records[job.id]["key"]["cmds"], job.key["cmds"]
+        if old != new:
+            assert job.row.name.startswith("lss") and preset in ("quick", "lss-explore"), job.id
+            assert len(old) == len(new) and old[0][0] == new[0][0] == "lss.py" and new[1:] == old[1:], job.id
+            assert Counter(new[0]) - Counter(old[0]) == Counter(pinned) and not Counter(old[0]) - Counter(new[0])
+    assert R.format_table(R.summarize(rows, jobs, records)) == (d / "table.md").read_text()
