@@ -742,6 +742,66 @@ def ema_update(teacher, student, m):
         tb.copy_(sb)
 
 
+def global_mean_probs(p_local: torch.Tensor, scope: str) -> torch.Tensor:
+    """p-bar for the uniform prior under DDP. 'global': the mean of every process's p-bar (equal batch sizes, so
+    exactly the p-bar of the global batch) through a DIFFERENTIABLE all-reduce. Its backward all-reduces the
+    incoming gradients, so each process's p-bar_r receives f'(p-bar) (W processes x 1/W each), its parameter
+    gradient is f'(p-bar) dp-bar_r/dtheta, and DDP's averaging makes that (1/W) sum_r f'(p-bar) dp-bar_r/dtheta =
+    d f(p-bar_global)/dtheta: exactly the gradient of one process on the whole batch, the same scale as the other
+    losses (batch means whose gradients DDP averages). A test checks this with 2 processes.
+    'local': every process penalises its own p-bar (then L_UP is the mean over processes of KL(U || p-bar_r): a
+    stronger push to spread each small per-GPU batch; identical to 'global' with one process)."""
+    if scope == "local" or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return p_local
+    with warnings.catch_warnings():  # torch 2.14 marks it deprecated; its suggested replacement has no autograd
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.distributed.nn.functional.all_reduce(p_local.contiguous()) / dist.get_world_size()
+
+
+class LSSLoss(nn.Module):
+    """L = L_CD + lambda_ca L_CA + lambda_up L_UP on the frozen concept spaces, with what it keeps from step to step:
+    the teacher's centre (DINO's DINOLoss keeps its centre the same way) and, for large K, the uniform prior's moving
+    average. The concept vectors are buffers: they follow .to(device) and never receive a gradient."""
+
+    def __init__(self, concepts: dict, cfg: Config):
+        super().__init__()
+        self.register_buffer("C_cat", concepts["C_cat"])    # (K, D) category space: class names x templates
+        self.register_buffer("C_desc", concepts["C_desc"])  # (M, D) description space
+        self.register_buffer("assign", concepts["assign"])  # (M,) the class of each description
+        self.register_buffer("center", torch.zeros(len(concepts["C_cat"]), device=concepts["C_cat"].device))  # (K,)
+        self.p_bar_prev = None  # the uniform prior's moving average (--up-average ema), no gradient
+        self.cfg = cfg
+
+    def forward(self, t_feats, s_feats, tau_t: float):
+        """t_feats: the teacher's 2 global views, s_feats: the student's 2 + L views, each (B, E). Returns the loss,
+        its three terms, and the category-space similarities (2 x (B, K) teacher, (2+L) x (B, K) student)."""
+        cfg, K = self.cfg, self.C_cat.shape[0]
+        # similarities in fp32 (concept_similarities turns autocast off: tau ~ 0.01 amplifies bf16 rounding)
+        t_cat = [concept_similarities(f, self.C_cat) for f in t_feats]  # 2 x (B, K)
+        s_cat = [concept_similarities(f, self.C_cat) for f in s_feats]  # (2+L) x (B, K)
+        cd = concept_distillation_loss(t_cat, s_cat, self.center, tau_t, cfg.tau_s)
+        loss, ca, up = cd, torch.zeros((), device=cd.device), torch.zeros((), device=cd.device)
+        if cfg.lambda_ca > 0:
+            s_desc = [concept_similarities(f, self.C_desc) for f in s_feats]  # (2+L) x (B, M)
+            ca = concept_alignment_loss(t_cat, s_desc, self.assign, K, tau_t, cfg.tau_s, self.center, cfg.ca_target)
+            loss = loss + cfg.lambda_ca * ca
+        if cfg.lambda_up > 0:
+            p_bar = global_mean_probs(mean_student_probs(s_cat, cfg.tau_s), cfg.up_scope)  # (K,)
+            if cfg.up_average == "ema" or (cfg.up_average == "auto" and K >= 512):
+                # MUST's moving average for large concept spaces, where one batch covers few concepts:
+                # p-bar = (p-bar_prev + p-bar_batch) / 2, the previous value without gradient
+                if self.p_bar_prev is not None:
+                    p_bar = 0.5 * (self.p_bar_prev + p_bar)
+                self.p_bar_prev = p_bar.detach()
+            up = uniform_prior_loss(p_bar)
+            loss = loss + cfg.lambda_up * up
+        return loss, dict(cd=cd, ca=ca, up=up), t_cat, s_cat
+
+    @torch.no_grad()
+    def update_center(self, t_cat):
+        self.center = update_center(self.center, t_cat, self.cfg.center_momentum)  # all-reduced batch mean
+
+
 # ----------------------------------------------------------------------------- data: 2 global + L local views
 # SVT's views (lss.md section 4), adapted to one constraint: data.py's collate stacks the views of a video, so
 # every view decodes the same number of frames. The local views' lower frame count is made on the device instead
@@ -808,7 +868,7 @@ def make_views(video: torch.Tensor, cfg: Config, aug_global, aug_local, generato
     return [to_vit(x) for x in groups]
 
 
-# ----------------------------------------------------------------------------- schedules, optimizer, DDP prior
+# ----------------------------------------------------------------------------- schedules and optimizer
 
 def cosine(step: int, total: int, start: float, end: float) -> float:
     """start -> end along half a cosine over `total` steps (DINO's cosine_scheduler without warmup)."""
@@ -827,6 +887,19 @@ def tau_t_at(step: int, warmup: int, cfg: Config) -> float:
     if warmup <= 0 or cfg.tau_t_warmup <= 0 or step >= warmup:
         return cfg.tau_t
     return cfg.tau_t_warmup + (cfg.tau_t - cfg.tau_t_warmup) * step / warmup
+
+
+def make_schedules(cfg: Config, steps_per_epoch: int, peak_lr: float) -> dict:
+    """Every schedule as one value per step, as DINO's lr_schedule[it]: lr (warmup, then cosine), weight decay and
+    teacher momentum (cosine) and the teacher temperature (warmup). Functions of the step alone, so a resumed run
+    continues exactly."""
+    total = cfg.epochs * steps_per_epoch
+    warmup, tau_warmup = round(cfg.warmup_epochs * steps_per_epoch), round(cfg.tau_t_warmup_epochs * steps_per_epoch)
+    steps = range(total + 1)
+    return dict(lr=np.array([lr_at(s, total, warmup, peak_lr, cfg.min_lr) for s in steps]),
+                wd=np.array([cosine(s, total, cfg.weight_decay, cfg.weight_decay_end) for s in steps]),
+                momentum=np.array([cosine(s, total, cfg.momentum_teacher, 1.0) for s in steps]),
+                tau_t=np.array([tau_t_at(s, tau_warmup, cfg) for s in steps]))
 
 
 def param_groups(model: nn.Module):
@@ -850,47 +923,7 @@ def clip_gradients(params, clip: float) -> torch.Tensor:
     return total
 
 
-def global_mean_probs(p_local: torch.Tensor, scope: str) -> torch.Tensor:
-    """p-bar for the uniform prior under DDP. 'global': the mean of every process's p-bar (equal batch sizes, so
-    exactly the p-bar of the global batch) through a DIFFERENTIABLE all-reduce. Its backward all-reduces the
-    incoming gradients, so each process's p-bar_r receives f'(p-bar) (W processes x 1/W each), its parameter
-    gradient is f'(p-bar) dp-bar_r/dtheta, and DDP's averaging makes that (1/W) sum_r f'(p-bar) dp-bar_r/dtheta =
-    d f(p-bar_global)/dtheta: exactly the gradient of one process on the whole batch, the same scale as the other
-    losses (batch means whose gradients DDP averages). A test checks this with 2 processes.
-    'local': every process penalises its own p-bar (then L_UP is the mean over processes of KL(U || p-bar_r): a
-    stronger push to spread each small per-GPU batch; identical to 'global' with one process)."""
-    if scope == "local" or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return p_local
-    with warnings.catch_warnings():  # torch 2.14 marks it deprecated; its suggested replacement has no autograd
-        warnings.simplefilter("ignore", FutureWarning)
-        return torch.distributed.nn.functional.all_reduce(p_local.contiguous()) / dist.get_world_size()
-
-
 # ----------------------------------------------------------------------------- one training step
-
-@dataclass
-class Run:
-    """What a training step touches. student_vit is the plain student; student is what gets called (the MultiView
-    wrapper, inside DDP under torchrun)."""
-    student_vit: VideoViT
-    student: nn.Module
-    teacher: VideoViT              # EMA of the student, no gradient, eval mode (no drop-path)
-    text: CLIP                     # frozen text tower (visual tower removed), on the CPU
-    concepts: dict                 # C_cat (K, D), C_desc (M, D), assign (M,), on the device
-    names: list                    # the K category names
-    center: torch.Tensor           # (K,) teacher centre, cosine units
-    optimizer: torch.optim.Optimizer
-    aug_global: data.AugmentConfig
-    aug_local: data.AugmentConfig
-    total_steps: int
-    warmup_steps: int
-    tau_warmup_steps: int
-    peak_lr: float
-    use_amp: bool
-    rank: int = 0
-    world: int = 1
-    p_bar_prev: torch.Tensor | None = None  # the uniform prior's moving average (--up-average ema)
-
 
 def step_seed(cfg: Config, step: int, rank: int, salt: int = 0) -> int:
     """The seed of one step's random draws on one process: a function of (seed, step, rank), so resuming at any
@@ -898,68 +931,49 @@ def step_seed(cfg: Config, step: int, rank: int, salt: int = 0) -> int:
     return int(np.random.SeedSequence([cfg.seed, step, rank, salt]).generate_state(1)[0])
 
 
-def train_step(cfg: Config, run: Run, video: torch.Tensor, step: int) -> dict:
-    """One LSS step on a batch of decoded videos, uint8 (B, 2+L, T, H, W, 3) on the device. Returns log values
-    (averaged over processes). L = L_CD + lambda_ca L_CA + lambda_up L_UP (lss.md section 3.5):
+def train_step(cfg: Config, student: nn.Module, teacher: VideoViT, lss_loss: LSSLoss, optimizer, schedule: dict,
+               video: torch.Tensor, step: int) -> dict:
+    """One LSS step on a batch of decoded videos, uint8 (B, 2+L, T, H, W, 3) on the device. `student` is the
+    MultiView wrapper (inside DDP under torchrun), `teacher` the EMA VideoViT. Returns log values (averaged over
+    processes). L = L_CD + lambda_ca L_CA + lambda_up L_UP (lss.md section 3.5):
       P_t^i = softmax((s_t^i - c) / tau_t)      teacher, global views i = 1, 2, category space, no gradient
       P_s^v = softmax(s_s^v / tau_s)            student, all 2 + L views v
       L_CD = mean_{i, v != i} H(P_t^i, P_s^v)
       L_CA = mean_{i, v != i} H(P_t^i, Q~_s^v), Q~ = the student's distribution over descriptions summed per class
       L_UP = KL(U || p-bar),  p-bar = mean over views and the (global) batch of P_s^v
     where s = cosine similarities between the normalised feature and the concept vectors."""
-    B = video.shape[0]
-    device = video.device
-    # schedules: functions of the step, so a resumed run continues exactly
-    lr = lr_at(step, run.total_steps, run.warmup_steps, run.peak_lr, cfg.min_lr)
-    wd = cosine(step, run.total_steps, cfg.weight_decay, cfg.weight_decay_end)
-    m = cosine(step, run.total_steps, cfg.momentum_teacher, 1.0)
-    tau_t = tau_t_at(step, run.tau_warmup_steps, cfg)
-    for i, group in enumerate(run.optimizer.param_groups):
+    B, device = video.shape[0], video.device
+    student_vit = getattr(student, "module", student).vit  # the plain student inside the MultiView (and DDP) wrappers
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+    lr, wd, m, tau_t = (float(schedule[k][step]) for k in ("lr", "wd", "momentum", "tau_t"))
+    for i, group in enumerate(optimizer.param_groups):
         group["lr"] = lr
         if i == 0:  # the decayed group (param_groups); biases and 1-d params stay at 0
             group["weight_decay"] = wd
     # views: augmentation drawn from a generator seeded by the step (and rank), drop-path masks likewise
-    g = torch.Generator().manual_seed(step_seed(cfg, step, run.rank))
-    views = make_views(video, cfg, run.aug_global, run.aug_local, g)  # [(2B, T, 3, S, S), (L*B, T_l, 3, s, s)]
-    torch.manual_seed(step_seed(cfg, step, run.rank, salt=1))
-    C_cat, C_desc, assign = run.concepts["C_cat"], run.concepts["C_desc"], run.concepts["assign"]
-    K = C_cat.shape[0]
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.use_amp):
-        s_feats = torch.cat(run.student(views)).split(B)  # 2 + L views, each (B, E)
+    g = torch.Generator().manual_seed(step_seed(cfg, step, rank))
+    views = make_views(video, cfg, *view_augmentations(cfg), g)  # [(2B, T, 3, S, S), (L*B, T_l, 3, s, s)]
+    torch.manual_seed(step_seed(cfg, step, rank, salt=1))
+    use_amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        s_feats = torch.cat(student(views)).split(B)  # 2 + L views, each (B, E)
         with torch.no_grad():
-            t_feats = run.teacher(views[0]).split(B)  # the 2 global views, each (B, E)
-    # similarities in fp32 (concept_similarities turns autocast off: tau ~ 0.01 amplifies bf16 rounding)
-    t_cat = [concept_similarities(f, C_cat) for f in t_feats]  # 2 x (B, K)
-    s_cat = [concept_similarities(f, C_cat) for f in s_feats]  # (2+L) x (B, K)
-    cd = concept_distillation_loss(t_cat, s_cat, run.center, tau_t, cfg.tau_s)
-    loss, ca, up = cd, torch.zeros((), device=device), torch.zeros((), device=device)
-    if cfg.lambda_ca > 0:
-        s_desc = [concept_similarities(f, C_desc) for f in s_feats]  # (2+L) x (B, M)
-        ca = concept_alignment_loss(t_cat, s_desc, assign, K, tau_t, cfg.tau_s, run.center, cfg.ca_target)
-        loss = loss + cfg.lambda_ca * ca
-    if cfg.lambda_up > 0:
-        p_bar = global_mean_probs(mean_student_probs(s_cat, cfg.tau_s), cfg.up_scope)  # (K,)
-        if cfg.up_average == "ema" or (cfg.up_average == "auto" and K >= 512):
-            # MUST's moving average for large concept spaces, where one batch covers few concepts:
-            # p-bar = (p-bar_prev + p-bar_batch) / 2, the previous value without gradient
-            if run.p_bar_prev is not None:
-                p_bar = 0.5 * (run.p_bar_prev + p_bar)
-            run.p_bar_prev = p_bar.detach()
-        up = uniform_prior_loss(p_bar)
-        loss = loss + cfg.lambda_up * up
+            t_feats = teacher(views[0]).split(B)  # the 2 global views, each (B, E)
+    loss, terms, t_cat, s_cat = lss_loss(t_feats, s_feats, tau_t)
     # diagnostics, from the same centre the loss used. t_entropy = mean H(P_t), t_batch_entropy = H(mean P_t), and
     # t_mi = their difference = the mutual information between the video and the teacher's concept (0: the teacher
     # gives every video the same distribution). Collapse onto one concept: both entropies -> 0; uniform collapse:
     # both -> log K; in either case t_mi -> 0, while a teacher that discriminates has t_mi up to log K.
     with torch.no_grad():
-        P = torch.cat(teacher_probs(t_cat, run.center, tau_t))  # (2B, K)
+        P = torch.cat(teacher_probs(t_cat, lss_loss.center, tau_t))  # (2B, K)
         Ps = torch.cat([F.softmax(s / cfg.tau_s, dim=-1) for s in s_cat])  # ((2+L)B, K)
-        scalars = {"loss": loss.detach(), "cd": cd.detach(), "ca": ca.detach(), "up": up.detach(),
+        scalars = {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()},
                    "t_entropy": -(P * P.clamp_min(1e-12).log()).sum(-1).mean(),
                    "t_max_prob": P.max(-1).values.mean(),
                    "s_entropy": -(Ps * Ps.clamp_min(1e-12).log()).sum(-1).mean()}
         packed = torch.cat([torch.stack(list(scalars.values())), P.mean(0)])  # one all-reduce for all of them
-        if run.world > 1:
+        if distributed:
             dist.all_reduce(packed, op=dist.ReduceOp.AVG)
         stats = dict(zip(scalars, packed[:len(scalars)].tolist()))
         p_mean = packed[len(scalars):]  # (K,) batch-mean teacher distribution
@@ -967,12 +981,12 @@ def train_step(cfg: Config, run: Run, video: torch.Tensor, step: int) -> dict:
     if not math.isfinite(stats["loss"]):
         raise FloatingPointError(f"loss is {stats['loss']} at step {step}; stopping (the last checkpoint is kept). "
                                  f"Try a lower --lr, higher --tau-s/--tau-t, or --amp off.")
-    run.optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = clip_gradients(list(run.student_vit.parameters()), cfg.clip_grad)
-    run.optimizer.step()
-    ema_update(run.teacher, run.student_vit, m)  # teacher <- m teacher + (1 - m) student
-    run.center = update_center(run.center, t_cat, cfg.center_momentum)  # all-reduced batch mean (DINO/SVT)
+    grad_norm = clip_gradients(list(student_vit.parameters()), cfg.clip_grad)
+    optimizer.step()
+    ema_update(teacher, student_vit, m)  # teacher <- m teacher + (1 - m) student
+    lss_loss.update_center(t_cat)  # c <- m_c c + (1 - m_c) mean s_t, after the loss used the old one (DINO/SVT)
     h_mean = -(p_mean * p_mean.clamp_min(1e-12).log()).sum().item()
     return dict(**stats, t_batch_entropy=h_mean, t_mi=h_mean - stats["t_entropy"],
                 lr=lr, wd=wd, momentum=m, tau_t=tau_t, grad_norm=grad_norm.item())
@@ -1133,29 +1147,9 @@ def parse_args(argv=None) -> Config:
 
 # ----------------------------------------------------------------------------- training
 
-def build_run(cfg: Config, rank: int, world: int, device, print0, ckpt: dict | None, clip: "CLIP | None" = None):
-    """Data, networks, concept spaces, optimizer; restored from `ckpt` when resuming. Returns (run, loader,
-    steps_per_epoch, start_step, skipped, config_dict, videos)."""
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    out = Path(cfg.out)
-    # data
-    videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train",
-                             synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail))
-    if cfg.data_fraction < 1.0:
-        videos = videos.subset(cfg.data_fraction, seed=cfg.seed)
-    sampler = MultiViewSampler(cfg.frames, cfg.stride, cfg.local_views, cfg.local_stride)
-    dataset = data.VideoDataset(videos, sampler, canvas=cfg.canvas, resample=True, min_frames=cfg.frames)
-    loader = data.make_loader(dataset, cfg.batch_size, cfg.workers, shuffle=True, drop_last=True, seed=cfg.seed,
-                              rank=rank, world_size=world)
-    steps_per_epoch = len(loader)
-    total_steps = cfg.epochs * steps_per_epoch
-    # CLIP: from the file, from the flags (random, seeded: the same on every process), or a skeleton to be filled
-    # from the checkpoint (its text tower is in it; its visual tower lives on as student/teacher)
-    if ckpt is not None:
-        clip = CLIP(CLIPConfig(**ckpt["config"]["clip_arch"]))
-    elif clip is None:
-        clip = load_clip(cfg.clip) if cfg.init in ("clip", "tiny") else CLIP(clip_config_from_flags(cfg))
+def build_networks(cfg: Config, clip: CLIP, device, print0) -> tuple[VideoViT, VideoViT, CLIP]:
+    """The student (a VideoViT from the CLIP's visual tower), the teacher (its copy, no gradient: the EMA of the
+    student from then on) and the frozen text tower."""
     arch = clip.cfg
     if cfg.init != "random" and cfg.size != arch.image_resolution:
         print0(f"note: --size {cfg.size} differs from the CLIP's input resolution {arch.image_resolution}: its "
@@ -1163,45 +1157,9 @@ def build_run(cfg: Config, rank: int, world: int, device, print0, ckpt: dict | N
     for name, side in (("size", cfg.size), ("local-size", cfg.local_size)):
         if side % arch.vision_patch_size:
             raise SystemExit(f"error: --{name} {side} is not a multiple of the patch size {arch.vision_patch_size}")
-    student_vit = VideoViT.from_clip(clip.visual, cfg.cls_mode, cfg.frames, cfg.drop_path).to(device)
-    text = text_tower(clip)
-    if ckpt is not None:
-        text.load_state_dict(ckpt["text"])
-    teacher = copy.deepcopy(student_vit).requires_grad_(False).eval()  # starts equal to the student
-    # concept spaces
-    names = category_names(cfg.concepts, videos.classes)
-    if ckpt is not None and list(ckpt["concept_names"]) != names:
-        raise SystemExit(f"error: the checkpoint in --out was trained with another category space "
-                         f"({len(ckpt['concept_names'])} names vs {len(names)} now): same --dataset/--concepts, "
-                         f"or another --out")
-    concepts = run_concepts(cfg, text, names, out, device, rank, world, print0)
-    optimizer = torch.optim.AdamW(param_groups(student_vit), lr=0.0, weight_decay=cfg.weight_decay)
-    center = torch.zeros(len(names), device=device)
-    start_step, skipped, p_bar_prev = 0, [], None
-    if ckpt is not None:
-        student_vit.load_state_dict(ckpt["student"])
-        teacher.load_state_dict(ckpt["teacher"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        center = ckpt["center"].to(device)
-        p_bar_prev = ckpt["p_bar"].to(device) if ckpt.get("p_bar") is not None else None
-        start_step, skipped = ckpt["step"], list(ckpt.get("skipped", []))
-    if cfg.compile:
-        # in place (nn.Module.compile): state-dict keys, the EMA update and the checkpoint stay as without it.
-        # dynamic=False: one static graph per view shape (global, local, zero-shot), not a symbolic-shape graph
-        student_vit.compile(dynamic=False)
-        teacher.compile(dynamic=False)
-    wrapper = MultiView(student_vit)
-    student = wrapper if world == 1 else nn.parallel.DistributedDataParallel(
-        wrapper, device_ids=[device.index] if device.type == "cuda" else None)
-    aug_global, aug_local = view_augmentations(cfg)
-    run = Run(student_vit=student_vit, student=student, teacher=teacher, text=text, concepts=concepts, names=names,
-              center=center, p_bar_prev=p_bar_prev, optimizer=optimizer, aug_global=aug_global, aug_local=aug_local,
-              total_steps=total_steps, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
-              tau_warmup_steps=round(cfg.tau_t_warmup_epochs * steps_per_epoch),
-              peak_lr=cfg.lr * cfg.batch_size * world / 256,
-              use_amp=cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda"), rank=rank, world=world)
-    config = {**asdict(cfg), "clip_arch": asdict(arch)}  # what build_backbone / zero-shot rebuild the networks from
-    return run, loader, steps_per_epoch, start_step, skipped, config, videos
+    student = VideoViT.from_clip(clip.visual, cfg.cls_mode, cfg.frames, cfg.drop_path).to(device)
+    teacher = copy.deepcopy(student).requires_grad_(False).eval()  # starts equal to the student
+    return student, teacher, text_tower(clip)
 
 
 def tiny_clip(print0) -> str:
@@ -1243,22 +1201,70 @@ def train(cfg: Config):
                 cfg = replace(cfg, clip=paths[0])
         clip = load_clip(cfg.clip) if cfg.init != "random" else None
         cfg = resolve_temperatures(cfg, clip)
-    run, loader, steps_per_epoch, start_step, skipped, config, videos = build_run(cfg, rank, world, device, print0,
-                                                                                  ckpt, clip)
+    # data: every video gives 2 global + L local views (MultiViewSampler), decoded in the loader's workers
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train",
+                             synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail))
+    if cfg.data_fraction < 1.0:
+        videos = videos.subset(cfg.data_fraction, seed=cfg.seed)
+    sampler = MultiViewSampler(cfg.frames, cfg.stride, cfg.local_views, cfg.local_stride)
+    dataset = data.VideoDataset(videos, sampler, canvas=cfg.canvas, resample=True, min_frames=cfg.frames)
+    loader = data.make_loader(dataset, cfg.batch_size, cfg.workers, shuffle=True, drop_last=True, seed=cfg.seed,
+                              rank=rank, world_size=world)
+    steps_per_epoch = len(loader)
+    total_steps = cfg.epochs * steps_per_epoch
+    # networks. The CLIP: from the file (--init clip / tiny), from the flags (--init random, seeded: the same on
+    # every process), or a skeleton that the checkpoint fills (its text tower is in it; its visual tower lives on
+    # as student and teacher)
     if ckpt is not None:
+        clip = CLIP(CLIPConfig(**ckpt["config"]["clip_arch"]))
+    elif clip is None:
+        clip = CLIP(clip_config_from_flags(cfg))
+    student_vit, teacher, text = build_networks(cfg, clip, device, print0)
+    config = {**asdict(cfg), "clip_arch": asdict(clip.cfg)}  # what build_backbone / zero-shot rebuild them from
+    del clip
+    # concept spaces and the loss on them
+    names = category_names(cfg.concepts, videos.classes)
+    if ckpt is not None and list(ckpt["concept_names"]) != names:
+        raise SystemExit(f"error: the checkpoint in --out was trained with another category space "
+                         f"({len(ckpt['concept_names'])} names vs {len(names)} now): same --dataset/--concepts, "
+                         f"or another --out")
+    if ckpt is not None:
+        text.load_state_dict(ckpt["text"])
+    lss_loss = LSSLoss(run_concepts(cfg, text, names, out, device, rank, world, print0), cfg)
+    # optimizer and schedules (the lr scales linearly with the global batch, from 256 videos)
+    optimizer = torch.optim.AdamW(param_groups(student_vit), lr=0.0, weight_decay=cfg.weight_decay)
+    peak_lr = cfg.lr * cfg.batch_size * world / 256
+    schedule = make_schedules(cfg, steps_per_epoch, peak_lr)
+    start_step, skipped = 0, []
+    if ckpt is not None:
+        student_vit.load_state_dict(ckpt["student"])
+        teacher.load_state_dict(ckpt["teacher"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        lss_loss.center = ckpt["center"].to(device)
+        lss_loss.p_bar_prev = ckpt["p_bar"].to(device) if ckpt.get("p_bar") is not None else None
+        start_step, skipped = ckpt["step"], list(ckpt.get("skipped", []))
         print0(f"resumed from {ckpt_path} at step {start_step} (epoch {start_step / steps_per_epoch:.2f})")
         del ckpt
-    total_steps = run.total_steps
+    if cfg.compile:
+        # in place (nn.Module.compile): state-dict keys, the EMA update and the checkpoint stay as without it.
+        # dynamic=False: one static graph per view shape (global, local, zero-shot), not a symbolic-shape graph
+        student_vit.compile(dynamic=False)
+        teacher.compile(dynamic=False)
+    student = MultiView(student_vit)
+    if world > 1:
+        student = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda"
+                                                      else None)
     global_batch = cfg.batch_size * world
     views_per_video = 2 + cfg.local_views
-    a = run.student_vit
-    n_params = sum(p.numel() for p in a.parameters())
+    n_params = sum(p.numel() for p in student_vit.parameters())
     print0(f"LSS | {videos.name}: {len(videos)} videos | {cfg.init} init, ViT {config['clip_arch']['vision_width']}w x "
            f"{config['clip_arch']['vision_layers']} ({n_params / 1e6:.2f}M params), cls {cfg.cls_mode} | concepts "
-           f"'{cfg.concepts}': K={len(run.names)} (log K = {math.log(len(run.names)):.2f}), "
-           f"M={run.concepts['C_desc'].shape[0]} descriptions | tau_s {cfg.tau_s:g}, tau_t {cfg.tau_t:g} | "
+           f"'{cfg.concepts}': K={len(names)} (log K = {math.log(len(names)):.2f}), "
+           f"M={lss_loss.C_desc.shape[0]} descriptions | tau_s {cfg.tau_s:g}, tau_t {cfg.tau_t:g} | "
            f"{world} process(es) on {device} | global batch {global_batch} videos x {views_per_video} views | "
-           f"lr {run.peak_lr:.3g} | {steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
+           f"lr {peak_lr:.3g} | {steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
     if master:
         (out / "config.json").write_text(json.dumps(config, indent=1))
         print0(json.dumps(asdict(cfg)))
@@ -1271,13 +1277,14 @@ def train(cfg: Config):
 
     def checkpoint(step):
         if master:
-            t_sd = run.teacher.state_dict()  # shared storage: "backbone" and "teacher" are written once
+            t_sd = teacher.state_dict()  # shared storage: "backbone" and "teacher" are written once
             data.save_checkpoint(ckpt_path, {
                 "method": "lss", "config": config, "step": step, "epoch": step / steps_per_epoch,
                 "backbone": {"vit." + k: v for k, v in t_sd.items()},  # build_backbone's keys: the TEACHER (SVT)
-                "student": run.student_vit.state_dict(), "teacher": t_sd, "optimizer": run.optimizer.state_dict(),
-                "center": run.center.cpu(), "p_bar": None if run.p_bar_prev is None else run.p_bar_prev.cpu(),
-                "text": run.text.state_dict(), "concept_names": list(run.names),
+                "student": student_vit.state_dict(), "teacher": t_sd, "optimizer": optimizer.state_dict(),
+                "center": lss_loss.center.cpu(),
+                "p_bar": None if lss_loss.p_bar_prev is None else lss_loss.p_bar_prev.cpu(),
+                "text": text.state_dict(), "concept_names": list(names),
                 "skipped": sorted(set(skipped)), "versions": {"torch": str(torch.__version__)}})
         if world > 1:
             dist.barrier()
@@ -1291,9 +1298,9 @@ def train(cfg: Config):
         try:
             test_videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "test",
                                           synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail))
-            vectors = class_vectors(run.text, test_videos.classes, "names", TEMPLATES[cfg.templates],
+            vectors = class_vectors(text, test_videos.classes, "names", TEMPLATES[cfg.templates],
                                     cfg.desc_template, cfg.bpe, device)
-            zs = (test_videos, vectors, Backbone(config, "proj", vit=run.teacher).to(device))
+            zs = (test_videos, vectors, Backbone(config, "proj", vit=teacher).to(device))
         except data.DatasetError as e:
             print0(f"note: no zero-shot evaluation ({e})")
 
@@ -1315,7 +1322,7 @@ def train(cfg: Config):
         while step < total_steps and (cfg.max_steps == 0 or step < cfg.max_steps):
             epoch, offset = divmod(step, steps_per_epoch)
             loader.sampler.set_epoch(epoch, skip=offset * cfg.batch_size)  # mid-epoch resume: same order, rest of it
-            run.student.train()
+            student.train()
             t_ready = time.perf_counter()
             for batch in loader:
                 t_batch = time.perf_counter()
@@ -1324,7 +1331,7 @@ def train(cfg: Config):
                     for b in batch["bad"]:
                         tqdm.write(f"skipped unreadable video: {b}") if master else None
                 video = batch["video"].to(device, non_blocking=True)  # (B, 2+L, T, H, W, 3) uint8
-                metrics = train_step(cfg, run, video, step)
+                metrics = train_step(cfg, student, teacher, lss_loss, optimizer, schedule, video, step)
                 step += 1
                 t_done = time.perf_counter()
                 wait, busy, n = wait + t_batch - t_ready, busy + t_done - t_batch, n + 1

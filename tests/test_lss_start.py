@@ -50,7 +50,7 @@ def test_clip_pt_is_what_lss_py_starts_from_and_checkpoint_holds(runs):
             clip.cfg.image_resolution, clip.cfg.text_width) == (64, 2, 8, 32, 32, 64)
     ckpt = load(out / "checkpoint.pt")
     assert ckpt["method"] == "lss" and ckpt["step"] == 2 and ckpt["config"]["trained_by"] == "scripts/lss_start.py"
-    # build_run's VideoViT.from_clip on clip.pt (lss.py --init clip at step 0) == the checkpoint's backbone
+    # build_networks' VideoViT.from_clip on clip.pt (lss.py --init clip at step 0) == the checkpoint's backbone
     vit = lss.VideoViT.from_clip(clip.visual, ckpt["config"]["cls_mode"], ckpt["config"]["frames"])
     backbone = {k.removeprefix("vit."): v for k, v in ckpt["backbone"].items()}
     assert backbone.keys() == vit.state_dict().keys()

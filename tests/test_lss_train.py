@@ -164,30 +164,43 @@ def test_build_backbone_loads_and_runs(smoke_run):
 def test_train_step_gradients_only_reach_the_student(tiny_synthetic, tmp_path):
     cfg = lss.parse_args(tiny_args(tiny_synthetic, tmp_path / "run", "--no-zero-shot-eval"))
     (tmp_path / "run").mkdir()
-    run, loader, *_ = lss.build_run(cfg, 0, 1, torch.device("cpu"), lambda *a, **k: None, None)
+    # what train() builds, in the same order: data, networks, concept spaces and their loss, optimizer, schedules
+    videos = lss.data.load_split("synthetic", cfg.data, split="train")
+    sampler = lss.MultiViewSampler(cfg.frames, cfg.stride, cfg.local_views, cfg.local_stride)
+    loader = lss.data.make_loader(lss.data.VideoDataset(videos, sampler, canvas=cfg.canvas, min_frames=cfg.frames),
+                                  cfg.batch_size, 0, seed=cfg.seed)
+    torch.manual_seed(0)
+    student_vit, teacher, text = lss.build_networks(cfg, lss.CLIP(lss.clip_config_from_flags(cfg)), "cpu", print)
+    names = lss.category_names(cfg.concepts, videos.classes)
+    lss_loss = lss.LSSLoss(lss.run_concepts(cfg, text, names, tmp_path / "run", "cpu", 0, 1, print), cfg)
+    optimizer = torch.optim.AdamW(lss.param_groups(student_vit), lr=0.0)
+    schedule = lss.make_schedules(cfg, len(loader), peak_lr=cfg.lr)
     loader.sampler.set_epoch(0)
     video = next(iter(loader))["video"]  # (4, 2 + 2, 4, 32, 32, 3) uint8
     assert video.shape == (4, 4, 4, 32, 32, 3)
-    teacher0 = copy.deepcopy(run.teacher.state_dict())
-    student0 = copy.deepcopy(run.student_vit.state_dict())
-    text0 = copy.deepcopy(run.text.state_dict())
-    concepts0 = {k: v.clone() for k, v in run.concepts.items()}
+    teacher0 = copy.deepcopy(teacher.state_dict())
+    student0 = copy.deepcopy(student_vit.state_dict())
+    text0 = copy.deepcopy(text.state_dict())
+    concepts0 = {k: v.clone() for k, v in lss_loss.named_buffers() if k != "center"}
+    center0 = lss_loss.center.clone()
     step = 3  # past step 0, where the warmup's lr is 0
-    metrics = lss.train_step(cfg, run, video, step)
+    metrics = lss.train_step(cfg, lss.MultiView(student_vit), teacher, lss_loss, optimizer, schedule, video, step)
     assert all(np.isfinite(v) for v in metrics.values())
-    assert all(p.grad is None and not p.requires_grad for p in run.teacher.parameters())
-    assert all(p.grad is None and not p.requires_grad for p in run.text.parameters())
-    assert all(v.grad_fn is None and not v.requires_grad for v in run.concepts.values())
-    assert sum(p.grad.abs().sum() for p in run.student_vit.parameters() if p.grad is not None) > 0
-    for k, v in run.text.state_dict().items():
+    assert metrics["lr"] == schedule["lr"][step] > 0
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in text.parameters())
+    assert all(v.grad_fn is None and not v.requires_grad for v in lss_loss.buffers())
+    assert sum(p.grad.abs().sum() for p in student_vit.parameters() if p.grad is not None) > 0
+    for k, v in text.state_dict().items():
         assert torch.equal(v, text0[k])
-    for k, v in run.concepts.items():
-        assert torch.equal(v, concepts0[k])
+    for k, v in concepts0.items():
+        assert torch.equal(getattr(lss_loss, k), v)
+    assert not torch.equal(lss_loss.center, center0)  # the centre moved, after the loss used the old one
     # the teacher moved only through the EMA of the updated student
-    m = lss.cosine(step, run.total_steps, cfg.momentum_teacher, 1.0)
-    student1 = run.student_vit.state_dict()
+    m = schedule["momentum"][step]
+    student1 = student_vit.state_dict()
     assert any(not torch.equal(student1[k], student0[k]) for k in student0)
-    for k, v in run.teacher.state_dict().items():
+    for k, v in teacher.state_dict().items():
         torch.testing.assert_close(v, m * teacher0[k] + (1 - m) * student1[k])
 
 
