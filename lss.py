@@ -303,9 +303,9 @@ class DividedSpaceTimeBlock(ResidualAttentionBlock):
         return x + drop_path(self.mlp(self.ln_2(x)), self.drop_path, self.training)
 
 
-# The two resizes below run outside torch.compile's graph (compiler.disable): torch 2.11's inductor generated an
-# invalid Triton kernel for them fused with the token concatenation ("ModularIndexing is not defined", H200,
-# 2026-11-27). They are tiny (one embedding table per call), so running them eagerly costs nothing measurable.
+# The two resizes below run outside torch.compile's graph (compiler.disable): inductor has generated an invalid
+# Triton kernel for them fused with the token concatenation (docs/lss.md). They are tiny (one embedding table per
+# call), so running them eagerly costs nothing.
 @torch.compiler.disable
 def resize_pos_embed(pos, grid):
     """(1+g*g, D) CLIP positional embedding -> (1+grid*grid, D). Nearest, as SVT does for its 96 px local views

@@ -2,7 +2,7 @@
 A pre-trained start for LSS where no pre-trained CLIP exists: the image tower that `lss.py --init random` would
 build, trained on the dataset's videos with CVRL's InfoNCE, then handed to `lss.py --init clip` as its CLIP.
 
-Why (issue #6). From random weights LSS's teacher stays uniform over the concept space: every video's feature is
+Why. From random weights LSS's teacher stays uniform over the concept space: every video's feature is
 nearly the same vector, centring removes it, and nothing is left to sharpen. The paper starts from OpenAI's CLIP,
 whose image tower already separates videos. No such weights can be fetched offline, so this script makes a small
 stand-in on the same data: a self-supervised image tower, so that LSS starts, as in the paper, from an image tower
@@ -19,7 +19,7 @@ What is trained. CVRL's recipe (cvrl.py) with lss.py's network in place of the 3
         L = -log exp(sim(z_i, z_j)/tau) / sum_{k != i} exp(sim(z_i, z_k)/tau)   over both clips of every video;
   - AdamW with linear warmup and cosine decay (lss.py's schedule): a ViT, where CVRL's SGD does not apply.
 The text tower is NOT trained: it keeps its random (seeded) initialisation, as in `lss.py --init random`, so the
-concept vectors stay random directions. Only the image side is pre-trained: what the issue asks is whether a
+concept vectors stay random directions. Only the image side is pre-trained: the question is whether a
 structured image feature alone keeps the teacher from a uniform output. (An image-text pre-training that aligns the
 towers is not possible on the synthetic data without leaking its labels: a single frame carries no class, which is
 the class's motion, so captions that name the class would be labels.)

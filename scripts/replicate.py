@@ -189,7 +189,7 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
             ref="lss-init"),
         Row("lss-up", "LSS distillation + uniform prior", ("lss",), "lss", R0 + ("--lambda-ca", "0"), ref="lss-init"),
         Row("lss-ca", "LSS distillation + concept alignment", ("lss",), "lss", R0 + ("--lambda-up", "0"), ref="lss-init"),
-        # what might stop the teacher's distribution over the 8 class concepts from staying uniform (issue #6); the
+        # what might stop the teacher's distribution over the 8 class concepts from staying uniform; the
         # preset "lss-explore" runs them, --quick does not (time)
         Row("lss-span", "LSS, 8-d joint space: the 8 concepts span it", ("lss_fix",), "lss", R0 + ("--embed-dim", "8"),
             ref="lss-init"),
