@@ -52,7 +52,7 @@ Commands
 More (transductive runs, HMDB51, the frozen-CLIP baseline, probes): README.md and docs/lss.md.
 """
 
-from __future__ import annotations  # type hints may name what is defined further down (the reading order is the paper's)
+from __future__ import annotations  # type hints may name what comes further down (the file reads in paper order)
 
 import copy
 import gzip
@@ -454,7 +454,8 @@ def text_tower(clip: CLIP) -> CLIP:
 
 # ----------------------------------------------------------------------------- concept spaces
 # Fixed "concept" vectors from the frozen CLIP text tower, lss.md 3.1-3.3. They replace DINO's learned prototype
-# head: a feature's logits are its cosine similarities to these vectors. Computed once; text tower not needed later.
+# head: a feature's logits are its cosine similarities to these vectors. Computed once; the text tower is not needed
+# later.
 
 # openai/CLIP data/prompts.md, Kinetics700: 4 prefixes x 7 person/action phrasings ("a example" sic, as in the source)
 KINETICS_TEMPLATES = [f"{prefix} {phrase}" for prefix in ("a photo of", "a video of", "a example of",
@@ -520,9 +521,8 @@ def build_description_space(clip, descriptions, class_names, bpe_path=None, batc
     return feats, torch.tensor(assign, dtype=torch.long, device=feats.device)
 
 
-# Concept spaces for a run.
-# lss.md sections 3.1-3.3. The label lists and the (hand-written, not the paper's LLM) descriptions are in
-# lss_concepts.json. Three category spaces (--concepts):
+# The spaces of a training run, lss.md sections 3.1-3.3. The label lists and the (hand-written, not the paper's
+# LLM) descriptions are in lss_concepts.json. Three category spaces (--concepts):
 #   dataset       the training dataset's own class names x templates (transductive or K400-transfer settings)
 #   union         the union of every label list in lss_concepts.json (UCF101, HMDB51, Kinetics-400; the synthetic
 #                 labels only when training on them) plus the dataset's own, deduplicated by their text
