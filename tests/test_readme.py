@@ -63,8 +63,8 @@ def summary_block() -> str:
     return README[README.index("<!-- results-summary:begin -->"):README.index("<!-- results-summary:end -->")]
 
 
-def mean_std(results: dict, row: str) -> str:
-    a = next(r for r in results["rows"] if r["name"] == row)["top1"]
+def mean_std(results: dict, row: str, key: str = "top1") -> str:
+    a = next(r for r in results["rows"] if r["name"] == row)[key]
     assert a["n"] == 3, row  # every claim rests on 3 seeds
     return f"{a['mean']:.1f} ± {a['std']:.1f}"
 
@@ -77,6 +77,16 @@ def test_results_summary_matches_the_committed_study():
     lss_rows = [j for j in quick["jobs"] if j["row"].startswith("lss") and j["row"] != "lss-init"]
     assert len(lss_rows) == 12 and all(abs(j["final_teacher_entropy"] - math.log(8)) < 0.01 for j in lss_rows)
     assert "12 of 12 runs" in block
+    # LSS from the pretrained tiny CLIP: probe and zero-shot, each row's mean ± std over its 3 seeds
+    pre = json.loads((ROOT / "results" / "replicate" / "lss-pretrained" / "results.json").read_text())
+    for row in ("clip-frozen", "lss-pre", "lss-pre-distill", "lss-pre-up", "lss-pre-ca"):
+        assert mean_std(pre, row) in block, row
+    for row in ("clip-frozen", "lss-pre"):
+        assert mean_std(pre, row, "zero_shot_top1") in block, row
+    from scipy import stats
+    seeds = lambda row: [j["top1"] for j in pre["jobs"] if j["row"] == row]  # noqa: E731
+    p = stats.ttest_ind(seeds("lss-pre"), seeds("clip-frozen"), equal_var=False).pvalue  # Welch's t-test
+    assert f"(p = {p:.2f})" in block
 
 
 def test_quick_start_claims():
