@@ -101,3 +101,17 @@ def test_every_local_link_exists():
     targets = re.findall(r"\]\(([^)#]+)\)", README) + re.findall(r'<img src="([^"]+)"', README)
     local = [t for t in targets if not t.startswith("http")]
     assert local and all((ROOT / t).exists() for t in local), [t for t in local if not (ROOT / t).exists()]
+
+
+def test_lss_default_run_claims():
+    """The LSS section's numbers for the default run are those of the committed record of that run."""
+    rec = ROOT / "results" / "lss-default-2026-11-27"
+    probe = json.loads((rec / "probe.json").read_text())["top1"]
+    random_init = json.loads((rec / "probe_random_init.json").read_text())["top1"]
+    log = [json.loads(line) for line in (rec / "log.jsonl").read_text().splitlines()]
+    zs = [r["zero_shot_top1"] for r in log if "zero_shot_top1" in r]
+    entropy = [r["t_entropy"] for r in log if "t_entropy" in r][-1]
+    text = section("LSS (`lss.py`)")
+    assert f"zero-shot {zs[0]}% -> {zs[-1]}%, teacher entropy {entropy:.2f}" in text
+    assert f"probe {probe}% vs {random_init}% with random weights" in text
+    assert zs[-1] >= 12.5 + 15 and entropy < 0.5 * math.log(8) and probe - random_init >= 10  # the bar the default must clear
