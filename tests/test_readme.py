@@ -87,6 +87,9 @@ def test_results_summary_matches_the_committed_study():
     seeds = lambda row: [j["top1"] for j in pre["jobs"] if j["row"] == row]  # noqa: E731
     p = stats.ttest_ind(seeds("lss-pre"), seeds("clip-frozen"), equal_var=False).pvalue  # Welch's t-test
     assert f"(p = {p:.2f})" in block
+    ft = json.loads((ROOT / "results" / "replicate" / "finetune" / "results.json").read_text())
+    for row in ("ft-cvrl", "ft-scratch", "ft-cvrl-labels10", "ft-scratch-labels10"):
+        assert mean_std(ft, row) in block, row
 
 
 def test_quick_start_claims():

@@ -511,7 +511,7 @@ def test_smoke_preset_all_rows_with_plots(tiny_synthetic, tmp_path):
     assert (tmp_path / "out" / "curves.png").stat().st_size > 0 and (tmp_path / "out" / "bars.png").exists()
 
 
-@pytest.mark.parametrize("preset", ["quick", "cvrl-search", "lss-explore", "lss-pretrained"])
+@pytest.mark.parametrize("preset", ["quick", "cvrl-search", "lss-explore", "lss-pretrained", "finetune"])
 def test_committed_tables_regenerate_from_their_records(preset):
     """The committed table.md is what today's replicate.py makes of the committed per-job records, and today's
     commands are the recorded ones (so re-running the preset over its runs skips every job). Exception, by design:
