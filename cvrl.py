@@ -825,7 +825,7 @@ def train(cfg: Config):
                 # (B, 2, T, H, W, 3) uint8 on the device; the two clips of each video go through one forward
                 # pass, so every BN batch holds both views (official: [clip1 of all videos; clip2 of all videos])
                 video = batch["video"].to(device, non_blocking=True)
-                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + rank)  # resumable: a function of the step
+                g = torch.Generator().manual_seed(data.step_seed(cfg.seed, step, rank))  # resumable: a function of the step
                 x1 = data.augment(data.to_bcthw(video[:, 0]), cfg.size, aug1, g)  # (B, C, T, S, S) in [0, 1]
                 x2 = data.augment(data.to_bcthw(video[:, 1]), cfg.size, aug2, g)
                 x = torch.cat([x1, x2])  # (2B, C, T, S, S)

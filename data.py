@@ -1257,6 +1257,12 @@ def _worker_init(worker_id):
     random.seed(seed)
 
 
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The seed of one training step's random draws on one process (augmentation, dropout): a function of (seed,
+    step, rank) alone, so a resumed run repeats them and every process draws its own."""
+    return seed * 1_000_003 + step * 101 + rank
+
+
 def make_loader(dataset, batch_size, workers=2, shuffle=True, drop_last=True, seed=0, rank=0, world_size=1,
                 pin_memory=None):
     """DataLoader over (index, seed) keys. Workers persist across epochs (no re-fork per epoch), memory is pinned

@@ -927,7 +927,9 @@ def clip_gradients(params, clip: float) -> torch.Tensor:
 
 def step_seed(cfg: Config, step: int, rank: int, salt: int = 0) -> int:
     """The seed of one step's random draws on one process: a function of (seed, step, rank), so resuming at any
-    step reproduces them, and processes draw different augmentations and drop-path masks."""
+    step reproduces them, and processes draw different augmentations and drop-path masks. As data.step_seed, with
+    a salt: LSS draws two independent streams per step (views, drop-path), hence numpy's SeedSequence, which mixes
+    (seed, step, rank, salt) without collisions."""
     return int(np.random.SeedSequence([cfg.seed, step, rank, salt]).generate_state(1)[0])
 
 

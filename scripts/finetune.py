@@ -379,7 +379,7 @@ def main(argv=None) -> dict | None:
                 label = batch["label"].to(device)
                 # Every random draw of the step is a function of (seed, step, rank), so a resumed run repeats it:
                 # the augmentation from its own generator, dropout from the global one, re-seeded here.
-                step_seed = cfg.seed * 1_000_003 + step * 101 + rank
+                step_seed = data.step_seed(cfg.seed, step, rank)
                 torch.manual_seed(step_seed)
                 x = data.augment(data.to_bcthw(video), cfg.size, TRAIN_AUG,
                                  torch.Generator().manual_seed(step_seed))  # (B, C, T, S, S) in [0, 1]

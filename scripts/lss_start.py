@@ -202,7 +202,7 @@ def train(cfg: Config):
                 for b in batch["bad"]:  # data.py drops an unreadable video from the batch; say which
                     print(f"skipped unreadable video: {b}")
                 video = batch["video"].to(device, non_blocking=True)  # (B, 2, T, H, W, 3) uint8: two clips per video
-                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101)  # a function of the step
+                g = torch.Generator().manual_seed(data.step_seed(cfg.seed, step))  # a function of the step
                 x1 = data.augment(data.to_bcthw(video[:, 0]), cfg.size, aug1, g)  # (B, C, T, S, S) in [0, 1]
                 x2 = data.augment(data.to_bcthw(video[:, 1]), cfg.size, aug2, g)
                 lr = lss.lr_at(step, total_steps, warmup_steps, cfg.lr, cfg.min_lr)

@@ -119,7 +119,7 @@ def train(cfg: Config):
             for batch in loader:
                 video = batch["video"].to(device, non_blocking=True)[:, 0]  # (B, T, H, W, 3) uint8: one clip per video
                 label = batch["label"].to(device)
-                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101)  # a function of the step
+                g = torch.Generator().manual_seed(data.step_seed(cfg.seed, step))  # a function of the step
                 x = data.augment(data.to_bcthw(video), cfg.size, aug, g)         # (B, C, T, S, S) in [0, 1]
                 for group in optimizer.param_groups:
                     group["lr"] = cvrl.lr_at(step, total_steps, warmup_steps, cfg.lr)
