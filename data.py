@@ -41,8 +41,10 @@ import os
 import random
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -1512,13 +1514,30 @@ def setup_distributed(device_flag: str):
 def save_checkpoint(path, state: dict):
     """Write to a temporary file, fsync, then rename: a crash or SIGKILL mid-write leaves the previous checkpoint.
     The temporary name carries the process id, so two processes writing the same file (two evaluations filling one
-    feature cache) never write into each other's."""
+    feature cache) never write into each other's. A Ctrl-C that arrives during the write is held until the file is
+    whole and renamed, then raised as KeyboardInterrupt: the training loop's own Ctrl-C handler then saves and exits
+    130 as usual, instead of torch.save dying half-way with a zip error (signal handlers can only be set from the
+    main thread; elsewhere the write is not shielded)."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    held: list[int] = []
+    shield = threading.current_thread() is threading.main_thread()
+    if shield:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    finally:
+        if shield:  # None: a handler set outside Python; the default one is the closest we can restore
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt
 
 
 def load_checkpoint(path) -> dict:

@@ -178,6 +178,29 @@ def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes(tiny_synthetic, tmp_path)
     assert r.returncode == 0 and f"at step {step}" in r.stdout
 
 
+def test_ctrl_c_during_a_checkpoint_write_is_held_until_the_file_is_whole(tmp_path, monkeypatch):
+    # CI once caught SIGINT landing inside torch.save (the periodic checkpoint): the zip writer died with
+    # "unexpected pos", exit 1 and a traceback instead of 130. Here the signal arrives mid-write, every time.
+    path, real_save = tmp_path / "checkpoint.pt", torch.save
+    state = {"step": 7, "w": torch.arange(100_000, dtype=torch.float32)}
+
+    def save_interrupted(obj, f):
+        os.kill(os.getpid(), signal.SIGINT)  # delivered at the next bytecode: inside the write
+        real_save(obj, f)
+
+    monkeypatch.setattr(torch, "save", save_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        data.save_checkpoint(path, state)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the usual Ctrl-C is back
+    loaded = data.load_checkpoint(path)  # whole and renamed, and no temporary file left beside it
+    assert loaded["step"] == 7 and torch.equal(loaded["w"], state["w"])
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    monkeypatch.setattr(torch, "save", real_save)
+    with pytest.raises(KeyboardInterrupt):  # without the hold, Ctrl-C still stops at once
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+
+
 def test_killed_checkpoint_write_leaves_the_last_good_one(tiny_synthetic, tmp_path):
     out = tmp_path / "run"
     assert run(cvrl_args(tiny_synthetic, out, "--epochs", "2", "--max-steps", "4")).returncode == 0
