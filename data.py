@@ -3,7 +3,8 @@ data.py -- everything between a video file and a GPU batch, shared by cvrl.py, l
 
 Read it top to bottom:
   1. decoding      probe() and read_frames(): PyAV, seek to the keyframe before the first wanted frame, decode
-                   forward, keep only wanted frames (matched by timestamp), convert only those to RGB.
+                   forward, keep only wanted frames (matched by timestamp), convert only those to RGB, straight
+                   into the output array; clips in one GOP (CVRL's pair) share one pass.
   2. datasets      split files -> a VideoList (paths, labels, classes, missing): class-per-folder, UCF101,
                    HMDB51, Kinetics CSV, the built-in synthetic action videos, and any folder of unlabeled videos
                    (listed once and indexed in the cache); --dataset auto decides which from the folder.
@@ -101,55 +102,123 @@ def _open(path):
     return container
 
 
-def _stream_info(container, stream, path) -> tuple[VideoInfo, int]:
-    """Read the header, find the first frame's timestamp, count frames if the header does not say. Returns the
-    info and the pts of the first decoded frame, which is where frame 0 sits on the timeline (it is not always 0:
-    an AVI with B-frames starts at 1, an MP4 with an edit list can start anywhere)."""
+class _Timeline:
+    """How frame indices map to the stream's timestamps, learned from the container without decoding a frame.
+
+    start_pts: where frame 0 sits on the timeline: the earliest presentation timestamp among the packets that
+        follow the first keyframe (it is not always 0: an AVI with B-frames starts at 1, an MP4 with an edit list
+        can start anywhere). It is what a sequential decode shows first: the decoder presents frames in
+        timestamp order and starts at the first keyframe; packets the container marks as discarded (before an
+        edit list's start) are decoded for reference and never shown, so they do not count.
+    keyframe_between(lo, hi): is there a keyframe among frames lo..hi? Used only to choose between decoding
+        through a gap and seeking over it (a speed decision: which frame is which never depends on it). From the
+        packets when the whole stream was demuxed anyway (WebM, MKV: no frame count in the header), else from the
+        demuxer's index read with the header (MP4, AVI), looked up by binary search. The index holds decode
+        times; shifted by the first keyframe's pts - dts they can still fall up to 2 frames early, which
+        `_split_runs` allows for. None: not known (then the 1-second rule decides)."""
+
+    def __init__(self, start_pts: int, tb: float, fps: float, delay: int, keyframes: list[int] | None, index):
+        self.start_pts, self.tb, self.fps, self.delay = start_pts, tb, fps, delay
+        self.keyframes, self.index = keyframes, index  # sorted frame indices | av IndexEntries | None
+        self.from_start = False  # decode every run from the start of the file (see _stream_info)
+
+    def keyframe_between(self, lo: int, hi: int) -> bool | None:
+        if self.keyframes is None and self.index is None:
+            return None
+        if self.keyframes is not None:
+            j = bisect.bisect_left(self.keyframes, lo)
+            return j < len(self.keyframes) and self.keyframes[j] <= hi
+        index = self.index
+        to_ts = lambda i: i / self.fps / self.tb + self.start_pts - self.delay  # noqa: E731  frame index -> index time
+        j = bisect.bisect_left(index, to_ts(lo - 0.5), key=lambda e: e.timestamp)
+        end = to_ts(hi + 0.5)
+        while j < len(index) and index[j].timestamp <= end:
+            if index[j].is_keyframe and not index[j].is_discard:
+                return True
+            j += 1
+        return False
+
+
+# Shown (not discarded) packets demuxed after the first keyframe to find the earliest timestamp: B-frame reordering
+# in H.264/HEVC is at most 16 frames deep, so the first frame shown is among these.
+_REORDER_WINDOW = 32
+
+
+def _stream_info(container, stream, path, first_frame: bool = False) -> tuple[VideoInfo, _Timeline]:
+    """Read the header and the first packets (demux only: no decoding, a fraction of a millisecond), count frames
+    if the header does not say. Returns the info and the _Timeline. The size comes from the codec parameters and
+    the display rotation is only known once a frame is decoded: with `first_frame=True` (probe) the first frame is
+    decoded for it; the readers fill it in from the frames they decode anyway."""
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if not rate or float(rate) <= 0:
         raise VideoError(path, "has no frame rate in its header")
     fps = float(rate)
     tb = stream.time_base
-    # The first decoded frame gives the origin of the timeline. Decoding one frame at the start of the file is cheap
-    # (it is a keyframe) and is the only origin a sequential decode agrees with.
-    first = None
-    try:
-        for frame in container.decode(stream):
-            first = frame
-            break
-    except av.error.FFmpegError as e:
-        raise VideoError(path, f"the first frame cannot be decoded ({type(e).__name__}: {e})") from e
-    if first is None:
-        raise VideoError(path, "contains no decodable frame")
-    rotation = int(getattr(first, "rotation", 0) or 0) % 360
-    width, height = (first.height, first.width) if rotation in (90, 270) else (first.width, first.height)  # as displayed
-    start_pts = first.pts
-    # Frame count. MP4/AVI headers carry it; WebM/MKV/TS report 0, and then we count packets (demux only, no
-    # decode: fast). A header can over-report (a truncated file): read_frames then raises for the missing frames.
+    # Frame count. MP4/AVI headers carry it; WebM/MKV/TS report 0, and then we count packets (a full demux, still
+    # no decode: fast). A header can over-report (a truncated file): read_frames then raises for the missing frames.
     num_frames = int(stream.frames or 0)
-    if num_frames <= 0:
-        container.seek(0)
-        try:
-            for packet in container.demux(stream):
-                if packet.size and packet.pts is not None:
-                    num_frames += 1
-        except av.error.FFmpegError:
-            pass  # a truncated tail: count what we could read
+    count = num_frames <= 0
+    counted, key_pts, shown, delay = 0, [], [], 0
+    ran_out = True  # the scan reached the end of the packets (or a read error) instead of stopping early
+    try:
+        for packet in container.demux(stream):  # right after opening, the demuxer stands at the start of the file
+            if not packet.size or packet.pts is None:
+                continue
+            counted += 1
+            if packet.is_keyframe:
+                if not count and shown and key_pts:  # the second GOP begins: the first frame shown is known
+                    ran_out = False
+                    break
+                if not key_pts:
+                    delay = packet.pts - packet.dts if packet.dts is not None else 0
+                key_pts.append(packet.pts)
+            if not key_pts:
+                continue  # before the first keyframe: the decoder cannot show these
+            if not packet.is_discard and len(shown) < _REORDER_WINDOW:
+                shown.append(packet.pts)
+            elif not count and len(shown) >= _REORDER_WINDOW:
+                ran_out = False
+                break
+    except av.error.FFmpegError:
+        pass  # a truncated or corrupt tail: keep what could be read; reading the frames decides what is missing
+    if not shown:
+        raise VideoError(path, "contains no decodable frame (no keyframe among its packets)")
+    start_pts = min(shown)
+    if count:
+        num_frames = counted
         if num_frames == 0 and stream.duration and tb:
             num_frames = int(round(float(stream.duration * tb) * fps))
     if num_frames <= 0:
         raise VideoError(path, "has no frames")
-    if start_pts is None:
-        start_pts = 0
-    return VideoInfo(num_frames, fps, width, height, num_frames / fps, rotation), start_pts
+    keyframes = sorted(round(float((p - start_pts) * tb) * fps) for p in key_pts) if count else None
+    index = stream.index_entries if not count and len(stream.index_entries) >= num_frames else None
+    timeline = _Timeline(start_pts, float(tb), fps, delay, keyframes, index)
+    # Fewer packets than the header promises, found while reading the first GOP: a tiny or truncated file. Demuxing
+    # it to its end can enter a damaged last packet into the demuxer's index as a keyframe (AVI does), and a seek
+    # would then land on it; such a file is read from its start every time, as a sequential decode would.
+    timeline.from_start = ran_out and not count and counted < num_frames
+    cc = stream.codec_context
+    width, height, rotation = cc.width, cc.height, 0
+    if first_frame:
+        try:
+            container.seek(0)  # the scan above has demuxed past the start
+            first = next(iter(container.decode(stream)), None)
+        except av.error.FFmpegError as e:
+            raise VideoError(path, f"the first frame cannot be decoded ({type(e).__name__}: {e})") from e
+        if first is None:
+            raise VideoError(path, "contains no decodable frame")
+        rotation = int(getattr(first, "rotation", 0) or 0) % 360
+        width, height = (first.height, first.width) if rotation in (90, 270) else (first.width, first.height)
+    return VideoInfo(num_frames, fps, width, height, num_frames / fps, rotation), timeline
 
 
 def probe(path) -> VideoInfo:
-    """Frame count, fps, size and duration of a video. Raises VideoError with the path for unusable files."""
+    """Frame count, fps, size (as displayed) and duration of a video. Raises VideoError with the path for unusable
+    files."""
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_count = 1
-        return _stream_info(container, stream, path)[0]
+        return _stream_info(container, stream, path, first_frame=True)[0]
 
 
 def _to_rgb(frame, size, reformatter: VideoReformatter):
@@ -161,78 +230,110 @@ def _to_rgb(frame, size, reformatter: VideoReformatter):
     files the result is the sequential decode rotated, not the raw decode.
 
     `reformatter` is reused for every frame of a run: `frame.reformat()` and `frame.to_ndarray(format=...)` build a
-    new swscale context on each call, which cost 1.5-2.5 ms per 64x64 frame, 10x the conversion itself."""
+    new swscale context on each call, which cost 1.5-2.5 ms per 64x64 frame, 10x the conversion itself. `threads=1`:
+    left at its default (0, "automatic"), swscale splits every frame over a thread pool as large as the machine,
+    which in a DataLoader worker (one core's worth of work by design) only adds hand-offs between threads."""
     k = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # np.rot90 turns counter-clockwise for k > 0
     if size is None:
-        img = reformatter.reformat(frame, format="rgb24").to_ndarray()
+        img = reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
         return np.ascontiguousarray(np.rot90(img, k)) if k else img
     H, W = size if k % 2 == 0 else size[::-1]  # scale the stored frame to the rotated canvas
     s = max(H / frame.height, W / frame.width)
     h, w = max(H, round(frame.height * s)), max(W, round(frame.width * s))
-    img = reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+    img = reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="AREA", threads=1).to_ndarray()
     y0, x0 = (h - H) // 2, (w - W) // 2
     img = img[y0:y0 + H, x0:x0 + W]
     return np.ascontiguousarray(np.rot90(img, k)) if k else img
 
 
-def _decode_indices(container, stream, path, info: VideoInfo, start_pts: int, indices: Sequence[int], size=None,
-                    max_gap_s: float = 1.0, stats: dict | None = None) -> list[np.ndarray]:
-    """Decode the frames at `indices` (presentation order, 0-based) from an open container.
-
-    Frame i is the one displayed at time i / fps. Each decoded frame's time comes from its pts, so the match does
-    not depend on where a seek landed; for constant frame rate this is exactly the i-th frame of a sequential
-    decode, for variable frame rate it is the frame nearest in time. The wanted frames are split into runs: a gap
-    of more than `max_gap_s` starts a new run with its own seek (a seek costs about half a GOP of decoding, so
-    short gaps are cheaper to decode through). Within a run we seek once, decode forward and stop at the last
-    wanted frame. `stats`, if given, counts decoded frames and seeks (for tests and benchmarks)."""
-    tb = float(stream.time_base)
-    stats = {} if stats is None else stats
-    wanted = sorted(set(int(i) for i in indices))
-    if wanted[0] < 0:
-        raise IndexError(f"negative frame index {wanted[0]} for {path}")
-    if wanted[-1] >= info.num_frames:
-        raise IndexError(f"frame {wanted[-1]} asked for, but {path} has {info.num_frames} frames (0..{info.num_frames - 1})")
+def _split_runs(wanted: list[int], info: VideoInfo, timeline: _Timeline, max_gap_s: float) -> list[list[int]]:
+    """Split the sorted wanted frames into runs, each decoded after one seek. Decoding through a gap costs one
+    decode per frame in it; seeking over it costs the decode from the keyframe before the next wanted frame. So a
+    new run starts only where a keyframe lies inside the gap: two clips in one GOP (CVRL's pair, most of the time,
+    with long keyframe intervals) are decoded in one pass and their shared stretch once. A keyframe within 2 frames
+    of either end does not count (index positions can be 2 frames early, and a seek then lands on the keyframe
+    before). Without keyframe positions, gaps longer than `max_gap_s` seconds start a new run."""
     runs, run = [], [wanted[0]]
     for i in wanted[1:]:
-        if (i - run[-1]) / info.fps > max_gap_s:
+        a = run[-1]
+        split = timeline.keyframe_between(a + 2, i - 2) if i - a > 3 else False
+        if split is None:
+            split = (i - a) / info.fps > max_gap_s
+        if split:
             runs.append(run)
             run = []
         run.append(i)
     runs.append(run)
+    return runs
 
-    out: dict[int, np.ndarray] = {}
-    for run in runs:
+
+def _decode_indices(container, stream, path, info: VideoInfo, timeline: _Timeline, indices: Sequence[int],
+                    size=None, max_gap_s: float = 1.0, stats: dict | None = None) -> np.ndarray:
+    """Decode the frames at `indices` (presentation order, 0-based) from an open container -> uint8
+    (len(indices), H, W, 3), each frame converted once and written straight into its row(s) of that array.
+
+    Frame i is the one displayed at time i / fps. Each decoded frame's time comes from its pts, so the match does
+    not depend on where a seek landed; for constant frame rate this is exactly the i-th frame of a sequential
+    decode, for variable frame rate it is the frame nearest in time. The wanted frames are split into runs
+    (`_split_runs`); within a run we seek once, decode forward and stop at the last wanted frame. `stats`, if
+    given, counts decoded frames and seeks (for tests and benchmarks) and records the rotation of the frames."""
+    tb = float(stream.time_base)
+    stats = {} if stats is None else stats
+    rows: dict[int, list[int]] = {}  # frame index -> the rows of the output that show it
+    for r, i in enumerate(int(i) for i in indices):
+        rows.setdefault(i, []).append(r)
+    wanted = sorted(rows)
+    if wanted[0] < 0:
+        raise IndexError(f"negative frame index {wanted[0]} for {path}")
+    if wanted[-1] >= info.num_frames:
+        raise IndexError(f"frame {wanted[-1]} asked for, but {path} has {info.num_frames} frames (0..{info.num_frames - 1})")
+    out = _Output(len(indices), rows)
+    for run in _split_runs(wanted, info, timeline, max_gap_s):
         targets = [i / info.fps for i in run]  # seconds since frame 0
-        for margin in (0.0, 1.0, 5.0, None):
-            # Always seek, also for frame 0: probing has already consumed the first frame(s) of the stream. If the
+        for margin in ((None,) if timeline.from_start else (0.0, 1.0, 5.0, None)):
+            # Always seek, also for frame 0: reading the header has already demuxed the first packets. If the
             # demuxer lands after the first wanted frame (AVI indexes by decode time, mislabelled keyframes, a bad
             # index), seek further back; the last resort is the very start of the file, which always works.
             try:
                 if margin is None:
                     container.seek(0)
                 else:
-                    ts = max(int((targets[0] - margin) / tb) + start_pts, 0)
+                    ts = max(int((targets[0] - margin) / tb) + timeline.start_pts, 0)
                     container.seek(ts, stream=stream, backward=True, any_frame=False)
             except av.error.FFmpegError:
                 continue  # some demuxers refuse some seeks: try further back
             stats["seeks"] = stats.get("seeks", 0) + 1
-            got, overshoot = _decode_run(container, stream, path, info, start_pts, run, targets, size, stats)
+            overshoot = _decode_run(container, stream, path, info, timeline.start_pts, run, targets, size, stats, out)
             if not overshoot:
                 break
         else:
             raise VideoError(path, f"could not position the decoder at frame {run[0]}")
-        out.update(got)
-    return [out[int(i)] for i in indices]
+    return out.array
 
 
-def _decode_run(container, stream, path, info, start_pts, run, targets, size, stats):
-    """Decode forward from the current position and assign to each target time the nearest decoded frame.
-    Frames come out of the decoder in presentation order, so one look-behind frame suffices: a target is settled
-    as soon as a frame at or after it appears (it is that frame or the previous one, whichever is nearer)."""
+class _Output:
+    """The array read_frames returns, filled as frames are settled. Allocated at the first frame, when its size
+    (after scaling, cropping and rotation) is known; each frame is converted to RGB once and copied into every row
+    that shows it (a clip that repeats a frame, two overlapping clips)."""
+
+    def __init__(self, n: int, rows: dict[int, list[int]]):
+        self.n, self.rows, self.array = n, rows, None
+
+    def put(self, i: int, img: np.ndarray):
+        if self.array is None:
+            self.array = np.empty((self.n, *img.shape), np.uint8)  # (T, H, W, 3)
+        for r in self.rows[i]:
+            self.array[r] = img
+
+
+def _decode_run(container, stream, path, info, start_pts, run, targets, size, stats, out: _Output) -> bool:
+    """Decode forward from the current position and assign to each target time the nearest decoded frame; returns
+    True if the seek went too far (the first frame is after the first target), and nothing was written. Frames
+    come out of the decoder in presentation order, so one look-behind frame suffices: a target is settled as soon
+    as a frame at or after it appears (it is that frame or the previous one, whichever is nearer)."""
     tb = float(stream.time_base)
     half = 0.5 / info.fps
-    got: dict[int, np.ndarray] = {}
-    converted: dict[int, np.ndarray] = {}  # pts -> rgb, so a frame wanted twice is converted once
+    converted: dict[int, np.ndarray] = {}  # pts -> rgb, so a frame that settles two targets is converted once
     reformatter = VideoReformatter()        # one swscale context for the run (see _to_rgb)
     k, prev, prev_t, first_t = 0, None, None, None
 
@@ -252,11 +353,12 @@ def _decode_run(container, stream, path, info, start_pts, run, targets, size, st
             if first_t is None:
                 first_t = t
                 if t > targets[0] + half:
-                    return got, True  # overshoot: the seek went too far
+                    return True  # overshoot: the seek went too far
+                stats["rotation"] = int(getattr(frame, "rotation", 0) or 0) % 360
             while k < len(run) and targets[k] <= t + 1e-9:
                 tau = targets[k]
                 use_prev = prev is not None and (tau - prev_t) < (t - tau)
-                got[run[k]] = take(prev) if use_prev else take(frame)
+                out.put(run[k], take(prev) if use_prev else take(frame))
                 k += 1
             if k == len(run):
                 break
@@ -264,7 +366,7 @@ def _decode_run(container, stream, path, info, start_pts, run, targets, size, st
     except av.error.FFmpegError as e:
         error = e  # a corrupt or truncated tail: the frames settled so far are good, the rest are decided below
     if k == len(run):
-        return got, False
+        return False
     # Decoding ended (end of file, or an error) before some wanted frames. The last decoded frame stands in for a
     # target only if it really is the nearest frame: the target is within half a frame of it, or (variable frame
     # rate, where frame i's nominal time i/fps can fall after the last frame's real time) the file really holds
@@ -288,8 +390,8 @@ def _decode_run(container, stream, path, info, start_pts, run, targets, size, st
                 ends = "ends" if error is None else "fails"
                 raise VideoError(path, f"truncated: frame {i} was asked for, but decoding {ends} after frame {last} "
                                        f"of the {info.num_frames} its header promises{why}; {fix}")
-        got[i] = take(prev)
-    return got, False
+        out.put(i, take(prev))
+    return False
 
 
 def _count_frames(container, stream) -> int:
@@ -321,31 +423,39 @@ def read_frames(path, indices: Sequence[int], size=None, thread_count: int = 1, 
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_count = thread_count
-        info, start_pts = _stream_info(container, stream, path)
-        frames = _decode_indices(container, stream, path, info, start_pts, indices, size, stats=stats)
-    return torch.from_numpy(np.stack(frames))  # (T, H, W, 3)
+        info, timeline = _stream_info(container, stream, path)
+        frames = _decode_indices(container, stream, path, info, timeline, indices, size, stats=stats)
+    return torch.from_numpy(frames)  # (T, H, W, 3)
+
+
+def _read_clip_frames(path, sampler, rng, size=None, min_frames: int = 1,
+                      stats: dict | None = None) -> tuple[np.ndarray, list[int], VideoInfo]:
+    """read_clips' work: the frames of all clips, one after another in one array (N, H, W, 3), and each clip's
+    length. VideoDataset reshapes it to (K, T, H, W, 3) without a copy."""
+    stats = {} if stats is None else stats
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_count = 1
+        info, timeline = _stream_info(container, stream, path)
+        if info.num_frames < min_frames:
+            raise VideoError(path, f"too short: {info.num_frames} frames, a clip needs {min_frames}")
+        clips = sampler(info.num_frames, info.fps, rng)
+        flat = np.concatenate([np.asarray(c, dtype=np.int64) for c in clips])
+        frames = _decode_indices(container, stream, path, info, timeline, flat, size, stats=stats)
+    if stats.get("rotation") in (90, 270):  # the header gives the stored size; the frames know their display rotation
+        info.width, info.height, info.rotation = info.height, info.width, stats["rotation"]
+    return frames, [len(c) for c in clips], info
 
 
 def read_clips(path, sampler, rng, size=None, min_frames: int = 1,
                stats: dict | None = None) -> tuple[list[torch.Tensor], VideoInfo]:
     """Open a video once, let `sampler(num_frames, fps, rng)` choose clips (a list of index arrays), decode the union
-    of their frames (overlapping clips share one seek and one decode), and return one uint8 (T, H, W, 3) tensor per
-    clip plus the VideoInfo. A video with fewer than `min_frames` frames raises VideoError ("too short").
-    `stats`, if given, counts decoded frames and seeks as in read_frames (scripts/bench.py reads it)."""
-    with _open(path) as container:
-        stream = container.streams.video[0]
-        stream.thread_count = 1
-        info, start_pts = _stream_info(container, stream, path)
-        if info.num_frames < min_frames:
-            raise VideoError(path, f"too short: {info.num_frames} frames, a clip needs {min_frames}")
-        clips = sampler(info.num_frames, info.fps, rng)
-        flat = np.concatenate([np.asarray(c, dtype=np.int64) for c in clips])
-        frames = _decode_indices(container, stream, path, info, start_pts, flat, size, stats=stats)
-    out, i = [], 0
-    for c in clips:
-        out.append(torch.from_numpy(np.stack(frames[i:i + len(c)])))
-        i += len(c)
-    return out, info
+    of their frames (clips that overlap or share a GOP are decoded in one pass, each frame once), and return one
+    uint8 (T, H, W, 3) tensor per clip plus the VideoInfo. A video with fewer than `min_frames` frames raises
+    VideoError ("too short"). `stats`, if given, counts decoded frames and seeks as in read_frames
+    (scripts/bench.py reads it)."""
+    frames, lengths, info = _read_clip_frames(path, sampler, rng, size, min_frames, stats)
+    return list(torch.from_numpy(frames).split(lengths)), info  # views of one array, clip by clip
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1196,13 +1306,16 @@ class VideoDataset(torch.utils.data.Dataset):
         for _ in range(self.retries + 1):
             path = self.videos.paths[index]
             try:
-                clips, _ = read_clips(path, self.sampler, rng, self.canvas, self.min_frames)
+                frames, lengths, _ = _read_clip_frames(path, self.sampler, rng, self.canvas, self.min_frames)
             except VideoError as e:
                 bad.append(f"{e.path}: {e.reason}")
             except Exception as e:  # noqa: BLE001 -- anything else from deep inside FFmpeg must not kill a long run
                 bad.append(f"{path}: {type(e).__name__}: {e}")
             else:
-                return {"video": torch.stack(clips), "label": self.videos.labels[index], "index": index,
+                video = torch.from_numpy(frames)  # (K * T, H, W, 3): the clips one after another
+                video = video.unflatten(0, (len(lengths), lengths[0])) if len(set(lengths)) == 1 \
+                    else torch.stack(video.split(lengths))  # (K, T, H, W, 3); unequal lengths fail here, loudly
+                return {"video": video, "label": self.videos.labels[index], "index": index,
                         "bad": bad, "ok": True}  # video: (K, T, H, W, 3) uint8
             if not self.resample:
                 return {"video": None, "label": self.videos.labels[index], "index": index, "bad": bad, "ok": False}

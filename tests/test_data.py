@@ -87,6 +87,35 @@ def test_overlapping_clips_share_one_seek(videos):
     assert st["seeks"] == 1
 
 
+def test_clips_in_one_gop_are_decoded_in_one_pass(tmp_path):
+    # CVRL's pair: two clips 3 s apart in one GOP share one seek, and the stretch between them is decoded once;
+    # clips on both sides of a keyframe get a seek each, and nothing before the later keyframe is decoded again.
+    path = tmp_path / "gop300.mp4"
+    fr = textured_frames(600, 32, 32)
+    data.write_video(path, fr, 30, "libx264", {"g": "300", "keyint_min": "300", "sc_threshold": "0"})
+    ref = sequential_decode(path)
+    a, b, c = list(range(10, 42, 2)), list(range(100, 132, 2)), list(range(400, 432, 2))
+    st = {}
+    clips, _ = data.read_clips(path, lambda n, fps, rng: [a, b], np.random.default_rng(0), stats=st)
+    assert st["seeks"] == 1 and st["decoded"] <= 131 + 4, st  # frames 0..131, plus the decoder's reorder delay
+    assert np.array_equal(clips[0].numpy(), ref[a]) and np.array_equal(clips[1].numpy(), ref[b])
+    st = {}
+    clips, _ = data.read_clips(path, lambda n, fps, rng: [a, c], np.random.default_rng(0), stats=st)
+    assert st["seeks"] == 2 and st["decoded"] <= (41 + 4) + (431 - 300 + 1 + 4), st
+    assert np.array_equal(clips[1].numpy(), ref[c])
+
+
+def test_frame_zero_is_found_without_decoding(videos):
+    # where frame 0 sits on the timeline comes from the packets (no decode); it must be the first frame a
+    # sequential decode shows: pts 1 for the AVI with B-frames, 0 for the others
+    for kind, path in videos.items():
+        with av.open(str(path)) as c:
+            first = next(c.decode(video=0)).pts
+        with av.open(str(path)) as c:
+            _, timeline = data._stream_info(c, c.streams.video[0], path)
+        assert timeline.start_pts == first, kind
+
+
 def test_variable_frame_rate_nearest_by_time(tmp_path):
     """Frames at irregular times: index i is the frame nearest to time i / fps."""
     path = tmp_path / "vfr.mp4"
