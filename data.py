@@ -20,8 +20,9 @@ Read it top to bottom:
   8. CLI           python data.py synthetic --out DIR      write the synthetic dataset with train/test split files
                    python data.py check --dataset ... --data ROOT [--annotations ...]   list unreadable videos
                    python data.py reencode --src ROOT --dst ROOT2 [--short-side 256] [--gop 16] [--crf 23] [--workers N]
-                                   re-encode every video for fast random access (H.264, a keyframe every 16
-                                   frames, short side 256), same relative paths and file names, resumable
+                                   re-encode every video for fast random access (H.264 tuned for fast decoding, a
+                                   keyframe every 16 frames, short side 256), same relative paths and file names,
+                                   resumable
                    python data.py show --method cvrl|lss --out FILE.png [--videos 3] [any cvrl.py/lss.py flag]
                                    a picture of what the model sees: clips as decoded and their augmented views
 
@@ -1919,13 +1920,32 @@ def check_dataset(videos: Sequence[str], workers=2, progress=True):
 # x264's default keyframe interval of 250 (Kinetics as downloaded) against ~40 with a keyframe every 16 frames
 # (mmaction2's "dense" encoding), 2.5-3x more clips/s per CPU core (docs/perf.md §4, BENCHMARKS.md).
 # Scaling the short side to 256 (the usual training input before 224 crops) cuts decode cost further for HD sources.
+#
+# What each decoded frame costs depends on the codec's tools, not only on how many frames are decoded. The default is
+# H.264 with x264's `tune=fastdecode`: no CABAC (the arithmetic entropy decoder, the serial part of H.264 decoding,
+# replaced by CAVLC), no in-loop deblocking filter and no weighted prediction. The files grow a little (CABAC
+# compresses better) and the picture is a little blockier at the same CRF, and decoding gets much cheaper per frame:
+# scripts/bench.py's "re-encode formats" section measures the trade-off against the other variants this function can
+# write (keyframe interval, all-intra, MPEG-4 Part 2, MJPEG); its table in BENCHMARKS.md has the numbers.
+# All-intra formats (gop=1, MJPEG) make every seek land on the wanted frame, but read_frames still decodes the
+# frames in between the wanted ones of a strided clip, and intra frames are the largest and slowest to decode: they
+# cost far more disk for no gain in clips/s over a keyframe every 16 frames. MPEG-4 Part 2 (--codec mpeg4) is the
+# other way to go: its decoder is simpler still, so it decodes more clips per core, at a larger file and a lower
+# PSNR than H.264 at CRF 23 -- the option to take when the cores, not the disk, are short.
 
 # Output container per file-name extension. The file NAME never changes (split files and Kinetics CSVs refer to
-# names), so the container follows the name where it can hold H.264; where it cannot (WebM allows only VP8/VP9/AV1,
-# Ogg no H.264, MPEG-PS/ASF only badly) the file is H.264 in Matroska under its old name. FFmpeg, and so PyAV and
-# read_frames, detects the container from the content, not from the name.
+# names), so the container follows the name where it can hold the codec; where it cannot (WebM allows only
+# VP8/VP9/AV1, Ogg no H.264, MPEG-PS/ASF only badly, FLV and 3GP no MJPEG) the file is written as Matroska under its
+# old name. FFmpeg, and so PyAV and read_frames, detects the container from the content, not from the name.
 REENCODE_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".flv": "flv",
                     ".3gp": "3gp"}
+# The codecs reencode_video writes: name -> (PyAV encoder, pixel format, containers that hold it). MJPEG is
+# full-range YUV (yuvj420p), the JPEG convention; read_frames converts either range to the same RGB.
+REENCODE_CODECS = {
+    "h264": ("libx264", "yuv420p", {"mp4", "mov", "matroska", "avi", "flv", "3gp"}),
+    "mpeg4": ("mpeg4", "yuv420p", {"mp4", "mov", "matroska", "avi", "3gp"}),   # MPEG-4 Part 2 (the XviD/DivX codec)
+    "mjpeg": ("mjpeg", "yuvj420p", {"mp4", "mov", "matroska", "avi"}),          # every frame a JPEG: all-intra
+}
 REENCODE_COPY = (".txt", ".csv", ".json")  # split files and annotations next to the videos are copied as they are
 
 
@@ -1937,8 +1957,55 @@ def _reencode_size(w, h, short_side):
     return even(w), even(h)
 
 
-def reencode_video(src, dst, short_side: int | None = 256, gop: int = 16, crf: int = 23, preset: str = "medium") -> dict:
-    """Re-encode one video: H.264 (libx264, `crf`, x264 `preset`), yuv420p, a keyframe at least every `gop` frames,
+def _encoder_settings(codec, fmt, gop, crf, preset, tune, qscale) -> tuple[str, str, dict]:
+    """(PyAV encoder name, pixel format, encoder options) for reencode_video. One thread per encoder: reencode_dataset
+    runs one process per core."""
+    if codec not in REENCODE_CODECS:
+        raise ValueError(f"unknown codec {codec!r}: choose one of {', '.join(REENCODE_CODECS)}")
+    encoder, pix_fmt, _ = REENCODE_CODECS[codec]
+    opts = {"threads": "1"}
+    if codec == "h264":
+        opts.update(crf=str(crf), g=str(gop), preset=preset)
+        if tune and tune != "none":
+            opts["tune"] = tune
+        if fmt == "avi":
+            opts["bf"] = "0"  # AVI stores no presentation times: B-frames would need guessing
+    else:
+        # A constant quantizer (2 = best .. 31 = worst): FFmpeg's `-q:v` sets it per frame, which PyAV cannot, so
+        # rate control is pinned to it by qmin = qmax instead. MJPEG has no inter frames; `gop` is MPEG-4's keyint.
+        opts.update(qmin=str(qscale), qmax=str(qscale))
+        if codec == "mpeg4":
+            opts["g"] = str(gop)
+    return encoder, pix_fmt, opts
+
+
+def check_reencode_settings(codec="h264", gop=16, crf=23, preset="medium", tune="fastdecode", qscale=4):
+    """Encode two tiny frames in memory with these settings, so a misspelt --preset or --tune fails once, up front,
+    instead of once per video inside the workers. Raises ValueError."""
+    import io
+    encoder, pix_fmt, opts = _encoder_settings(codec, "matroska", gop, crf, preset, tune, qscale)
+    try:
+        with av.open(io.BytesIO(), "w", format="matroska") as out:
+            s = out.add_stream(encoder, rate=25)
+            s.width, s.height, s.pix_fmt, s.options = 64, 64, pix_fmt, opts
+            for i in range(2):
+                f = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+                f = f.reformat(format=pix_fmt)
+                f.pts = i
+                for p in s.encode(f):
+                    out.mux(p)
+            for p in s.encode():
+                out.mux(p)
+    except (av.error.FFmpegError, ValueError) as e:
+        raise ValueError(f"{encoder} refuses these settings ({', '.join(f'{k}={v}' for k, v in opts.items())}): "
+                         f"{type(e).__name__} (the encoder's own message is printed above)") from e
+
+
+def reencode_video(src, dst, short_side: int | None = 256, gop: int = 16, crf: int = 23, preset: str = "medium", *,
+                   codec: str = "h264", tune: str | None = "fastdecode", qscale: int = 4) -> dict:
+    """Re-encode one video for fast random access: `codec` "h264" (the default: libx264 at `crf` with x264's
+    `preset` and `tune`, fastdecode unless tune is None or "none"), "mpeg4" (MPEG-4 Part 2) or "mjpeg" (both at the
+    constant quantizer `qscale`, 2 = best .. 31); a keyframe at least every `gop` frames (MJPEG: every frame);
     short side scaled to `short_side` (even dims), the source's average frame rate as a constant rate (every decoded
     frame is kept, in order: the frame count is preserved; a variable-rate source becomes constant-rate), audio
     dropped. A display rotation (phone videos) is applied to the pixels and not written, so read_frames returns the
@@ -1950,7 +2017,12 @@ def reencode_video(src, dst, short_side: int | None = 256, gop: int = 16, crf: i
     src, dst = str(src), str(dst)
     if os.path.exists(dst) and os.path.samefile(src, dst):
         raise ValueError(f"refusing to overwrite the source {src}")
+    if codec not in REENCODE_CODECS:
+        raise ValueError(f"unknown codec {codec!r}: choose one of {', '.join(REENCODE_CODECS)}")
     fmt = REENCODE_FORMATS.get(os.path.splitext(dst)[1].lower(), "matroska")
+    if fmt not in REENCODE_CODECS[codec][2]:
+        fmt = "matroska"  # the name's container cannot hold this codec (see REENCODE_FORMATS)
+    encoder, pix_fmt, opts = _encoder_settings(codec, fmt, gop, crf, preset, tune, qscale)
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     tmp = os.path.join(os.path.dirname(os.path.abspath(dst)), f".{os.path.basename(dst)}.{os.getpid()}.partial")
     n, truncated = 0, False
@@ -1973,15 +2045,12 @@ def reencode_video(src, dst, short_side: int | None = 256, gop: int = 16, crf: i
                                 format="rgb24")
                         if ost is None:
                             W, H = _reencode_size(frame.width, frame.height, short_side)
-                            ost = out.add_stream("libx264", rate=rate)
-                            ost.width, ost.height, ost.pix_fmt = W, H, "yuv420p"
+                            ost = out.add_stream(encoder, rate=rate)
+                            ost.width, ost.height, ost.pix_fmt = W, H, pix_fmt
                             ost.codec_context.time_base = 1 / rate
-                            opts = {"crf": str(crf), "g": str(gop), "preset": preset, "threads": "1"}
-                            if fmt == "avi":
-                                opts["bf"] = "0"  # AVI stores no presentation times: B-frames would need guessing
                             ost.options = opts
                         scale = (frame.width, frame.height) != (ost.width, ost.height)
-                        f = to_yuv.reformat(frame, width=ost.width, height=ost.height, format="yuv420p",
+                        f = to_yuv.reformat(frame, width=ost.width, height=ost.height, format=pix_fmt,
                                             interpolation="AREA" if scale and ost.width < frame.width else None)
                         f.pts, f.time_base = n, ost.codec_context.time_base
                         n += 1
@@ -2003,11 +2072,11 @@ def reencode_video(src, dst, short_side: int | None = 256, gop: int = 16, crf: i
 
 
 def _reencode_one(job):
-    src, dst, short_side, gop, crf, preset = job
+    src, dst, short_side, gop, crf, preset, settings = job
     if os.path.exists(dst) and _check_one(dst)[1] is None:
         return src, "exists", None  # resumable: a finished output that decodes is kept
     try:
-        r = reencode_video(src, dst, short_side, gop, crf, preset)
+        r = reencode_video(src, dst, short_side, gop, crf, preset, **settings)
         return src, "truncated" if r["truncated"] else "ok", None
     except VideoError as e:
         return src, "failed", e.reason
@@ -2015,11 +2084,14 @@ def _reencode_one(job):
         return src, "failed", f"{type(e).__name__}: {e}"
 
 
-def reencode_dataset(src_root, dst_root, short_side=256, gop=16, crf=23, workers=2, preset="medium", progress=True):
-    """Re-encode every video under src_root into the same relative path under dst_root (see reencode_video), in
-    `workers` processes (one x264 thread each). Copies split/annotation files (.txt .csv .json). Never writes under
-    src_root; skips outputs that already exist and decode (resumable). Returns {status: [paths]} with statuses
-    ok, truncated, exists, failed, and "reasons": {path: reason} for the failed ones."""
+def reencode_dataset(src_root, dst_root, short_side=256, gop=16, crf=23, workers=2, preset="medium", progress=True, *,
+                     codec="h264", tune="fastdecode", qscale=4):
+    """Re-encode every video under src_root into the same relative path under dst_root (see reencode_video for
+    codec, tune and qscale), in `workers` processes (one encoder thread each). Copies split/annotation files (.txt
+    .csv .json). Never writes under src_root; skips outputs that already exist and decode (resumable: an existing
+    output is kept whatever settings wrote it). Returns {status: [paths]} with statuses ok, truncated, exists,
+    failed, and "reasons": {path: reason} for the failed ones. Raises DatasetError for settings the encoder refuses,
+    before any video is touched."""
     import multiprocessing as mp
     from tqdm import tqdm
     src_root, dst_root = Path(src_root).resolve(), Path(dst_root).resolve()
@@ -2028,8 +2100,13 @@ def reencode_dataset(src_root, dst_root, short_side=256, gop=16, crf=23, workers
     if dst_root == src_root or src_root in dst_root.parents or dst_root in src_root.parents:
         raise DatasetError(f"--dst {dst_root} must be outside --src {src_root} (and not contain it): the source is "
                            f"never overwritten, and outputs inside it would be picked up as sources next time")
+    try:
+        check_reencode_settings(codec, gop, crf, preset, tune, qscale)
+    except ValueError as e:
+        raise DatasetError(str(e)) from e
+    settings = dict(codec=codec, tune=tune, qscale=qscale)
     videos = _find_videos(src_root)
-    jobs = [(str(p), str(dst_root / p.relative_to(src_root)), short_side, gop, crf, preset) for p in videos]
+    jobs = [(str(p), str(dst_root / p.relative_to(src_root)), short_side, gop, crf, preset, settings) for p in videos]
     for p in sorted(src_root.rglob("*")):
         if p.is_file() and p.suffix.lower() in REENCODE_COPY:
             q = dst_root / p.relative_to(src_root)
@@ -2074,15 +2151,35 @@ def main(argv=None):
     c = add_data_args(sub.add_parser("check", help="scan a dataset and list unreadable videos"))
     c.add_argument("--split", default="both", choices=["train", "test", "both"])
     c.add_argument("--workers", type=int, default=min(len(os.sched_getaffinity(0)), 8))
-    r = sub.add_parser("reencode", help="re-encode a dataset for fast seeking: H.264, keyframe every --gop frames, "
-                                        "short side --short-side; same relative paths and file names",
+    r = sub.add_parser("reencode", help="re-encode a dataset for fast random access: H.264 (x264 tune fastdecode), "
+                                        "a keyframe every --gop frames, short side --short-side; same relative paths "
+                                        "and file names",
+                       description="Re-encode every video under --src for fast random access (same relative paths and "
+                                   "file names under --dst; resumable). The default, H.264 with x264's fastdecode "
+                                   "tuning, a keyframe every 16 frames and a 256-pixel short side, is the choice of "
+                                   "scripts/bench.py's re-encode section (BENCHMARKS.md): of the formats that decode "
+                                   "16-frame clips fast enough for 16 cores to feed a GPU at 720 clips/s, the one "
+                                   "with the smallest files at x264's default quality (CRF 23). fastdecode turns off "
+                                   "CABAC and the deblocking filter: a little more disk, much cheaper decoding.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     r.add_argument("--src", required=True, help="dataset root to read (never written)")
     r.add_argument("--dst", required=True, help="output root (same layout and names; must be outside --src)")
     r.add_argument("--short-side", type=int, default=256, help="scale so the short side is this (0: keep the size)")
-    r.add_argument("--gop", type=int, default=16, help="keyframe interval in frames (x264 keyint)")
-    r.add_argument("--crf", type=int, default=23, help="x264 constant rate factor (lower = better quality, larger)")
-    r.add_argument("--preset", default="medium", help="x264 preset (encoding speed vs file size)")
+    r.add_argument("--codec", default="h264", choices=list(REENCODE_CODECS),
+                   help="h264: libx264 (--crf, --preset, --tune); mpeg4: MPEG-4 Part 2 (--gop, --qscale): more "
+                        "clips/s per core for larger files and a lower PSNR, when cores are short and disk is not; "
+                        "mjpeg: every frame a JPEG (--qscale): many times larger, no faster than h264 fastdecode, "
+                        "for comparisons (scripts/bench.py, BENCHMARKS.md)")
+    r.add_argument("--gop", type=int, default=16, help="keyframe interval in frames (x264/mpeg4 keyint; 1: "
+                                                        "all-intra; ignored by mjpeg, which is all-intra)")
+    r.add_argument("--crf", type=int, default=23, help="h264: x264 constant rate factor (lower = better quality, "
+                                                        "larger)")
+    r.add_argument("--preset", default="medium", help="h264: x264 preset (encoding speed vs file size)")
+    r.add_argument("--tune", default="fastdecode",
+                   help="h264: x264 tune. fastdecode: no CABAC, no deblocking, no weighted prediction (slightly "
+                        "larger files, much faster decoding); 'none': x264's default tools (the smallest files, what "
+                        "`reencode` wrote before); or any other x264 tune, e.g. film")
+    r.add_argument("--qscale", type=int, default=4, help="mpeg4/mjpeg: constant quantizer, 2 (best) .. 31")
     r.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="parallel processes")
     w = sub.add_parser("show", allow_abbrev=False, help="a PNG of what cvrl.py or lss.py trains on: the clips and "
                                                          "augmented views of a few videos",
@@ -2105,7 +2202,8 @@ def main(argv=None):
         return 0
     if a.cmd == "reencode":
         try:
-            res = reencode_dataset(a.src, a.dst, a.short_side or None, a.gop, a.crf, a.workers, a.preset)
+            res = reencode_dataset(a.src, a.dst, a.short_side or None, a.gop, a.crf, a.workers, a.preset,
+                                   codec=a.codec, tune=a.tune, qscale=a.qscale)
         except DatasetError as e:
             sys.exit(f"error: {e}")
         print(f"{len(res['ok'])} re-encoded, {len(res['exists'])} already done (kept), "

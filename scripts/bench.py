@@ -1,6 +1,7 @@
 """
-Benchmarks: is the accelerator fed and busy? One command measures the three places a video SSL step spends time and
-writes a JSON file and BENCHMARKS.md (the markdown is generated here; never edit it by hand).
+Benchmarks: is the accelerator fed and busy? One command measures the three places a video SSL step spends time (and
+which file format feeds it best) and writes a JSON file and BENCHMARKS.md (the markdown is generated here; never edit
+it by hand).
 
   1. model step    training steps/s, clips/s, MFU and peak memory of the real step shapes -- CVRL (R3D + MLP head +
                    NT-Xent, SGD) and LSS (VideoViT student fwd+bwd + EMA teacher fwd + EMA update, AdamW) -- on
@@ -14,11 +15,16 @@ writes a JSON file and BENCHMARKS.md (the markdown is generated here; never edit
                    sampling (one open, shared seeks) against decoding the whole video, and the data-wait fraction
                    of a real CVRL training loop fed by the loader.
   3. augmentation  data.augment on a uint8 (B, 3, T, H, W) batch against a per-clip torchvision.transforms.v2 loop.
+  4. re-encode     which format `python data.py reencode` should write: one camera-like source re-encoded by
+                   data.reencode_video in several variants (keyframe interval, all-intra, x264 fastdecode, CRF,
+                   resize, MPEG-4 Part 2, MJPEG); per variant the disk cost, PSNR, random 16x2 clips/s and CVRL
+                   pairs/s per core and frames decoded per clip (on a GPU also NVDEC through PyAV's hwaccel).
 
     python scripts/bench.py                      # --preset cpu without a GPU (small shapes, a few minutes)
     python scripts/bench.py --preset gpu         # the real shapes: R3D-50 16x224, ViT-B/16 8x224, 224 crops
     python scripts/bench.py --preset smoke       # tiniest shapes, < 1 min (the test suite runs this)
     python scripts/bench.py --only pipeline --workers 12
+    python scripts/bench.py --only reencode          # the re-encode formats only (cpu preset: ~2 minutes)
 
 BENCHMARKS.md keeps the data of every preset it has seen (in a comment at its end): a GPU run adds its section
 and keeps the CPU one. Rows of a preset that has not been run say so; nothing is ever estimated.
@@ -86,6 +92,34 @@ def _formats(seconds_scale=1.0, small=False):
             VideoFormat("MPEG-4 AVI 320x240", "mpeg4", ".avi", 320, 240, 25, 300, "UCF101-like; keyint 300, XviD's maximum")]
 
 
+@dataclass
+class Reencode:
+    name: str
+    codec: str = "h264"                 # data.REENCODE_CODECS
+    gop: int = 16
+    tune: str | None = "fastdecode"     # x264 only; None: x264's default tools (what reencode wrote before)
+    crf: int = 23                       # x264 only
+    qscale: int = 4                     # mpeg4 / mjpeg only
+    short_side: int | None = 256        # None: the source's size
+    ext: str = ".mp4"                   # the container follows the name, as in reencode_dataset
+    note: str = ""
+
+
+def _reencode_variants(small=False):
+    if small:  # the smoke test's 128x96 source: short side 64
+        return [Reencode("H.264 GOP 16, x264 default tools", tune=None, short_side=64, note="the old default"),
+                Reencode("H.264 GOP 16, fastdecode", short_side=64, note="`reencode` default"),
+                Reencode("MJPEG q4 (AVI)", codec="mjpeg", short_side=64, ext=".avi", note="all-intra")]
+    return [Reencode("H.264 GOP 16, x264 default tools", tune=None, note="`reencode --tune none`; the old default"),
+            Reencode("H.264 GOP 16, fastdecode", note="`reencode` default"),
+            Reencode("H.264 GOP 8, fastdecode", gop=8),
+            Reencode("H.264 all-intra, fastdecode", gop=1),
+            Reencode("H.264 GOP 16, fastdecode, CRF 26", crf=26, note="lower quality"),
+            Reencode("H.264 GOP 16, fastdecode, source size", short_side=None, note="no resize"),
+            Reencode("MPEG-4 Part 2 GOP 16 q4", codec="mpeg4"),
+            Reencode("MJPEG q4 (AVI)", codec="mjpeg", ext=".avi", note="all-intra")]
+
+
 PRESETS = {
     "smoke": dict(
         models=[dict(kind="cvrl", name="CVRL tiny 4x32", arch="tiny", frames=4, size=32, batch=4, head_hidden=64),
@@ -95,7 +129,9 @@ PRESETS = {
         formats=_formats(small=True), seconds=2, n_videos=1, clip=(8, 2), crop=32,
         decode_clips=2, loader_batch=2, loader_batches=2, pair_reps=2, rounds=1, wait_model="tiny", wait_steps=2,
         wait_batch=2, wait_crop=32, wait_formats=1,
-        augment=dict(B=2, T=4, H=60, W=80, size=32, windows=2)),
+        augment=dict(B=2, T=4, H=60, W=80, size=32, windows=2),
+        reencode=dict(source=(128, 96, 15, 2), rounds=1, clips=2, pairs=1),
+        reencode_variants=_reencode_variants(small=True)),
     "cpu": dict(
         models=[dict(kind="cvrl", name="CVRL tiny 8x48", arch="tiny", frames=8, size=48, batch=8, head_hidden=512),
                 dict(kind="lss", name="LSS ViT 4x64 (patch 16, w192, 4 blocks)", width=192, layers=4, heads=3,
@@ -104,7 +140,9 @@ PRESETS = {
         formats=_formats(), seconds=10, n_videos=2, clip=(16, 2), crop=112,
         decode_clips=24, loader_batch=4, loader_batches=8, pair_reps=6, rounds=3, wait_model="tiny", wait_steps=8,
         wait_batch=4, wait_crop=48, wait_formats=2,
-        augment=dict(B=4, T=16, H=256, W=340, size=224, windows=3)),
+        augment=dict(B=4, T=16, H=256, W=340, size=224, windows=3),
+        reencode=dict(source=(640, 480, 30, 10), rounds=5, clips=12, pairs=6),
+        reencode_variants=_reencode_variants()),
     "gpu": dict(
         models=[dict(kind="cvrl", name="CVRL R3D-50 16x224", arch="r3d50", frames=16, size=224, batch=None,
                      head_hidden=2048, batch_start=64, batch_cap=1024),
@@ -115,7 +153,9 @@ PRESETS = {
         formats=_formats(), seconds=10, n_videos=4, clip=(16, 2), crop=224,
         decode_clips=48, loader_batch=32, loader_batches=12, pair_reps=16, rounds=4, wait_model="r3d50", wait_steps=30,
         wait_batch=32, wait_crop=224, wait_formats=2,
-        augment=dict(B=64, T=16, H=256, W=340, size=224, windows=5)),
+        augment=dict(B=64, T=16, H=256, W=340, size=224, windows=5),
+        reencode=dict(source=(640, 480, 30, 10), rounds=5, clips=12, pairs=6),
+        reencode_variants=_reencode_variants()),
 }
 
 
@@ -749,6 +789,174 @@ def bench_augment(P, devices, log):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# 4. re-encode formats
+# ----------------------------------------------------------------------------------------------------------------------
+# Which format should `python data.py reencode` write? One camera-like source (larger than 256 on its short side, so
+# the resize matters), re-encoded by data.reencode_video in each variant, then read the way training reads it: random
+# clips and CVRL pairs through read_clips, one process, one thread, canvas = the file's own size (the augmentation
+# crops later). The target is the loader of a 16-core GPU box: 720 clips/s of 16x224 CVRL clips, 45 clips/s per core.
+
+def _sequential_rgb(path, size=None):
+    """Every frame, decoded in order (one thread) -> list of uint8 (H, W, 3); scaled to size=(W, H) with the area
+    filter that reencode_video uses, when given."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        s.thread_count = 1
+        if size is None:
+            return [f.to_ndarray(format="rgb24") for f in c.decode(s)]
+        return [f.to_ndarray(format="rgb24", width=size[0], height=size[1], interpolation="AREA") for f in c.decode(s)]
+
+
+def _psnr(a, b):
+    mse = np.mean([np.mean((x.astype(np.float32) - y.astype(np.float32)) ** 2) for x, y in zip(a, b)])
+    return float(10 * np.log10(255 ** 2 / max(mse, 1e-10)))
+
+
+def nvdec_rate(path, log):
+    """GPU decoding through PyAV's hardware acceleration (NVDEC via FFmpeg's CUDA hwaccel): one sequential decode of
+    the whole file, frames downloaded to host memory and converted to RGB there (what a DataLoader worker would hand
+    on). Reports wall frames/s and CPU seconds per frame (process time: the download and the conversion), because on
+    a GPU box the cores are the scarce resource. read_clips has no hwaccel path, so this is a sequential decode, not
+    random clips: an upper bound for the decode, not a loader measurement."""
+    from av.codec.hwaccel import HWAccel
+    try:
+        t0, c0, n = time.perf_counter(), time.process_time(), 0
+        with av.open(str(path), hwaccel=HWAccel("cuda", allow_software_fallback=False)) as c:
+            s = c.streams.video[0]
+            for f in c.decode(s):
+                f.to_ndarray(format="rgb24")
+                n += 1
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return dict(frames=n, frames_per_s=n / wall, cpu_ms_per_frame=cpu / n * 1e3)
+    except Exception as e:  # noqa: BLE001 -- no NVDEC, a driver without it, a build without CUDA: say which
+        log(f"    NVDEC decode failed: {type(e).__name__}: {e}")
+        return dict(error=f"{type(e).__name__}: {e}")
+
+
+def bench_reencode(P, cache, log, device=None):
+    R = P["reencode"]
+    frames, stride = P["clip"]
+    W, H, fps, secs = R["source"]
+    src = cache / f"reencode-src-v1-{W}x{H}-{fps}fps-{secs}s.mp4"
+    if not src.exists():  # x264's default keyframe interval, as a camera or a download would have
+        tmp = src.with_name(src.name + ".tmp.mp4")
+        data.write_video(tmp, textured_video(2000, W, H, int(secs * fps)), fps, "libx264",
+                         {"crf": "23", "threads": "1"})
+        os.replace(tmp, src)
+    src_frames = _sequential_rgb(src)
+    res = dict(source=f"H.264 {W}x{H}, {fps} fps, {secs} s, x264 default keyframe interval",
+               source_bytes=os.path.getsize(src), clip=f"{frames} frames, stride {stride}", variants=[])
+    out = cache / "reencode-out"
+    out.mkdir(parents=True, exist_ok=True)
+    rows, paths = [], []
+    for v in P["reencode_variants"]:
+        path = out / (v.name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "") + v.ext)
+        t0 = time.perf_counter()  # always re-encoded: the encode time is a row too, and stale files are never read
+        r = data.reencode_video(src, path, v.short_side or None, v.gop, v.crf, "medium", codec=v.codec,
+                                tune=v.tune, qscale=v.qscale)
+        enc_s = time.perf_counter() - t0
+        size = os.path.getsize(path)
+        with av.open(str(path)) as c:
+            keys = [i for i, pk in enumerate(c.demux(c.streams.video[0])) if pk.size and pk.is_keyframe]
+            codec_name = c.streams.video[0].codec_context.name
+        # exactness: read_frames (seek + decode forward) against a sequential decode of the same file
+        seq = _sequential_rgb(path)
+        probe = [0, 1, len(seq) // 3, len(seq) // 2 + 1, len(seq) - 1]
+        exact = len(seq) == r["frames"] == len(src_frames) and all(
+            np.array_equal(a, seq[j]) for a, j in zip(data.read_frames(path, probe).numpy(), probe))
+        ref = src_frames if (r["width"], r["height"]) == (W, H) else \
+            _sequential_rgb(src, (r["width"], r["height"]))  # the source scaled as reencode_video scales it
+        row = dict(variant=v.name, note=v.note, codec=codec_name, width=r["width"], height=r["height"],
+                   bytes=size, mb_per_min=size / secs * 60 / 1e6, kbps=size * 8 / secs / 1e3,
+                   max_key_gap=int(max(np.diff(keys + [r["frames"]]))), keyframes=len(keys), encode_s=enc_s,
+                   exact=bool(exact), psnr_db=_psnr(seq, ref))
+        rows.append(row)
+        paths.append(str(path))
+        log(f"  {v.name}: {size / 1e6:.2f} MB ({row['mb_per_min']:.1f} MB/min), {r['width']}x{r['height']}, "
+            f"keyframe gap {row['max_key_gap']}, PSNR {row['psnr_db']:.1f} dB, exact {exact}, encoded in {enc_s:.1f} s")
+        if not exact:  # recorded and rendered as "no" (the tests require yes); the other variants still run
+            log(f"  WARNING {v.name}: read_frames differs from a sequential decode of {path}")
+    del src_frames
+    # decode rates: rounds go over every variant in turn (load drifts on a shared machine hit every row alike); the
+    # same seeds in every variant, so every row reads the same clip starts; the median of the per-round rates
+    clip_r, pair_r = [[] for _ in rows], [[] for _ in rows]
+    dec, pair_dec = [0] * len(rows), [0] * len(rows)
+    for p in paths:  # warm the page cache and the libraries
+        data.read_clips(p, data.RandomClip(frames, stride), np.random.default_rng(0), None)
+    for rnd in range(R["rounds"]):
+        for i, (p, row) in enumerate(zip(paths, rows)):
+            canvas, st = (row["height"], row["width"]), {}
+            rng = np.random.default_rng([rnd, 0])
+            t0 = time.perf_counter()
+            for _ in range(R["clips"]):
+                data.read_clips(p, data.RandomClip(frames, stride), rng, canvas, stats=st)
+            clip_r[i].append(R["clips"] / (time.perf_counter() - t0))
+            dec[i] += st["decoded"]
+            rng, st = np.random.default_rng([rnd, 1]), {}
+            pair = cvrl.PairSampler(frames, stride, "decreasing", 1.0)
+            t0 = time.perf_counter()
+            for _ in range(R["pairs"]):
+                data.read_clips(p, pair, rng, canvas, min_frames=frames, stats=st)
+            pair_r[i].append(R["pairs"] / (time.perf_counter() - t0))
+            pair_dec[i] += st["decoded"]
+    for i, row in enumerate(rows):
+        row.update(clips_per_s_1core=statistics.median(clip_r[i]), clip_rounds=[round(x, 1) for x in clip_r[i]],
+                   frames_decoded_per_clip=dec[i] / (R["rounds"] * R["clips"]),
+                   pairs_per_s_1core=statistics.median(pair_r[i]),
+                   frames_decoded_per_pair=pair_dec[i] / (R["rounds"] * R["pairs"]))
+        row["cores_for_720"] = 720 / row["clips_per_s_1core"]
+        log(f"  {row['variant']}: {row['clips_per_s_1core']:.1f} clips/s/core ({row['frames_decoded_per_clip']:.0f} "
+            f"frames/clip), {row['pairs_per_s_1core']:.1f} CVRL pairs/s/core ({row['frames_decoded_per_pair']:.0f} "
+            f"frames/pair)")
+    res["variants"] = rows
+    res["rounds"], res["clips_per_round"], res["pairs_per_round"] = R["rounds"], R["clips"], R["pairs"]
+    if device is not None and device.type == "cuda":  # the GPU decoder (FFmpeg's NVDEC hwaccels: H.264, MPEG-4, JPEG)
+        res["nvdec"] = []
+        for p, row in zip(paths, rows):
+            r = nvdec_rate(p, log)
+            if "error" not in r:
+                r["cpu_clips_per_s_1core"] = 1e3 / (r["cpu_ms_per_frame"] * row["frames_decoded_per_clip"])
+                log(f"    NVDEC {row['variant']}: {r['frames_per_s']:.0f} frames/s, {r['cpu_ms_per_frame']:.2f} "
+                    f"CPU ms/frame")
+            res["nvdec"].append(dict(variant=row["variant"], **r))
+    return res
+
+
+def render_reencode(p, env, lines):
+    lines += ["### 4. Re-encode formats (`python data.py reencode`)", ""] + _provenance(p, env) + [
+              f"Source: {p['source']} ({p['source_bytes'] / 1e6:.1f} MB), re-encoded by data.reencode_video in each "
+              f"variant. Decode = read_clips in one process, one thread (one DataLoader worker), canvas = the file's "
+              f"own size; clip = {p['clip']} (data.RandomClip), CVRL pair = cvrl.PairSampler(decreasing) through "
+              f"read_clips; median of {p['rounds']} rounds over all variants in turn ({p['clips_per_round']} clips, "
+              f"{p['pairs_per_round']} pairs per round). PSNR: every decoded frame against the source scaled to the "
+              "same size with the same filter. *exact*: read_frames equals a sequential decode of the file. "
+              "*cores for 720 clips/s*: the 16-core target of issue 19 (45 clips/s per core).", "",
+              "| variant | size | MB per min of video | kb/s | keyframe gap | PSNR | encode s | exact | "
+              "clips/s/core | frames decoded/clip | CVRL pairs/s/core | frames decoded/pair | cores for 720 clips/s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in p["variants"]:
+        note = f" ({r['note']})" if r.get("note") else ""
+        lines.append(f"| {r['variant']}{note} | {r['width']}x{r['height']} | "
+                     f"{r['mb_per_min']:.1f} | {r['kbps']:.0f} | {r['max_key_gap']} | {r['psnr_db']:.1f} dB | "
+                     f"{r['encode_s']:.1f} | {'yes' if r['exact'] else '**no**'} | **{r['clips_per_s_1core']:.1f}** | "
+                     f"{r['frames_decoded_per_clip']:.0f} | {r['pairs_per_s_1core']:.1f} | "
+                     f"{r['frames_decoded_per_pair']:.0f} | {r['cores_for_720']:.0f} |")
+    lines.append("")
+    if p.get("nvdec"):
+        lines += ["GPU decoding (NVDEC through PyAV's hwaccel, whole file in order, frames downloaded and converted "
+                  "to RGB on the CPU; read_clips has no hwaccel path, so no random clips): CPU cost per frame and "
+                  "the clips/s per core it implies at the row's frames decoded per clip.", "",
+                  "| variant | frames/s | CPU ms per frame | implied clips/s per CPU core |", "|---|---|---|---|"]
+        for r in p["nvdec"]:
+            if "error" in r:
+                lines.append(f"| {r['variant']} | error: {r['error']} | | |")
+            else:
+                lines.append(f"| {r['variant']} | {r['frames_per_s']:.0f} | {r['cpu_ms_per_frame']:.2f} | "
+                             f"{r['cpu_clips_per_s_1core']:.1f} |")
+        lines.append("")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # markdown
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -884,6 +1092,8 @@ def render_run(r, lines):
                          f"{row['torchvision_s'] * 1e3:.0f} ms | {row['torchvision_clips_per_s']:.1f} | "
                          f"x{row['speedup']:.1f} |")
         lines.append("")
+    if r.get("reencode"):
+        render_reencode(r["reencode"], env, lines)
 
 
 def render_pending(lines):
@@ -949,7 +1159,7 @@ def merge_runs(parts):
         raise SystemExit(f"error: --merge needs runs of one preset, got {sorted(presets)}")
     run = dict(preset=presets.pop(), env=parts[0]["env"], timing=parts[0].get("timing", {}), notes=[])
     for p in parts:
-        for sec in ("pipeline", "augment"):
+        for sec in ("pipeline", "augment", "reencode"):
             if p.get(sec):
                 run[sec] = p[sec]
         if p.get("model"):
@@ -960,12 +1170,15 @@ def merge_runs(parts):
     return run
 
 
+SECTIONS = ["model", "pipeline", "augment", "reencode"]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=list(PRESETS), default=None,
                     help="shapes and repetitions (default: gpu when a GPU is visible, else cpu)")
-    ap.add_argument("--only", action="append", choices=["model", "pipeline", "augment"],
-                    help="run only this section (repeatable); default all three")
+    ap.add_argument("--only", action="append", choices=SECTIONS,
+                    help="run only this section (repeatable); default all four")
     ap.add_argument("--out-md", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--out-json", default=str(ROOT / "results" / "bench.json"))
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
@@ -1017,7 +1230,7 @@ def main(argv=None):
             raise SystemExit(f"error: no format of preset {preset} contains {a.formats!r}")
     if a.steps:
         P["warmup"], P["windows"], P["per_window"] = a.steps
-    sections = a.only or ["model", "pipeline", "augment"]
+    sections = a.only or SECTIONS
     log = lambda s: print(s, flush=True)  # noqa: E731
     env = environment(device)
     log(f"bench: preset {preset}, device {env['device']}, CPU {env['cpu']} x{env['cpu_cores']}, torch {env['torch']}")
@@ -1045,6 +1258,14 @@ def main(argv=None):
         run["augment"] = bench_augment(P, devices, log)
         run["augment"]["seconds"] = time.perf_counter() - t0
         log(f"   (augment: {run['augment']['seconds']:.0f} s)")
+    if "reencode" in sections:
+        log("4. re-encode formats")
+        cache = Path(a.video_cache) if a.video_cache else ROOT / "results" / "cache" / "bench-videos"
+        cache.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        run["reencode"] = bench_reencode(P, cache, log, device)
+        run["reencode"]["seconds"] = time.perf_counter() - t0
+        log(f"   (reencode: {run['reencode']['seconds']:.0f} s)")
     for sec in sections:
         run[sec]["measured"] = dict(date=env["date"], command=env["command"], load_avg=env["load_avg"])
     run["total_s"] = time.perf_counter() - t_all

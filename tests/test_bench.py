@@ -28,7 +28,7 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = json.loads(js.read_text())
     assert run["preset"] == "smoke"
-    assert {"model", "pipeline", "augment"} <= set(run)
+    assert {"model", "pipeline", "augment", "reencode"} <= set(run)
     # 1. every model has every variant, each measured, skipped or with its error recorded
     assert [m["kind"] for m in run["model"]["models"]] == ["cvrl", "lss"]
     for m in run["model"]["models"]:
@@ -46,9 +46,19 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path):
     assert len(p["formats"]) == 3 and all(f["frames_decoded_per_clip"] >= 8 for f in p["formats"])
     assert all(x["speedup"] > 0 for x in p["pairs"]) and 0 <= p["data_wait"][0]["data_wait"] <= 1
     assert run["augment"]["rows"][0]["speedup"] > 0
+    # 4. every re-encode variant written, exact, measured; an all-intra format decodes nothing before a clip's start
+    re = run["reencode"]["variants"]
+    assert [v["variant"] for v in re] == [v.name for v in bench.PRESETS["smoke"]["reencode_variants"]]
+    for v in re:
+        assert v["exact"] and v["bytes"] > 0 and v["clips_per_s_1core"] > 0 and v["pairs_per_s_1core"] > 0
+        assert min(v["width"], v["height"]) == 64 and v["psnr_db"] > 20
+        assert 8 <= v["frames_decoded_per_clip"] <= 8 * 2 - 1 + v["max_key_gap"]
+    mjpeg = next(v for v in re if v["codec"] == "mjpeg")
+    assert mjpeg["max_key_gap"] == 1 and 8 <= mjpeg["frames_decoded_per_clip"] <= 8 * 2 - 1  # the clip's span at most
     # markdown: generated, honest about the missing GPU, carries its data for the next run to merge
     text = md.read_text()
     assert "# Benchmarks" in text and "python scripts/bench.py --preset gpu" in text
+    assert "### 4. Re-encode formats" in text
     if not torch.cuda.is_available():
         assert bench.PENDING in text
     assert bench.previous_runs(md)["smoke"]["preset"] == "smoke"
@@ -241,3 +251,59 @@ def test_reencode_bakes_a_display_rotation_into_the_pixels(tmp_path):
     assert info.rotation == 0 and (info.width, info.height) == (96, 64) == (r["width"], r["height"])
     got, ref = data.read_frames(out, [0, 29]).float(), data.read_frames(phone, [0, 29]).float()
     assert got.shape == ref.shape and (got - ref).abs().mean() < 6
+
+
+@pytest.mark.parametrize("settings, ext, codec, max_gap", [
+    (dict(), ".mp4", "h264", 8),                                   # the default: x264 tune fastdecode
+    (dict(tune="none"), ".mp4", "h264", 8),                        # x264's default tools (the old default)
+    (dict(gop=1), ".mkv", "h264", 1),                              # all-intra
+    (dict(codec="mpeg4", qscale=3), ".avi", "mpeg4", 8),
+    (dict(codec="mjpeg"), ".mp4", "mjpeg", 1),
+    (dict(codec="mjpeg"), ".flv", "mjpeg", 1),                     # FLV cannot hold MJPEG: Matroska under the name
+])
+def test_reencode_codecs_decode_exactly(tmp_path, source_tree, settings, ext, codec, max_gap):
+    """Every codec/tune reencode can write: frame count kept, keyframes as asked, and read_frames (seek + decode
+    forward) bit-exact against a sequential decode of the output, including frames right after a keyframe."""
+    out = tmp_path / f"out{ext}"
+    r = data.reencode_video(source_tree / "ClassA" / "v_a.mp4", out, short_side=64, **{"gop": 8, **settings})
+    assert (r["width"], r["height"], r["frames"]) == (86, 64, 90)
+    with av.open(str(out)) as c:
+        s = c.streams.video[0]
+        assert s.codec_context.name == codec
+        s.thread_count = 1
+        seq = [f.to_ndarray(format="rgb24") for f in c.decode(s)]
+    assert len(seq) == 90
+    keys = _keyframe_packets(out)
+    assert keys[0] == 0 and max(np.diff(keys + [90])) <= max_gap
+    idx = [0, 1, 8, 9, 45, 46, 89, 3]
+    got = data.read_frames(out, idx).numpy()
+    for g, j in zip(got, idx):
+        assert np.array_equal(g, seq[j]), j
+    # the same content as the source, up to scaling and re-encoding (x264 all-intra at CRF 23 is the coarsest)
+    ref = data.read_frames(source_tree / "ClassA" / "v_a.mp4", [0, 45, 89], size=(64, 86)).float()
+    assert (torch.from_numpy(got[[0, 4, 6]]).float() - ref).abs().mean() < 16
+
+
+def test_reencode_fastdecode_drops_cabac(tmp_path, source_tree):
+    """The default writes CAVLC and no deblocking (tune fastdecode), --tune none CABAC and deblocking: read from the
+    settings string x264 writes into every stream it encodes (an SEI message, plain text)."""
+    def x264_settings(path):
+        with open(path, "rb") as f:
+            blob = f.read()
+        i = blob.find(b"x264 - core")
+        return blob[i:blob.find(b"\x00", i)].decode("latin-1")
+    for tune, cabac in (("fastdecode", "cabac=0"), ("none", "cabac=1")):
+        out = tmp_path / f"{tune}.mp4"
+        data.reencode_video(source_tree / "ClassA" / "v_a.mp4", out, short_side=64, gop=8, tune=tune)
+        assert cabac in x264_settings(out) and ("deblock=0" in x264_settings(out)) == (tune == "fastdecode")
+
+
+def test_reencode_refuses_settings_the_encoder_refuses(tmp_path, source_tree):
+    with pytest.raises(data.DatasetError, match="tune=fastdecod"):
+        data.reencode_dataset(source_tree, tmp_path / "dst", tune="fastdecod", workers=1, progress=False)
+    assert not (tmp_path / "dst").exists()  # refused before anything was written
+    with pytest.raises(ValueError, match="unknown codec"):
+        data.reencode_video(source_tree / "ClassA" / "v_a.mp4", tmp_path / "x.mp4", codec="vp9")
+    r = subprocess.run([sys.executable, str(ROOT / "data.py"), "reencode", "--src", str(source_tree), "--dst",
+                        str(tmp_path / "dst"), "--preset", "medum"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "preset=medum" in r.stderr and not (tmp_path / "dst").exists()
