@@ -41,10 +41,12 @@ import statistics
 import subprocess
 import sys
 import time
+from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
+from av.video.reformatter import VideoReformatter
 import numpy as np
 import torch
 import torch.nn as nn
@@ -78,6 +80,7 @@ class VideoFormat:
     fps: int
     gop: int | None   # None: the encoder's default (x264: keyint 250)
     note: str = ""
+    tune: str | None = None  # x264 --tune (fastdecode: what `data.py reencode` writes)
 
 
 def _formats(seconds_scale=1.0, small=False):
@@ -87,8 +90,10 @@ def _formats(seconds_scale=1.0, small=False):
                 VideoFormat("MPEG-4 AVI 160x120", "mpeg4", ".avi", 160, 120, 15, 300)]
     return [VideoFormat("H.264 320x240 default GOP", "libx264", ".mp4", 320, 240, 30, None, "x264 keyint 250"),
             VideoFormat("H.264 340x256 default GOP", "libx264", ".mp4", 340, 256, 30, None, "Kinetics-like"),
-            VideoFormat("H.264 320x240 GOP 16", "libx264", ".mp4", 320, 240, 30, 16, "`data.py reencode`"),
-            VideoFormat("H.264 340x256 GOP 16", "libx264", ".mp4", 340, 256, 30, 16, "`data.py reencode`"),
+            VideoFormat("H.264 320x240 GOP 16", "libx264", ".mp4", 320, 240, 30, 16, "x264's default tools"),
+            VideoFormat("H.264 340x256 GOP 16", "libx264", ".mp4", 340, 256, 30, 16, "x264's default tools"),
+            VideoFormat("H.264 340x256 GOP 16 fastdecode", "libx264", ".mp4", 340, 256, 30, 16,
+                        "`data.py reencode`'s default", "fastdecode"),
             VideoFormat("MPEG-4 AVI 320x240", "mpeg4", ".avi", 320, 240, 25, 300, "UCF101-like; keyint 300, XviD's maximum")]
 
 
@@ -131,7 +136,7 @@ PRESETS = {
         wait_batch=2, wait_crop=32, wait_formats=1,
         augment=dict(B=2, T=4, H=60, W=80, size=32, windows=2),
         reencode=dict(source=(128, 96, 15, 2), rounds=1, clips=2, pairs=1),
-        reencode_variants=_reencode_variants(small=True)),
+        reencode_variants=_reencode_variants(small=True), decoders=dict(clips=2, pairs=2, rounds=1)),
     "cpu": dict(
         models=[dict(kind="cvrl", name="CVRL tiny 8x48", arch="tiny", frames=8, size=48, batch=8, head_hidden=512),
                 dict(kind="lss", name="LSS ViT 4x64 (patch 16, w192, 4 blocks)", width=192, layers=4, heads=3,
@@ -142,7 +147,7 @@ PRESETS = {
         wait_batch=4, wait_crop=48, wait_formats=2,
         augment=dict(B=4, T=16, H=256, W=340, size=224, windows=3),
         reencode=dict(source=(640, 480, 30, 10), rounds=5, clips=12, pairs=6),
-        reencode_variants=_reencode_variants()),
+        reencode_variants=_reencode_variants(), decoders=dict(clips=16, pairs=10, rounds=3)),
     "gpu": dict(
         models=[dict(kind="cvrl", name="CVRL R3D-50 16x224", arch="r3d50", frames=16, size=224, batch=None,
                      head_hidden=2048, batch_start=64, batch_cap=1024),
@@ -155,7 +160,7 @@ PRESETS = {
         wait_batch=32, wait_crop=224, wait_formats=2,
         augment=dict(B=64, T=16, H=256, W=340, size=224, windows=5),
         reencode=dict(source=(640, 480, 30, 10), rounds=5, clips=12, pairs=6),
-        reencode_variants=_reencode_variants()),
+        reencode_variants=_reencode_variants(), decoders=dict(clips=16, pairs=10, rounds=3)),
 }
 
 
@@ -538,7 +543,8 @@ def make_videos(P, cache: Path, log):
     for fmt in P["formats"]:
         paths = []
         for i in range(P["n_videos"]):
-            tag = f"v2-{fmt.codec}-{fmt.width}x{fmt.height}-{fmt.fps}fps-g{fmt.gop or 'def'}-{P['seconds']}s-{i}{fmt.ext}"
+            tune = f"-{fmt.tune}" if fmt.tune else ""
+            tag = f"v2-{fmt.codec}{tune}-{fmt.width}x{fmt.height}-{fmt.fps}fps-g{fmt.gop or 'def'}-{P['seconds']}s-{i}{fmt.ext}"
             p = cache / tag
             if not p.exists():
                 frames = textured_video(1000 + i, fmt.width, fmt.height, int(P["seconds"] * fmt.fps))
@@ -549,6 +555,8 @@ def make_videos(P, cache: Path, log):
                     opts["b"] = "500000"  # UCF101's XviD files run at a few hundred kb/s
                 if fmt.gop:
                     opts["g"] = str(fmt.gop)
+                if fmt.tune:
+                    opts["tune"] = fmt.tune
                 tmp = p.with_name(p.name + ".tmp" + fmt.ext)
                 data.write_video(tmp, frames, fmt.fps, fmt.codec, opts)
                 os.replace(tmp, p)
@@ -957,6 +965,220 @@ def render_reencode(p, env, lines):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# 5. decoders: ours against the libraries a user would pick instead, and against the limit
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _peer_decoders():
+    """{name: (version, read(path, indices) -> uint8 (T, H, W, 3))} for the peers installed here. Each is called
+    as its documentation suggests for random access, one thread, a fresh decoder per clip (as a DataLoader worker
+    would use it). None is a dependency of the project: a peer that is not installed is reported as such."""
+    peers = {}
+    try:
+        import torchcodec
+        from torchcodec.decoders import VideoDecoder
+
+        def torchcodec_read(path, idx):  # approximate: no scan of the whole file at open (torchcodec's advice, #715)
+            d = VideoDecoder(path, seek_mode="approximate", num_ffmpeg_threads=1, dimension_order="NHWC")
+            return d.get_frames_at([int(i) for i in idx]).data.numpy()
+        peers["torchcodec"] = (torchcodec.__version__, torchcodec_read)
+    except Exception:  # noqa: BLE001 -- not installed, or its FFmpeg libraries are missing
+        pass
+    try:
+        import decord
+
+        def decord_read(path, idx):
+            return decord.VideoReader(path, num_threads=1).get_batch([int(i) for i in idx]).asnumpy()
+        peers["decord"] = (decord.__version__, decord_read)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        import cv2
+        cv2.setNumThreads(1)
+
+        def opencv_read(path, idx):  # set the position, read on; a new seek only for a jump back or a long gap
+            cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
+            got, pos = {}, None
+            for i in sorted({int(i) for i in idx}):
+                if pos is None or i - pos > 32:
+                    cap.set(cv2.CAP_PROP_POS_FRAMES, i)
+                    pos = i
+                while pos <= i:
+                    ok, f = cap.read()
+                    if not ok:
+                        raise RuntimeError(f"OpenCV could not read frame {pos} of {path}")
+                    if pos == i:
+                        got[i] = f[..., ::-1]  # BGR -> RGB
+                    pos += 1
+            cap.release()
+            return np.stack([got[int(i)] for i in idx])
+        peers["OpenCV"] = (cv2.__version__, opencv_read)
+    except Exception:  # noqa: BLE001
+        pass
+
+    def whole_video_read(path, idx):  # the first implementation everyone writes: decode it all, keep what is asked
+        with av.open(path) as c:
+            s = c.streams.video[0]
+            s.thread_count = 1
+            allf = [f.to_ndarray(format="rgb24") for f in c.decode(s)]
+        return np.stack([allf[int(i)] for i in idx])
+    peers["whole-video PyAV"] = (av.__version__, whole_video_read)
+    return peers
+
+
+class _Limit:
+    """The FFmpeg limit for reading given frames of one file: the container opened once (opening is not counted),
+    the true keyframes known (a packet scan, not counted), then per read: a seek to the keyframe before the first
+    wanted frame (and another only where jumping to a later keyframe skips more than 4 frames), decode from that
+    keyframe up to the last wanted frame, and convert
+    only the wanted frames to RGB (swscale, one thread) into one preallocated array. The same libavcodec and
+    libswscale as read_frames, through PyAV; nothing is done per frame beyond FFmpeg's own work and a counter.
+    A reader can only beat it by decoding fewer frames (skipping frames no wanted frame depends on)."""
+
+    def __init__(self, path):
+        self.c = av.open(path)
+        self.s = self.c.streams.video[0]
+        self.s.thread_count = 1
+        first = next(self.c.decode(self.s))
+        self.start, self.tb, self.fps = first.pts, self.s.time_base, float(self.s.average_rate)
+        self.c.seek(0)
+        key_pts = sorted(p.pts for p in self.c.demux(self.s) if p.size and p.is_keyframe and p.pts is not None)
+        self.key_pts = key_pts
+        self.keys = [round(float((p - self.start) * self.tb) * self.fps) for p in key_pts]
+        self.reformatter = VideoReformatter()
+        self.decoded = 0
+
+    def read(self, idx):
+        rows: dict[int, list[int]] = {}
+        for r, i in enumerate(int(i) for i in idx):
+            rows.setdefault(i, []).append(r)
+        wanted = sorted(rows)
+        out = None
+        j = 0
+        while j < len(wanted):
+            k = max(0, bisect_right(self.keys, wanted[j]) - 1)  # the keyframe at or before the first wanted frame
+            run = [wanted[j]]
+            for i in wanted[j + 1:]:  # decode through unless seeking to a later keyframe skips more than 4 frames
+                if self.keys[max(0, bisect_right(self.keys, i) - 1)] > run[-1] + 4:
+                    break
+                run.append(i)
+            self.c.seek(self.key_pts[k], stream=self.s, backward=True)
+            want = {self.start + round(i / self.fps / float(self.tb)): i for i in run}
+            last = max(want)
+            for f in self.c.decode(self.s):
+                self.decoded += 1
+                i = want.get(f.pts)
+                if i is not None:
+                    img = self.reformatter.reformat(f, format="rgb24", threads=1).to_ndarray()
+                    if out is None:
+                        out = np.empty((len(idx), *img.shape), np.uint8)  # (T, H, W, 3)
+                    for r in rows[i]:
+                        out[r] = img
+                if f.pts >= last:
+                    break
+            j += len(run)
+        return out
+
+    def close(self):
+        self.c.close()
+
+
+def bench_decoders(P, cache, log):
+    """Random 16x2 clips and CVRL pairs from every format, read by data.read_clips (ours), each installed peer and
+    the limit, one process, one thread. Every reader gets the same clips; clip by clip the readers take turns, so
+    load drifts on a shared machine hit them alike; the best of `rounds` rounds is kept (the least disturbed).
+    Each peer's first clip is compared with a sequential decode (*exact*)."""
+    D = P["decoders"]
+    frames, stride = P["clip"]
+    videos, info = make_videos(P, cache, log)
+    peers = _peer_decoders()
+    res = dict(clip=f"{frames} frames, stride {stride}", rounds=D["rounds"], clips=D["clips"], pairs=D["pairs"],
+               peers={k: v[0] for k, v in peers.items()}, formats=[])
+    log("  peers: " + ", ".join(f"{k} {v[0]}" for k, v in peers.items()))
+    for fmt in P["formats"]:
+        path = videos[fmt.name][0]
+        n = data.probe(path).num_frames
+        rng = np.random.default_rng(0)
+        singles = [data.RandomClip(frames, stride)(n, 30.0, rng)[0] for _ in range(D["clips"])]
+        pair = cvrl.PairSampler(frames, stride, "decreasing", 1.0)
+        pairs = [np.concatenate(pair(n, 30.0, rng)) for _ in range(D["pairs"])]
+        seq = np.stack(_sequential_rgb(path))  # (N, H, W, 3)
+        limit = _Limit(path)
+        readers = {"ours": lambda p, idx: data.read_frames(p, idx).numpy(), "limit": lambda p, idx: limit.read(idx),
+                   **{k: v[1] for k, v in peers.items()}}
+        row = dict(format=fmt.name, note=fmt.note, frames=n, exact={}, singles={}, pairs={}, errors={})
+        for name, read in readers.items():
+            try:
+                row["exact"][name] = bool(np.array_equal(read(path, pairs[0]), seq[pairs[0]]))
+            except Exception as e:  # noqa: BLE001 -- a peer that fails on a format is reported, not fatal
+                if name in ("ours", "limit"):
+                    raise
+                row["errors"][name] = f"{type(e).__name__}: {e}"[:120]
+        ok = [k for k in readers if k not in row["errors"]]
+        for kind, clips in (("singles", singles), ("pairs", pairs)):
+            best = {k: float("inf") for k in ok}
+            decoded = {}
+            for _ in range(D["rounds"]):
+                spent = {k: 0.0 for k in ok}
+                limit.decoded = 0
+                st = {}
+                for idx in clips:
+                    for k in ok:
+                        t0 = time.perf_counter()
+                        if k == "ours":
+                            data.read_frames(path, idx, stats=st)
+                        else:
+                            readers[k](path, idx)
+                        spent[k] += time.perf_counter() - t0
+                best = {k: min(best[k], spent[k]) for k in ok}
+                decoded = dict(ours=st.get("decoded", 0) / len(clips), limit=limit.decoded / len(clips))
+            row[kind] = {k: len(clips) / best[k] for k in ok}
+            row[f"{kind}_decoded"] = decoded
+        limit.close()
+        res["formats"].append(row)
+        s_, p_ = row["singles"], row["pairs"]
+        log(f"  {fmt.name}: clips/s/core " + ", ".join(f"{k} {v:.1f}" for k, v in s_.items())
+            + " | pairs/s/core " + ", ".join(f"{k} {v:.1f}" for k, v in p_.items())
+            + (f" | errors: {row['errors']}" if row["errors"] else ""))
+    return res
+
+
+def render_decoders(p, env, lines):
+    peers = list(p["peers"])
+    lines += ["### 5. Decoders: ours against the peers and the limit", ""] + _provenance(p, env) + [
+              f"clip = {p['clip']} from a random start (data.RandomClip), CVRL pair = cvrl.PairSampler(decreasing); "
+              f"{p['clips']} clips and {p['pairs']} pairs per format, the same for every reader, one process, one "
+              f"thread, best of {p['rounds']} rounds with the readers taking turns clip by clip. *ours* = "
+              "data.read_frames (open, header, seek, decode, RGB). Peers, where installed (never dependencies): "
+              + ", ".join(f"{k} {v}" for k, v in p["peers"].items())
+              + "; torchcodec with seek_mode='approximate', OpenCV through its FFmpeg backend (position, read on), "
+              "whole-video PyAV decodes every frame and keeps the wanted ones. *limit* = the same FFmpeg "
+              "(through PyAV) on a container opened once, knowing the keyframes: seek, decode from the keyframe to "
+              "the last wanted frame, RGB of the wanted frames only; opening is not counted (scripts/bench.py "
+              "`_Limit`). A reader marked * did not return a sequential decode's frames.", ""]
+    for kind, title in (("singles", "single clips"), ("pairs", "CVRL pairs")):
+        unit = "clips/s" if kind == "singles" else "pairs/s"
+        lines += [f"**{title}**, {unit} per core", "",
+                  "| format | ours | " + " | ".join(peers) + " | limit | ours / limit | ours / best peer | "
+                  "frames decoded: ours, limit |",
+                  "|---|---|" + "---|" * len(peers) + "---|---|---|---|"]
+        for r in p["formats"]:
+            v = r[kind]
+
+            def cell(k):
+                if k in r["errors"]:
+                    return "fails"
+                return f"{v[k]:.1f}" + ("" if r["exact"].get(k, True) else "*")
+            exact_peers = [v[k] for k in peers if k in v and r["exact"].get(k)]
+            best = max(exact_peers) if exact_peers else None
+            d = r[f"{kind}_decoded"]
+            lines.append(f"| {r['format']} | **{cell('ours')}** | " + " | ".join(cell(k) for k in peers)
+                         + f" | {cell('limit')} | {v['ours'] / v['limit']:.2f} | "
+                         + (f"{v['ours'] / best:.2f}" if best else "n/a")
+                         + f" | {d.get('ours', 0):.0f}, {d.get('limit', 0):.0f} |")
+        lines.append("")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # markdown
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -1049,8 +1271,8 @@ def render_run(r, lines):
                          f"{row['frames_decoded_per_clip']:.0f} | "
                          + " | ".join(f"{row[f'loader_clips_per_s_w{w}']:.1f}" for w in ws)
                          + f" | {row.get('loader_aug_clips_per_s', float('nan')):.1f} |")
-        lines += ["", "CVRL's two clips per video: cvrl.PairSampler through read_clips (one open; clips closer than "
-                  "1 s share a seek) against decoding the whole video sequentially with PyAV (rgb24) and slicing "
+        lines += ["", "CVRL's two clips per video: cvrl.PairSampler through read_clips (one open; clips with no "
+                  "keyframe between them share one seek and one decoding pass) against decoding the whole video sequentially with PyAV (rgb24) and slicing "
                   "two clips. One process, one thread.", "",
                   "| video | PairSampler videos/s | frames decoded | seeks | whole-video videos/s | frames decoded | "
                   "speed-up |", "|---|---|---|---|---|---|---|"]
@@ -1060,11 +1282,10 @@ def render_run(r, lines):
                          f"{row['naive_frames_decoded']:.0f} | x{row['speedup']:.2f} |")
         redo = [row["format"] for row in p["pairs"] if row["pair_frames_decoded"] >= 0.8 * row["naive_frames_decoded"]]
         if redo:
-            lines += ["", f"Note ({', '.join(redo)}): with a long keyframe interval two clips more than 1 s apart "
-                      "each seek to the same keyframe (read_clips splits the wanted frames into runs at gaps > 1 s "
-                      "and seeks per run), so the stretch before the first clip is decoded twice and pair sampling "
-                      "decodes about as many frames as the whole video; it still wins by converting only the kept "
-                      "frames to RGB. Re-encoding with `python data.py reencode` removes the problem."]
+            lines += ["", f"Note ({', '.join(redo)}): with a keyframe interval as long as the video, a pair is "
+                      "decoded from the start of the file to the end of its later clip, close to the whole video; "
+                      "it still wins by converting only the kept frames to RGB. Re-encoding with `python data.py "
+                      "reencode` removes the problem."]
         lines += ["", "Data wait in a real CVRL training loop (loader -> 2 augmentations -> encoder + head -> NT-Xent "
                   "-> SGD, synchronised each step as cvrl.py is):", "",
                   "| video | model | videos/step | workers | step | of which: waiting for data | augmentation "
@@ -1094,6 +1315,8 @@ def render_run(r, lines):
         lines.append("")
     if r.get("reencode"):
         render_reencode(r["reencode"], env, lines)
+    if r.get("decoders"):
+        render_decoders(r["decoders"], env, lines)
 
 
 def render_pending(lines):
@@ -1170,7 +1393,7 @@ def merge_runs(parts):
     return run
 
 
-SECTIONS = ["model", "pipeline", "augment", "reencode"]
+SECTIONS = ["model", "pipeline", "augment", "reencode", "decoders"]
 
 
 def main(argv=None):
@@ -1266,6 +1489,14 @@ def main(argv=None):
         run["reencode"] = bench_reencode(P, cache, log, device)
         run["reencode"]["seconds"] = time.perf_counter() - t0
         log(f"   (reencode: {run['reencode']['seconds']:.0f} s)")
+    if "decoders" in sections:
+        log("5. decoders: ours, the peers, the limit")
+        cache = Path(a.video_cache) if a.video_cache else ROOT / "results" / "cache" / "bench-videos"
+        cache.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        run["decoders"] = bench_decoders(P, cache, log)
+        run["decoders"]["seconds"] = time.perf_counter() - t0
+        log(f"   (decoders: {run['decoders']['seconds']:.0f} s)")
     for sec in sections:
         run[sec]["measured"] = dict(date=env["date"], command=env["command"], load_avg=env["load_avg"])
     run["total_s"] = time.perf_counter() - t_all

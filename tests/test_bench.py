@@ -28,7 +28,7 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = json.loads(js.read_text())
     assert run["preset"] == "smoke"
-    assert {"model", "pipeline", "augment", "reencode"} <= set(run)
+    assert {"model", "pipeline", "augment", "reencode", "decoders"} <= set(run)
     # 1. every model has every variant, each measured, skipped or with its error recorded
     assert [m["kind"] for m in run["model"]["models"]] == ["cvrl", "lss"]
     for m in run["model"]["models"]:
@@ -55,10 +55,21 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path):
         assert 8 <= v["frames_decoded_per_clip"] <= 8 * 2 - 1 + v["max_key_gap"]
     mjpeg = next(v for v in re if v["codec"] == "mjpeg")
     assert mjpeg["max_key_gap"] == 1 and 8 <= mjpeg["frames_decoded_per_clip"] <= 8 * 2 - 1  # the clip's span at most
+    # 5. decoders: ours and the limit return a sequential decode's frames, and ours decodes no more frames than the
+    # limit needs (keyframe to last wanted frame), give or take the 2-frame slack of a seek by timestamp
+    dec = run["decoders"]
+    assert [f["format"] for f in dec["formats"]] == [f.name for f in bench.PRESETS["smoke"]["formats"]]
+    assert "whole-video PyAV" in dec["peers"]
+    for f in dec["formats"]:
+        assert f["exact"]["ours"] and f["exact"]["limit"] and f["exact"]["whole-video PyAV"], f
+        for kind in ("singles", "pairs"):
+            assert f[kind]["ours"] > 0 and f[kind]["limit"] > 0
+            d = f[f"{kind}_decoded"]
+            assert 8 <= d["limit"] <= d["ours"] + 0.5 and d["ours"] <= d["limit"] + 2, (f["format"], kind, d)
     # markdown: generated, honest about the missing GPU, carries its data for the next run to merge
     text = md.read_text()
     assert "# Benchmarks" in text and "python scripts/bench.py --preset gpu" in text
-    assert "### 4. Re-encode formats" in text
+    assert "### 4. Re-encode formats" in text and "### 5. Decoders" in text
     if not torch.cuda.is_available():
         assert bench.PENDING in text
     assert bench.previous_runs(md)["smoke"]["preset"] == "smoke"
