@@ -304,8 +304,16 @@ def _decode_indices(container, stream, path, info: VideoInfo, timeline: _Timelin
             except av.error.FFmpegError:
                 continue  # some demuxers refuse some seeks: try further back
             stats["seeks"] = stats.get("seeks", 0) + 1
-            overshoot = _decode_run(container, stream, path, info, timeline.start_pts, run, targets, size, stats, out)
-            if not overshoot:
+            status = _decode_run(container, stream, path, info, timeline.start_pts, run, targets, size, stats, out)
+            if status == "redo":
+                stats["redone"] = stats.get("redone", 0) + 1
+                if margin is None:
+                    container.seek(0)
+                else:
+                    container.seek(ts, stream=stream, backward=True, any_frame=False)
+                status = _decode_run(container, stream, path, info, timeline.start_pts, run, targets, size, stats,
+                                     out, skip=False)
+            if status != "overshoot":
                 break
         else:
             raise VideoError(path, f"could not position the decoder at frame {run[0]}")
@@ -327,16 +335,24 @@ class _Output:
             self.array[r] = img
 
 
-def _decode_run(container, stream, path, info, start_pts, run, targets, size, stats, out: _Output) -> bool:
-    """Decode forward from the current position and assign to each target time the nearest decoded frame; returns
-    True if the seek went too far (the first frame is after the first target), and nothing was written. Frames
+def _decode_run(container, stream, path, info, start_pts, run, targets, size, stats, out: _Output,
+                skip: bool = True) -> str:
+    """Decode forward from the current position and assign to each target time the nearest decoded frame. Frames
     come out of the decoder in presentation order, so one look-behind frame suffices: a target is settled as soon
-    as a frame at or after it appears (it is that frame or the previous one, whichever is nearer)."""
+    as a frame at or after it appears (it is that frame or the previous one, whichever is nearer). Returns "ok",
+    "overshoot" (the seek went too far: the first frame is after the first target; nothing was written) or "redo".
+
+    With `skip`, the decoder is told to skip the non-reference frames (no other frame is predicted from them:
+    most B-frames) whose time is more than 3/4 of a frame from every target: the frames between a stride-2 clip's
+    frames and most of the stretch from the keyframe to the clip. Skipping one never changes another. For constant
+    frame rate no target can be nearest to such a frame; for variable frame rate it could, so if any target ends up
+    settled by a frame more than 3/4 of a frame away, the run is decoded again without skipping ("redo")."""
     tb = float(stream.time_base)
-    half = 0.5 / info.fps
+    half, far = 0.5 / info.fps, 0.75 / info.fps
     converted: dict[int, np.ndarray] = {}  # pts -> rgb, so a frame that settles two targets is converted once
     reformatter = VideoReformatter()        # one swscale context for the run (see _to_rgb)
-    k, prev, prev_t, first_t = 0, None, None, None
+    codec = stream.codec_context
+    k, prev, prev_t, first_t, farthest = 0, None, None, None, 0.0
 
     def take(frame):
         if frame.pts not in converted:
@@ -344,30 +360,48 @@ def _decode_run(container, stream, path, info, start_pts, run, targets, size, st
             converted[frame.pts] = _to_rgb(frame, size, reformatter)
         return converted[frame.pts]
 
+    def skippable(pts):  # no target within 3/4 of a frame of this packet's time
+        if pts is None:
+            return False
+        t = (pts - start_pts) * tb
+        j = bisect.bisect_left(targets, t)
+        return (j == len(targets) or targets[j] - t > far) and (j == 0 or t - targets[j - 1] > far)
+
     error = None
     try:
-        for frame in container.decode(stream):
-            stats["decoded"] = stats.get("decoded", 0) + 1
-            if frame.pts is None:
-                continue
-            t = (frame.pts - start_pts) * tb
-            if first_t is None:
-                first_t = t
-                if t > targets[0] + half:
-                    return True  # overshoot: the seek went too far
-                stats["rotation"] = int(getattr(frame, "rotation", 0) or 0) % 360
-            while k < len(run) and targets[k] <= t + 1e-9:
-                tau = targets[k]
-                use_prev = prev is not None and (tau - prev_t) < (t - tau)
-                out.put(run[k], take(prev) if use_prev else take(frame))
-                k += 1
+        for packet in container.demux(stream):  # the last packet is empty: it drains the decoder's delayed frames
+            if skip:
+                codec.skip_frame = "NONREF" if skippable(packet.pts) else "DEFAULT"
+            for frame in packet.decode():
+                stats["decoded"] = stats.get("decoded", 0) + 1
+                if frame.pts is None:
+                    continue
+                t = (frame.pts - start_pts) * tb
+                if first_t is None:
+                    first_t = t
+                    if t > targets[0] + half:
+                        return "overshoot"
+                    stats["rotation"] = int(getattr(frame, "rotation", 0) or 0) % 360
+                while k < len(run) and targets[k] <= t + 1e-9:
+                    tau = targets[k]
+                    use_prev = prev is not None and (tau - prev_t) < (t - tau)
+                    out.put(run[k], take(prev) if use_prev else take(frame))
+                    farthest = max(farthest, (tau - prev_t) if use_prev else (t - tau))
+                    k += 1
+                if k == len(run):
+                    break
+                prev, prev_t = frame, t
             if k == len(run):
                 break
-            prev, prev_t = frame, t
     except av.error.FFmpegError as e:
         error = e  # a corrupt or truncated tail: the frames settled so far are good, the rest are decided below
+    finally:
+        if skip:
+            codec.skip_frame = "DEFAULT"
+    if skip and (farthest > far or k < len(run)):
+        return "redo"  # a target far from every frame (variable frame rate), or frames missing: decode it all
     if k == len(run):
-        return False
+        return "ok"
     # Decoding ended (end of file, or an error) before some wanted frames. The last decoded frame stands in for a
     # target only if it really is the nearest frame: the target is within half a frame of it, or (variable frame
     # rate, where frame i's nominal time i/fps can fall after the last frame's real time) the file really holds
@@ -392,7 +426,7 @@ def _decode_run(container, stream, path, info, start_pts, run, targets, size, st
                 raise VideoError(path, f"truncated: frame {i} was asked for, but decoding {ends} after frame {last} "
                                        f"of the {info.num_frames} its header promises{why}; {fix}")
         out.put(i, take(prev))
-    return False
+    return "ok"
 
 
 def _count_frames(container, stream) -> int:
