@@ -56,7 +56,8 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path):
     mjpeg = next(v for v in re if v["codec"] == "mjpeg")
     assert mjpeg["max_key_gap"] == 1 and 8 <= mjpeg["frames_decoded_per_clip"] <= 8 * 2 - 1  # the clip's span at most
     # 5. decoders: ours and the limit return a sequential decode's frames, and ours decodes no more frames than the
-    # limit needs (keyframe to last wanted frame), give or take the 2-frame slack of a seek by timestamp
+    # limit (keyframe to last wanted frame), give or take the 2-frame slack of a seek by timestamp; fewer where it
+    # skips B-frames, never fewer than the clip's own frames
     dec = run["decoders"]
     assert [f["format"] for f in dec["formats"]] == [f.name for f in bench.PRESETS["smoke"]["formats"]]
     assert "whole-video PyAV" in dec["peers"]
@@ -65,7 +66,7 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path):
         for kind in ("singles", "pairs"):
             assert f[kind]["ours"] > 0 and f[kind]["limit"] > 0
             d = f[f"{kind}_decoded"]
-            assert 8 <= d["limit"] <= d["ours"] + 0.5 and d["ours"] <= d["limit"] + 2, (f["format"], kind, d)
+            assert 8 <= d["ours"] <= d["limit"] + 2, (f["format"], kind, d)
     # markdown: generated, honest about the missing GPU, carries its data for the next run to merge
     text = md.read_text()
     assert "# Benchmarks" in text and "python scripts/bench.py --preset gpu" in text
