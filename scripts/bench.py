@@ -856,7 +856,14 @@ def bench_reencode(P, cache, log, device=None):
                source_bytes=os.path.getsize(src), clip=f"{frames} frames, stride {stride}", variants=[])
     out = cache / "reencode-out"
     out.mkdir(parents=True, exist_ok=True)
-    rows, paths = [], []
+    with av.open(str(src)) as c:  # the first row: the video as it came, the baseline every variant is read against
+        keys = [i for i, pk in enumerate(c.demux(c.streams.video[0])) if pk.size and pk.is_keyframe]
+    size = os.path.getsize(src)
+    rows = [dict(variant="as filmed: the source, not re-encoded", note="", source=True, codec="h264", width=W,
+                 height=H, bytes=size, mb_per_min=size / secs * 60 / 1e6, kbps=size * 8 / secs / 1e3,
+                 max_key_gap=int(max(np.diff(keys + [len(src_frames)]))), keyframes=len(keys), encode_s=0.0,
+                 exact=True, psnr_db=None)]
+    paths = [str(src)]
     for v in P["reencode_variants"]:
         path = out / (v.name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "") + v.ext)
         t0 = time.perf_counter()  # always re-encoded: the encode time is a row too, and stale files are never read
@@ -945,7 +952,8 @@ def render_reencode(p, env, lines):
     for r in p["variants"]:
         note = f" ({r['note']})" if r.get("note") else ""
         lines.append(f"| {r['variant']}{note} | {r['width']}x{r['height']} | "
-                     f"{r['mb_per_min']:.1f} | {r['kbps']:.0f} | {r['max_key_gap']} | {r['psnr_db']:.1f} dB | "
+                     f"{r['mb_per_min']:.1f} | {r['kbps']:.0f} | {r['max_key_gap']} | "
+                     f"{'source' if r['psnr_db'] is None else format(r['psnr_db'], '.1f') + ' dB'} | "
                      f"{r['encode_s']:.1f} | {'yes' if r['exact'] else '**no**'} | **{r['clips_per_s_1core']:.1f}** | "
                      f"{r['frames_decoded_per_clip']:.0f} | {r['pairs_per_s_1core']:.1f} | "
                      f"{r['frames_decoded_per_pair']:.0f} | {r['cores_for_720']:.0f} |")

@@ -47,7 +47,8 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path):
     assert all(x["speedup"] > 0 for x in p["pairs"]) and 0 <= p["data_wait"][0]["data_wait"] <= 1
     assert run["augment"]["rows"][0]["speedup"] > 0
     # 4. every re-encode variant written, exact, measured; an all-intra format decodes nothing before a clip's start
-    re = run["reencode"]["variants"]
+    src, re = run["reencode"]["variants"][0], run["reencode"]["variants"][1:]
+    assert src.get("source") and src["clips_per_s_1core"] > 0 and src["psnr_db"] is None
     assert [v["variant"] for v in re] == [v.name for v in bench.PRESETS["smoke"]["reencode_variants"]]
     for v in re:
         assert v["exact"] and v["bytes"] > 0 and v["clips_per_s_1core"] > 0 and v["pairs_per_s_1core"] > 0
