@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import csv
+import functools
 import gzip
 import hashlib
 import json
@@ -1433,7 +1434,13 @@ def make_loader(dataset, batch_size, workers=2, shuffle=True, drop_last=True, se
 # ----------------------------------------------------------------------------------------------------------------------
 # Parameters are drawn on the CPU from a torch.Generator (reproducible whatever the device) for G "groups" and
 # broadcast over the F frames of a group. Temporally consistent mode: a group is a clip (G = B, F = T); per-frame
-# mode (CVRL's ablation): a group is a frame (G = B*T, F = 1). Everything else is one batched tensor op.
+# mode (CVRL's ablation): a group is a frame (G = B*T, F = 1).
+# On a GPU everything is one batched tensor op over all groups (one roi_align for the crops, one op per colour
+# transform and draw). On the CPU the same maths runs one group at a time: a group's tensors (a few MB) stay in the
+# cache between ops, and a group that drew "no jitter" or "no gray" costs nothing instead of an index copy. The crop
+# is also written differently there (_crop_resize_cpu, same result): roi_align needs the whole uncropped batch in
+# float and computes every bilinear sample of every output pixel and channel on its own, which on a CPU cost more
+# than everything else together.
 
 @dataclass
 class AugmentConfig:
@@ -1468,46 +1475,139 @@ def sample_crop_boxes(n, H, W, area, aspect, generator=None, attempts=10):
     return torch.stack([x1, y1, x1 + cw, y1 + ch], 1)
 
 
+def _draw(G, H, W, cfg: AugmentConfig, generator) -> dict:
+    """Every random parameter of augment() for G groups, on the CPU, always in this order and for every group (so the
+    stream depends on neither the data nor the device). Booleans say which groups apply a transform."""
+    p = dict(boxes=sample_crop_boxes(G, H, W, cfg.area, cfg.aspect, generator),     # (G, 4)
+             flip=torch.rand(G, generator=generator) < cfg.flip_p)
+    if cfg.jitter_p > 0 and any(cfg.jitter):
+        bs, cs, ss, hs = cfg.jitter
+        p["jitter"] = torch.rand(G, generator=generator) < cfg.jitter_p
+        p["factors"] = torch.stack([torch.empty(G).uniform_(max(0, 1 - bs), 1 + bs, generator=generator),
+                                    torch.empty(G).uniform_(max(0, 1 - cs), 1 + cs, generator=generator),
+                                    torch.empty(G).uniform_(max(0, 1 - ss), 1 + ss, generator=generator),
+                                    torch.empty(G).uniform_(-hs, hs, generator=generator)], 1)      # (G, 4)
+        p["order"] = torch.rand(G, 4, generator=generator).argsort(1)                # (G, 4): op at each position
+    if cfg.gray_p > 0:
+        p["gray"] = torch.rand(G, generator=generator) < cfg.gray_p
+    if cfg.blur_p > 0:
+        p["blur"] = torch.rand(G, generator=generator) < cfg.blur_p
+        p["sigma"] = torch.empty(G).uniform_(*cfg.blur_sigma, generator=generator)
+    if cfg.solarize_p > 0:
+        p["solarize"] = torch.rand(G, generator=generator) < cfg.solarize_p
+    return p
+
+
+# The crop on the CPU. roi_align(sampling_ratio=-1, aligned=True) gives output pixel (i, j) of a box the mean of a
+# gy x gx grid of bilinear samples (g = ceil(box side / output side): anti-aliasing when shrinking). Bilinear weights
+# are a product of a row weight and a column weight, and so is the grid mean: the whole crop + resize is
+# out = Wy @ frame @ Wx^T with Wy (size, H) and Wx (size, W) holding roi_align's per-axis weights, each row with at
+# most 2g non-zeros. _crop_resize_cpu applies it as two 1-D passes over the cropped rows and columns only: the same
+# sums as roi_align in another order (equal to ~1e-6), so CPU and GPU results agree.
+
+def _roi_axis_weights(a: float, b: float, size: int, n: int):
+    """roi_align's weights along one axis for the box edges a < b on an axis of n pixels: indices and weights, each
+    (size, 2 * grid), of the input pixels that output pixel i averages. Float32 arithmetic in the kernel's order."""
+    start = torch.tensor(a, dtype=torch.float32) - 0.5                       # aligned=True: pixel centres at +0.5
+    length = (torch.tensor(b, dtype=torch.float32) - 0.5) - start
+    bin_size = length / size
+    grid = max(int(torch.ceil(length / size)), 1)
+    i = torch.arange(size, dtype=torch.float32)[:, None]
+    k = torch.arange(grid, dtype=torch.float32)[None]
+    pos = start + i * bin_size + (k + 0.5) * bin_size / grid                 # (size, grid) sample positions
+    inside = ((pos >= -1) & (pos <= n)).float()                              # the kernel's "outside -> 0" rule
+    pos = pos.clamp(min=0)
+    low = pos.long()
+    last = low >= n - 1                                                      # at the last pixel: no neighbour
+    low = low.clamp(max=n - 1)
+    frac = torch.where(last, torch.zeros_like(pos), pos - low)
+    idx = torch.cat([low, torch.where(last, low, low + 1)], 1)
+    w = torch.cat([(1 - frac) * inside, frac * inside], 1) / grid
+    return idx, w
+
+
+def _crop_resize_cpu(frames: torch.Tensor, box, size: int, flip: bool) -> torch.Tensor:
+    """roi_align's crop + resize of one group, and the uint8 -> [0, 1] scaling: uint8 frames (F, C, H, W), box (4,)
+    -> float (size, F, C, size). `flip` mirrors the output left-right, for free: the column weights are taken in
+    reverse order."""
+    Fr, C, H, W = frames.shape
+    x1, y1, x2, y2 = box.tolist()
+    iy, wy = _roi_axis_weights(y1, y2, size, H)                              # (size, 2 gy)
+    ix, wx = _roi_axis_weights(x1, x2, size, W)                              # (size, 2 gx)
+    if flip:
+        ix, wx = ix.flip(0), wx.flip(0)
+    r0, r1, c0, c1 = int(iy.min()), int(iy.max()) + 1, int(ix.min()), int(ix.max()) + 1
+    # Only the pixels the box reads are converted to float, rows first: (h, F, C, w).
+    rows = torch.empty(r1 - r0, Fr, C, c1 - c0).copy_(frames[:, :, r0:r1, c0:c1].permute(2, 0, 1, 3))
+    # Rows: each output row is a weighted sum of a few input rows, which is what embedding_bag computes (a "bag" of
+    # row indices with per-index weights), on whole rows of F*C*w values at a time.
+    x = F.embedding_bag(iy - r0, rows.view(r1 - r0, -1), per_sample_weights=wy / 255.0, mode="sum")
+    x = x.view(size * Fr * C, c1 - c0)                                       # (size*F*C, w)
+    # Columns: a matrix product with Wx^T (w, size). Wx is banded (output column j reads input columns near
+    # j * w / size), so it is cut into column blocks and each block multiplies only the input columns it reads.
+    wx_dense = torch.zeros(size, c1 - c0).scatter_add_(1, ix - c0, wx)       # (size, w)
+    out = torch.empty(size * Fr * C, size)
+    blocks = max(1, size // 28)
+    for j in range(blocks):
+        q0, q1 = j * size // blocks, (j + 1) * size // blocks
+        lo, hi = int(ix[q0:q1].min()) - c0, int(ix[q0:q1].max()) + 1 - c0
+        torch.mm(x[:, lo:hi], wx_dense[q0:q1, lo:hi].t(), out=out[:, q0:q1])
+    return out.view(size, Fr, C, size)
+
+
 def _gray(x):  # (..., 3, H, W) -> (..., 1, H, W), ITU-R 601 luma as in torchvision
-    return (0.299 * x[..., 0:1, :, :] + 0.587 * x[..., 1:2, :, :] + 0.114 * x[..., 2:3, :, :])
+    return (0.299 * x[..., 0:1, :, :]).add_(x[..., 1:2, :, :], alpha=0.587).add_(x[..., 2:3, :, :], alpha=0.114)
 
 
-def _rgb_to_hsv(x):  # (..., 3, H, W) -> h, s, v each (..., H, W); torchvision's formulas
+def _hue(x, f, out):
+    """Rotate the hue of x (G, F, 3, h, w) by f (G,) turns, into `out` (which may be x): torchvision's
+    RGB -> HSV -> RGB round trip, in the fewest full-size ops. The rotation keeps saturation and value, so the HSV
+    triple is never built: the max and min of the channels stay, only the hue (in sixths of a turn) is computed and
+    shifted, and each channel is min + (max - min) * a triangle wave of the hue (the branch-free form of the
+    six-sector table). Choices between sectors are lerps with 0/1 float masks, and the wrap-around is
+    h - 6 floor(h / 6): torch.where, bool masks and torch.remainder take several times longer on CPUs."""
     r, g, b = x.unbind(-3)
-    maxc, _ = x.max(-3)
-    minc, _ = x.min(-3)
-    delta = maxc - minc
-    s = delta / maxc.clamp(min=1e-8)
-    dc = delta.clamp(min=1e-8)
-    h = torch.where(maxc == r, (g - b) / dc, torch.where(maxc == g, 2.0 + (b - r) / dc, 4.0 + (r - g) / dc))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    return h, s, maxc
+    mx, mn = torch.maximum(r, g), torch.minimum(r, g)                       # each (G, F, h, w)
+    mx, mn = torch.maximum(mx, b, out=mx), torch.minimum(mn, b, out=mn)
+    d = mx - mn
+    inv = d.clamp(min=1e-8).reciprocal_()       # grays (d = 0) get some hue; d * anything = 0 keeps them gray
+    # The hue on the sector of the largest channel; red wins ties, then green (as in torchvision). Two scratch
+    # tensors are reused for the temporaries: fresh allocations of this size cost page faults on CPUs.
+    end, mask = torch.empty_like(d), torch.empty_like(d)
+    h = (r - g).mul_(inv).add_(4.0)                                                              # blue largest
+    h.lerp_(torch.sub(b, r, out=end).mul_(inv).add_(2.0), torch.eq(mx, g, out=mask))            # green largest
+    h.lerp_(torch.sub(g, b, out=end).mul_(inv), torch.eq(mx, r, out=mask))                      # red largest
+    h.add_(6.0 * f.view(-1, 1, 1, 1))
+    h.sub_(torch.div(h, 6.0, out=end).floor_().mul_(6.0))                    # back into [0, 6)
+    for c, centre, flip in ((0, 3.0, False), (1, 2.0, True), (2, 4.0, True)):  # red, green, blue
+        wave = torch.sub(h, centre, out=end).abs_()
+        wave = wave.sub_(1.0) if not flip else wave.neg_().add_(2.0)         # |h-3|-1 for red, 2-|h-c| for the others
+        torch.addcmul(mn, d, wave.clamp_(0.0, 1.0), out=out[:, :, c])
+    return out
 
 
-def _hsv_to_rgb(h, s, v):  # -> (..., 3, H, W)
-    """The six-sector HSV -> RGB map in its branch-free form: channel n (5, 3, 1 for R, G, B) is
-    v - v s clamp(min(k, 4 - k), 0, 1) with k = (n + 6h) mod 6. Same values as torchvision's table lookup, without
-    building a (6, 3, ...) table of candidate colours (that table made the hue op the slowest step on CPUs)."""
-    return torch.stack([v - v * s * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
-                        for k in ((n + 6.0 * h) % 6.0 for n in (5.0, 3.0, 1.0))], -3)
-
-
-def _jitter_op(op, x, f):
-    """One colour op on x (G, F, 3, h, w) in [0, 1] with per-group factor f (G,)."""
+def _jitter_op(op, x, f, out=None):
+    """One colour op on x (G, F, 3, h, w) in [0, 1] with per-group factor f (G,), into `out` (x itself: in place;
+    None: a new tensor). Brightness, contrast and saturation blend x with black, the clip's mean gray or the gray
+    image: x * f + other * (1 - f)."""
+    out = torch.empty_like(x) if out is None else out
+    if op == 3:    # hue: rotate the hue circle by f (in turns)
+        return _hue(x, f, out)
     f = f.view(-1, 1, 1, 1, 1)
     if op == 0:    # brightness: scale
-        y = x * f
-    elif op == 1:  # contrast: blend with the clip's mean gray level (over all its frames: temporally consistent)
-        y = x * f + _gray(x).mean(dim=(1, 2, 3, 4), keepdim=True) * (1 - f)
-    elif op == 2:  # saturation: blend with the grayscale image
-        y = x * f + _gray(x) * (1 - f)
-    else:          # hue: rotate the hue circle by f (in turns)
-        h, s, v = _rgb_to_hsv(x)                                  # each (G, F, h, w)
-        y = _hsv_to_rgb((h + f.view(-1, 1, 1, 1)) % 1.0, s, v)
-    return y.clamp(0, 1)
+        torch.mul(x, f, out=out)
+    elif op == 1:  # contrast: blend with the clip's mean gray level (over all its frames: temporally consistent);
+        # the mean of the gray image is the gray of the channel means, which needs no gray image
+        m = x.mean(dim=(1, 3, 4))                                                                  # (G, C)
+        mean = 0.299 * m[:, 0] + 0.587 * m[:, 1] + 0.114 * m[:, 2]                                 # (G,)
+        torch.mul(x, f, out=out).add_(mean.view(-1, 1, 1, 1, 1) * (1 - f))
+    else:          # saturation: blend with the grayscale image
+        gray = _gray(x).mul_(1 - f)
+        torch.mul(x, f, out=out).add_(gray)
+    return out.clamp_(0, 1)
 
 
-def _blur(x, sigma, radius):
+def _blur(x, sigma, radius, out=None):
     """Separable Gaussian blur with a per-group sigma: x (G, F, C, h, w), sigma (G,). One grouped conv per axis."""
     G, Fr, C, h, w = x.shape
     k = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
@@ -1517,62 +1617,83 @@ def _blur(x, sigma, radius):
     y = rearrange(x, "g f c h w -> 1 (g f c) h w")
     y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), kern[:, None, None, :], groups=G * Fr * C)
     y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), kern[:, None, :, None], groups=G * Fr * C)
-    return rearrange(y, "1 (g f c) h w -> g f c h w", g=G, f=Fr)
+    y = rearrange(y, "1 (g f c) h w -> g f c h w", g=G, f=Fr)
+    return y if out is None else out.copy_(y)
+
+
+def _on_groups(x, chosen, fn, *args):
+    """x[chosen] = fn(x[chosen], *(a[chosen] for a in args)), with `chosen` a CPU bool (G,). Only the chosen groups
+    are computed (a whole-batch torch.where would compute both branches everywhere); when all of them are chosen
+    (always, for the one-group blocks of the CPU path) fn writes into x directly (out=x), without the index copies."""
+    sel = torch.nonzero(chosen).flatten()
+    if len(sel) == len(x):
+        fn(x, *args, out=x)
+    elif len(sel):
+        sel = sel.to(x.device)
+        x[sel] = fn(x[sel], *(a[sel] for a in args))
+
+
+def _grayscale(x, out=None):  # every channel := the gray image
+    y = _gray(x).expand_as(x)
+    return y if out is None else out.copy_(y)
+
+
+def _solarize(x, out=None):
+    return torch.where(x >= 0.5, 1.0 - x, x, out=out)
+
+
+def _photometric(x, p: dict, cfg: AugmentConfig, size: int):
+    """Colour jitter, grayscale, blur and solarize, in place on x (G, F, C, s, s) in [0, 1], with the draws p of
+    these G groups (bools on the CPU, factors on x's device)."""
+    if "jitter" in p:
+        # Random order: for each of the 4 positions, each op is applied to the groups that drew it at that position.
+        # Groups that skip jitter (prob 1 - jitter_p) are never chosen.
+        for pos in range(4):
+            for op in range(4):
+                if cfg.jitter[op] != 0:
+                    chosen = p["jitter"] & (p["order"][:, pos] == op)
+                    _on_groups(x, chosen, functools.partial(_jitter_op, op), p["factors"][:, op])
+    if "gray" in p:
+        _on_groups(x, p["gray"], _grayscale)
+    if "blur" in p:
+        radius = max(1, (size // 10) // 2)  # CVRL: kernel size = size // 10 (22 at 224 -> 23 taps)
+        _on_groups(x, p["blur"], functools.partial(_blur, radius=radius), p["sigma"])
+    if "solarize" in p:
+        _on_groups(x, p["solarize"], _solarize)
 
 
 def augment(video: torch.Tensor, size: int, cfg: AugmentConfig = AugmentConfig(), generator=None) -> torch.Tensor:
     """uint8 (B, C, T, H, W) on any device -> float (B, C, T, size, size) in [0, 1], augmented per cfg.
 
     Order as in CVRL's official pipeline: random resized crop -> flip -> colour jitter (p, random order) ->
-    grayscale (p) -> blur (p) -> solarize (p). No mean/std normalisation here (see normalize())."""
+    grayscale (p) -> blur (p) -> solarize (p). No mean/std normalisation here (see normalize()).
+    The crop + resize is roi_align's (a mean of bilinear samples, anti-aliased when shrinking), on every device: on
+    the CPU through _crop_resize_cpu, the same weights applied as two 1-D passes (results equal to ~1e-6)."""
     B, C, T, H, W = video.shape
     dev = video.device
     G, Fr = (B * T, 1) if cfg.per_frame else (B, T)
+    p = _draw(G, H, W, cfg, generator)
+    if dev.type == "cpu":
+        out = torch.empty(B, C, T, size, size)
+        frames, x = video.transpose(1, 2), out.transpose(1, 2)               # (B, T, C, H, W), (B, T, C, s, s) views
+        for g in range(G):
+            b, t = divmod(g * Fr, T)                                         # group g = frames t..t+F-1 of clip b
+            xg = x[b, t:t + Fr]                                              # (F, C, s, s), a view of out
+            xg.copy_(_crop_resize_cpu(frames[b, t:t + Fr], p["boxes"][g], size, bool(p["flip"][g])).permute(1, 2, 0, 3))
+            _photometric(xg[None], {k: v[g:g + 1] for k, v in p.items()}, cfg, size)
+        return out
     # Crop + resize: one roi_align over all B*T frames, each frame with its group's box. sampling_ratio=-1 averages
     # ceil(box/out) samples per output pixel, so downscaling is anti-aliased; aligned=True makes a full-frame box
     # reproduce the frame exactly.
-    boxes = sample_crop_boxes(G, H, W, cfg.area, cfg.aspect, generator).repeat_interleave(Fr, 0)  # (B*T, 4)
-    frames = rearrange(video, "b c t h w -> (b t) c h w").float()                                 # (B*T, C, H, W)
+    boxes = p["boxes"].repeat_interleave(Fr, 0)                                                   # (B*T, 4)
     rois = torch.cat([torch.arange(B * T, dtype=torch.float)[:, None], boxes], 1).to(dev)
+    frames = rearrange(video, "b c t h w -> (b t) c h w").float()                                 # (B*T, C, H, W)
     x = roi_align(frames, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True) / 255.0
     x = rearrange(x, "(g f) c h w -> g f c h w", g=G)                                             # (G, F, C, s, s)
-    # Flip, grayscale, blur: drawn for every group (so the random stream does not depend on the data), applied by
-    # indexing only the groups that drew them -- a whole-batch torch.where would compute both branches everywhere.
-    flip = torch.nonzero(torch.rand(G, generator=generator) < cfg.flip_p).flatten().to(dev)
+    flip = torch.nonzero(p["flip"]).flatten().to(dev)
     if len(flip):
         x[flip] = x[flip].flip(-1)
-    # Colour jitter: factors drawn per group; groups that skip jitter (prob 1 - jitter_p) get identity factors.
-    # Random order: for each of the 4 positions, each op is applied to the groups that drew it at that position.
-    if cfg.jitter_p > 0 and any(cfg.jitter):
-        bs, cs, ss, hs = cfg.jitter
-        on = torch.rand(G, generator=generator) < cfg.jitter_p
-        fac = torch.stack([torch.empty(G).uniform_(max(0, 1 - bs), 1 + bs, generator=generator),
-                           torch.empty(G).uniform_(max(0, 1 - cs), 1 + cs, generator=generator),
-                           torch.empty(G).uniform_(max(0, 1 - ss), 1 + ss, generator=generator),
-                           torch.empty(G).uniform_(-hs, hs, generator=generator)], 1)
-        order = torch.rand(G, 4, generator=generator).argsort(1)
-        fac, order, on = fac.to(dev), order.to(dev), on.to(dev)
-        for pos in range(4):
-            for op in range(4):
-                if op == 3 and hs == 0 or op < 3 and (bs, cs, ss)[op] == 0:
-                    continue
-                sel = torch.nonzero(on & (order[:, pos] == op)).flatten()
-                if len(sel):
-                    x[sel] = _jitter_op(op, x[sel], fac[sel, op])
-    if cfg.gray_p > 0:
-        gray = torch.nonzero(torch.rand(G, generator=generator) < cfg.gray_p).flatten().to(dev)
-        if len(gray):
-            x[gray] = _gray(x[gray]).expand(-1, -1, C, -1, -1)
-    if cfg.blur_p > 0:
-        sel = torch.nonzero(torch.rand(G, generator=generator) < cfg.blur_p).flatten()
-        sigma = torch.empty(G).uniform_(*cfg.blur_sigma, generator=generator)
-        radius = max(1, (size // 10) // 2)  # CVRL: kernel size = size // 10 (22 at 224 -> 23 taps)
-        if len(sel):
-            sel = sel.to(dev)
-            x[sel] = _blur(x[sel], sigma.to(dev)[sel], radius)
-    if cfg.solarize_p > 0:
-        s = (torch.rand(G, generator=generator) < cfg.solarize_p).to(dev).view(-1, 1, 1, 1, 1)
-        x = torch.where(s & (x >= 0.5), 1.0 - x, x)
+    _photometric(x, {k: v.to(dev) if k in ("factors", "sigma") else v for k, v in p.items()}, cfg, size)
     return rearrange(x, "g f c h w -> (g f) c h w").view(B, T, C, size, size).permute(0, 2, 1, 3, 4).contiguous()
 
 
