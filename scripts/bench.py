@@ -1223,8 +1223,8 @@ def render_run(r, lines):
               f"PyAV {env['av']}, Python {env['python']}; {env.get('torch_threads', '?')} torch thread(s) in the "
               f"main process, 1 in each DataLoader worker", ""]
     if env["device"].startswith("CPU"):
-        lines += ["> CPU numbers were measured on a shared 2-core VM under load; relative comparisons only. "
-                  "MFU and peak memory are reported on GPUs only.", ""] if env["cpu_cores"] <= 2 else \
+        lines += ["> CPU numbers come from a 2-core VM that other jobs may share (see the load average at start); "
+                  "compare rows within a run. MFU and peak memory are reported on GPUs only.", ""] if env["cpu_cores"] <= 2 else \
                  ["> CPU run: MFU and peak memory are reported on GPUs only.", ""]
     if r.get("model"):
         m = r["model"]
