@@ -119,10 +119,11 @@ class _Timeline:
         times; shifted by the first keyframe's pts - dts they can still fall up to 2 frames early, which
         `_split_runs` allows for. None: not known (then the 1-second rule decides)."""
 
-    def __init__(self, start_pts: int, tb: float, fps: float, delay: int, keyframes: list[int] | None, index):
+    def __init__(self, start_pts: int, tb: float, fps: float, delay: int, keyframes: list[int] | None, index,
+                 from_start: bool = False):
         self.start_pts, self.tb, self.fps, self.delay = start_pts, tb, fps, delay
         self.keyframes, self.index = keyframes, index  # sorted frame indices | av IndexEntries | None
-        self.from_start = False  # decode every run from the start of the file (see _stream_info)
+        self.from_start = from_start  # decode every run from the start of the file (see _stream_info)
 
     def keyframe_between(self, lo: int, hi: int) -> bool | None:
         if self.keyframes is None and self.index is None:
@@ -194,11 +195,11 @@ def _stream_info(container, stream, path, first_frame: bool = False) -> tuple[Vi
         raise VideoError(path, "has no frames")
     keyframes = sorted(round(float((p - start_pts) * tb) * fps) for p in key_pts) if count else None
     index = stream.index_entries if not count and len(stream.index_entries) >= num_frames else None
-    timeline = _Timeline(start_pts, float(tb), fps, delay, keyframes, index)
     # Fewer packets than the header promises, found while reading the first GOP: a tiny or truncated file. Demuxing
     # it to its end can enter a damaged last packet into the demuxer's index as a keyframe (AVI does), and a seek
     # would then land on it; such a file is read from its start every time, as a sequential decode would.
-    timeline.from_start = ran_out and not count and counted < num_frames
+    from_start = ran_out and not count and counted < num_frames
+    timeline = _Timeline(start_pts, float(tb), fps, delay, keyframes, index, from_start)
     cc = stream.codec_context
     width, height, rotation = cc.width, cc.height, 0
     if first_frame:
@@ -290,6 +291,14 @@ def _decode_indices(container, stream, path, info: VideoInfo, timeline: _Timelin
     if wanted[-1] >= info.num_frames:
         raise IndexError(f"frame {wanted[-1]} asked for, but {path} has {info.num_frames} frames (0..{info.num_frames - 1})")
     out = _Output(len(indices), rows)
+
+    def seek(t0: float, margin):  # to the keyframe before time t0 - margin; margin None: the start of the file
+        if margin is None:
+            container.seek(0)
+        else:
+            ts = max(int((t0 - margin) / tb) + timeline.start_pts, 0)
+            container.seek(ts, stream=stream, backward=True, any_frame=False)
+
     for run in _split_runs(wanted, info, timeline, max_gap_s):
         targets = [i / info.fps for i in run]  # seconds since frame 0
         for margin in ((None,) if timeline.from_start else (0.0, 1.0, 5.0, None)):
@@ -297,21 +306,14 @@ def _decode_indices(container, stream, path, info: VideoInfo, timeline: _Timelin
             # demuxer lands after the first wanted frame (AVI indexes by decode time, mislabelled keyframes, a bad
             # index), seek further back; the last resort is the very start of the file, which always works.
             try:
-                if margin is None:
-                    container.seek(0)
-                else:
-                    ts = max(int((targets[0] - margin) / tb) + timeline.start_pts, 0)
-                    container.seek(ts, stream=stream, backward=True, any_frame=False)
+                seek(targets[0], margin)
             except av.error.FFmpegError:
                 continue  # some demuxers refuse some seeks: try further back
             stats["seeks"] = stats.get("seeks", 0) + 1
             status = _decode_run(container, stream, path, info, timeline.start_pts, run, targets, size, stats, out)
-            if status == "redo":
+            if status == "redo":  # the same position again, every frame decoded this time
                 stats["redone"] = stats.get("redone", 0) + 1
-                if margin is None:
-                    container.seek(0)
-                else:
-                    container.seek(ts, stream=stream, backward=True, any_frame=False)
+                seek(targets[0], margin)
                 status = _decode_run(container, stream, path, info, timeline.start_pts, run, targets, size, stats,
                                      out, skip=False)
             if status != "overshoot":

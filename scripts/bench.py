@@ -1467,44 +1467,24 @@ def main(argv=None):
     log(f"bench: preset {preset}, device {env['device']}, CPU {env['cpu']} x{env['cpu_cores']}, torch {env['torch']}")
     run = dict(preset=preset, env=env, timing=dict(warmup=P["warmup"], windows=P["windows"], per_window=P["per_window"]))
     t_all = time.perf_counter()
-    if "model" in sections:
-        log("1. model step")
-        t0 = time.perf_counter()
-        run["model"] = bench_models(P, device, log)
-        run["model"]["seconds"] = time.perf_counter() - t0
-        log(f"   (model: {run['model']['seconds']:.0f} s)")
-    if "pipeline" in sections:
-        log("2. input pipeline")
-        cache = Path(a.video_cache) if a.video_cache else ROOT / "results" / "cache" / "bench-videos"
+    cache = Path(a.video_cache) if a.video_cache else ROOT / "results" / "cache" / "bench-videos"
+    if {"pipeline", "reencode", "decoders"} & set(sections):
         cache.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        run["pipeline"] = bench_pipeline(P, device, max(1, a.workers), cache, log)
-        run["pipeline"]["seconds"] = time.perf_counter() - t0
-        log(f"   (pipeline: {run['pipeline']['seconds']:.0f} s)")
-    if "augment" in sections:
-        log("3. augmentation")
-        t0 = time.perf_counter()
-        devices = ([torch.device("cpu")] if a.augment_cpu == "yes" or device.type != "cuda" else []) \
-            + ([device] if device.type == "cuda" else [])
-        run["augment"] = bench_augment(P, devices, log)
-        run["augment"]["seconds"] = time.perf_counter() - t0
-        log(f"   (augment: {run['augment']['seconds']:.0f} s)")
-    if "reencode" in sections:
-        log("4. re-encode formats")
-        cache = Path(a.video_cache) if a.video_cache else ROOT / "results" / "cache" / "bench-videos"
-        cache.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        run["reencode"] = bench_reencode(P, cache, log, device)
-        run["reencode"]["seconds"] = time.perf_counter() - t0
-        log(f"   (reencode: {run['reencode']['seconds']:.0f} s)")
-    if "decoders" in sections:
-        log("5. decoders: ours, the peers, the limit")
-        cache = Path(a.video_cache) if a.video_cache else ROOT / "results" / "cache" / "bench-videos"
-        cache.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        run["decoders"] = bench_decoders(P, cache, log)
-        run["decoders"]["seconds"] = time.perf_counter() - t0
-        log(f"   (decoders: {run['decoders']['seconds']:.0f} s)")
+    devices = ([torch.device("cpu")] if a.augment_cpu == "yes" or device.type != "cuda" else []) \
+        + ([device] if device.type == "cuda" else [])  # the augmentation section's
+    steps = {"model": ("1. model step", lambda: bench_models(P, device, log)),
+             "pipeline": ("2. input pipeline", lambda: bench_pipeline(P, device, max(1, a.workers), cache, log)),
+             "augment": ("3. augmentation", lambda: bench_augment(P, devices, log)),
+             "reencode": ("4. re-encode formats", lambda: bench_reencode(P, cache, log, device)),
+             "decoders": ("5. decoders: ours, the peers, the limit", lambda: bench_decoders(P, cache, log))}
+    for sec in SECTIONS:  # in this order, whatever the order of --only
+        if sec in sections:
+            title, measure = steps[sec]
+            log(title)
+            t0 = time.perf_counter()
+            run[sec] = measure()
+            run[sec]["seconds"] = time.perf_counter() - t0
+            log(f"   ({sec}: {run[sec]['seconds']:.0f} s)")
     for sec in sections:
         run[sec]["measured"] = dict(date=env["date"], command=env["command"], load_avg=env["load_avg"])
     run["total_s"] = time.perf_counter() - t_all
