@@ -1036,8 +1036,10 @@ def _trail_mask(p, i, S, trail, step, shift=(0, 0), masks=None):
 
 
 def render_synthetic_video(label: int, rng: np.random.Generator, size=64, frames=48, nuisance=0.0,
-                           trail=0.0) -> np.ndarray:
-    """One synthetic action video -> uint8 (T, H, W, 3). `trail` in [0, 1]: the motion trail's strength."""
+                           trail=0.0, context=0.0, clutter=0.0, noise=0.0) -> np.ndarray:
+    """One synthetic action video -> uint8 (T, H, W, 3). `trail` in [0, 1]: the motion trail's strength;
+    `context`: the probability that the video shows its action's usual scene (see _context); `clutter` and `noise`:
+    the camera's look (see _camera)."""
     S, T = size, frames
     t = np.arange(T) / (T - 1)
     step = _trail_step(T)
@@ -1058,6 +1060,9 @@ def render_synthetic_video(label: int, rng: np.random.Generator, size=64, frames
         d_par = (rng.uniform(m, S - m), rng.uniform(m, S - m), rng.uniform(r_lo, r_hi), rng.uniform(0, 6.28),
                  int(rng.choice([3, 4, 5])), _hsv_colour(rng, nz))
     masks = [_shape_mask(p, i, S) for i in range(pre + T)] if nz == 0 else None  # no pan: each mask once
+    # the scene: with probability `context` the video is filmed in its action's usual scene (a ground in the class's
+    # hue, fainter than in the stills), otherwise on a neutral one
+    scene = _context(label, rng, S, rng.uniform(*VIDEO_CONTEXT)) if context > 0 and rng.random() < context else 0.0
     video = np.zeros((T, S, S, 3), np.float32)
     for i in range(T):
         if nz > 0:
@@ -1071,9 +1076,44 @@ def render_synthetic_video(label: int, rng: np.random.Generator, size=64, frames
                 frame = frame * (1 - mk) + mk * dc
         else:
             frame, shift = np.zeros((S, S, 3), np.float32), (0, 0)
+        frame = frame + scene
         mk = _trail_mask(p, pre + i, S, trail, step, shift, masks)[..., None]
         video[i] = frame * (1 - mk) + mk * colour
+    video = _camera(video, rng, clutter, noise)
     return (video.clip(0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+CONTEXT_HEIGHT = 0.25  # the scene's ground: the bottom quarter of the frame
+VIDEO_CONTEXT = (0.15, 0.4)  # the ground's strength in a video that shows it (the stills': STILL_CONTEXT)
+
+
+def _context(label: int, rng: np.random.Generator, size: int, strength: float) -> np.ndarray:
+    """The scene an action is typically filmed in, float (size, size, 3): a textured ground along the bottom of the
+    frame in the class's own hue (class k: hue k/8), `strength` at most. A stand-in for what lets an image model
+    name an action from one frame (a pool for swimming, a bow for archery): it says nothing about the motion
+    itself, it is not in every video, and a small crop away from the ground does not show it."""
+    hue = label / len(SYNTHETIC_CLASSES)
+    rgb = np.array([abs(hue * 6 - 3) - 1, 2 - abs(hue * 6 - 2), 2 - abs(hue * 6 - 4)]).clip(0, 1)
+    texture = 0.5 + 0.5 * _smooth_texture(rng, size, size)  # (size, size) in [0.5, 1]
+    ground = (np.arange(size) >= round((1 - CONTEXT_HEIGHT) * size)).astype(np.float32)[:, None, None]  # (size, 1, 1)
+    return (strength * ground * texture[..., None] * rgb).astype(np.float32)
+
+
+def _camera(frames: np.ndarray, rng: np.random.Generator, clutter: float, noise: float) -> np.ndarray:
+    """What a camera adds to the drawn scene, float (N, H, W, 3) in [0, 1]: a static grey textured background
+    behind the shape, of strength U(0, clutter) (drawn once per video: a cluttered room; grey, so that it never
+    looks like a scene's tint), and sensor noise of std U(0, noise) (fresh in every frame). Each video draws its own
+    levels, so some are clean and some hard to read, as real footage is. Nothing is drawn when a knob is 0: the
+    videos of before the knobs stay byte-identical."""
+    if clutter > 0:
+        level = rng.uniform(0, clutter)
+        H, W = frames.shape[1:3]
+        bg = np.repeat(level * _smooth_texture(rng, H, W)[..., None], 3, axis=-1).astype(np.float32)  # (H, W, 3)
+        shape = frames.max(axis=-1, keepdims=True)  # (N, H, W, 1): where the shape and its trail are drawn
+        frames = frames + bg * (1 - shape.clip(0, 1))  # behind them: a ghost lets the background show through
+    if noise > 0:
+        frames = frames + rng.normal(0, rng.uniform(0, noise), frames.shape).astype(np.float32)
+    return frames
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -1135,27 +1175,51 @@ def caption(attrs: dict, rng: np.random.Generator) -> str:
     return re.sub(r"\ba (?=[aeiou])", "an ", text)  # "an orange square"
 
 
-def render_still(rng: np.random.Generator, size=32, frames=16) -> tuple[np.ndarray, dict]:
-    """One captioned still -> (uint8 (size, size, 3), attributes): one of the last frames of a random class's motion
-    over `frames` frames, late enough to carry the whole trail, drawn in a random named colour. Being late in the
-    motion, the still also shows where the motion led (a growing shape is large, a rising one high): static cues, as
-    a photo of an action has. (Stills drawn uniformly over the motion taught the tiny CLIP almost no motion in the
-    same steps: 18% zero-shot on held-out stills against 47%; docs/results.md.)"""
+# The stills' own look, a little varied as web photos are: a faint textured background up to STILL_CLUTTER and
+# sensor noise up to STILL_NOISE (data._camera). Videos may be filmed in far more clutter and noise (--clutter,
+# --noise): the gap between the two is what adapting the image CLIP to video has to bridge.
+STILL_CLUTTER, STILL_NOISE = 0.3, 0.03
+STILL_TRAIL = 1.0  # the trail's strength in the stills
+STILL_CONTEXT = (0.2, 0.5)  # the scene's tint in the stills: photos of an action show its usual scene
+
+
+def render_still(rng: np.random.Generator, size=32, frames=16, label=None, colour=None,
+                 shape=None) -> tuple[np.ndarray, dict]:
+    """One captioned still -> (uint8 (size, size, 3), attributes): one frame of a class's motion over `frames`
+    frames, any frame of it, drawn with the whole trail of its recent past (the motion starts one trail span before
+    the frames, as a video's does) in a named colour. A frame drawn anywhere in the motion reads the same way early
+    or late in a video: what carries the motion is the trail, not where the motion has led. The class, the colour
+    name and the shape (sides, aspect) are random unless given."""
     step = _trail_step(frames)
-    p = synthetic_motion(int(rng.integers(len(SYNTHETIC_CLASSES))), rng, size, frames)
-    i = int(rng.integers(TRAIL_GHOSTS * step, frames))
-    name = list(STILL_COLOURS)[int(rng.integers(len(STILL_COLOURS)))]
-    mk = _trail_mask(p, i, size, 1.0, step)[..., None]
-    img = (mk * np.array(STILL_COLOURS[name], np.float32)).clip(0, 1)
-    return (img * 255 + 0.5).astype(np.uint8), {**still_attributes(p, i, size), "colour": name}
+    pre = TRAIL_GHOSTS * step
+    label = int(rng.integers(len(SYNTHETIC_CLASSES))) if label is None else label
+    p = synthetic_motion(label, rng, size, frames + pre)
+    if shape is not None:
+        p["sides"], p["aspect"] = shape
+    i = pre + int(rng.integers(frames))
+    name = list(STILL_COLOURS)[int(rng.integers(len(STILL_COLOURS)))] if colour is None else colour
+    mk = _trail_mask(p, i, size, STILL_TRAIL, step)[..., None]
+    scene = _context(label, rng, size, rng.uniform(*STILL_CONTEXT)) if STILL_CONTEXT[1] > 0 else 0.0
+    img = scene * (1 - mk) + mk * np.array(STILL_COLOURS[name], np.float32)
+    img = _camera(img[None], rng, STILL_CLUTTER, STILL_NOISE)[0]
+    return (img.clip(0, 1) * 255 + 0.5).astype(np.uint8), {**still_attributes(p, i, size), "colour": name}
+
+
+STILL_GROUP = len(SYNTHETIC_CLASSES)
 
 
 def _stills_chunk(job):
     seed, start, n, size = job
     images, attrs, captions = [], [], []
     for k in range(start, start + n):
-        rng = np.random.default_rng([seed, k])  # one generator per still: the corpus does not depend on chunking
-        img, a = render_still(rng, size)
+        # one generator per still (the corpus does not depend on chunking) and one per group of STILL_GROUP stills:
+        # a group shares its colour and shape and shows every motion once, in a random order (see make_stills)
+        grng = np.random.default_rng([seed, k // STILL_GROUP, 1])
+        order = grng.permutation(len(SYNTHETIC_CLASSES))
+        colour = list(STILL_COLOURS)[int(grng.integers(len(STILL_COLOURS)))]
+        shape = (int(grng.choice([3, 4, 5, 4])), float(grng.choice([1.0, 1.0, 1.6])))
+        rng = np.random.default_rng([seed, k])
+        img, a = render_still(rng, size, label=int(order[k % STILL_GROUP]), colour=colour, shape=shape)
         images.append(img)
         attrs.append(a)
         captions.append(caption(a, rng))
@@ -1196,14 +1260,14 @@ def write_video(path, frames: np.ndarray, fps=16, codec="libx264", options=None,
 
 
 def _write_synthetic_one(job):
-    path, label, seed, size, frames, fps, nuisance, trail = job
+    path, label, seed, size, frames, fps, nuisance, trail, context, clutter, noise = job
     rng = np.random.default_rng(seed)
-    write_video(path, render_synthetic_video(label, rng, size, frames, nuisance, trail), fps,
+    write_video(path, render_synthetic_video(label, rng, size, frames, nuisance, trail, context, clutter, noise), fps,
                 options={"crf": "18", "threads": "1", "preset": "veryfast"})
 
 
 def make_synthetic(out, train_per_class=60, test_per_class=50, size=64, frames=48, fps=16, nuisance=0.0, seed=0,
-                   workers=None, progress=True, trail=0.0):
+                   workers=None, progress=True, trail=0.0, context=0.0, clutter=0.0, noise=0.0):
     """Write the synthetic dataset: out/{train,test}/<class>/<class>_NNNN.mp4, train.txt / test.txt
     (`<relative path> <label>`), classes.txt. Deterministic in `seed` (each video has its own seed)."""
     import multiprocessing as mp
@@ -1216,7 +1280,7 @@ def make_synthetic(out, train_per_class=60, test_per_class=50, size=64, frames=4
             for i in range(n):
                 rel = f"{split}/{name}/{name}_{i:04d}.mp4"
                 vseed = int(np.random.SeedSequence([seed, sid, c, i]).generate_state(1)[0])
-                jobs.append((str(out / rel), c, vseed, size, frames, fps, nuisance, trail))
+                jobs.append((str(out / rel), c, vseed, size, frames, fps, nuisance, trail, context, clutter, noise))
                 lists[split].append(f"{rel} {c}")
     workers = workers or min(len(os.sched_getaffinity(0)), 8)
     with mp.get_context("fork").Pool(workers) as pool:
@@ -1234,13 +1298,16 @@ def cache_dir() -> Path:
 
 
 def ensure_synthetic(root=None, train_per_class=60, test_per_class=50, size=64, frames=48, fps=16, nuisance=0.0,
-                     seed=0, trail=0.0) -> str:
+                     seed=0, trail=0.0, context=0.0, clutter=0.0, noise=0.0) -> str:
     """The synthetic dataset's folder, generated once. Without `root` it lives in the cache dir under a name that
     encodes every knob, so changing a knob never reuses stale videos. Generation goes to a temporary folder that is
     renamed into place: concurrent processes (torchrun ranks) cannot see a half-written dataset."""
     if root is None:
         tag = f"synthetic-v1-s{size}-f{frames}-fps{fps}-n{nuisance:g}-{train_per_class}x{test_per_class}-seed{seed}"
         tag += f"-trail{trail:g}" if trail else ""  # trail 0: the name (and the videos) of before the knob existed
+        tag += f"-context{context:g}" if context else ""  # likewise the scene's and the camera's knobs
+        tag += f"-clutter{clutter:g}" if clutter else ""
+        tag += f"-noise{noise:g}" if noise else ""
         root = cache_dir() / tag
     root = Path(root)
     if (root / "classes.txt").exists():
@@ -1252,7 +1319,8 @@ def ensure_synthetic(root=None, train_per_class=60, test_per_class=50, size=64, 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp", dir=root.parent))
     print(f"generating the synthetic dataset once into {root} ...", file=sys.stderr)
-    make_synthetic(tmp, train_per_class, test_per_class, size, frames, fps, nuisance, seed, trail=trail)
+    make_synthetic(tmp, train_per_class, test_per_class, size, frames, fps, nuisance, seed, trail=trail,
+                   context=context, clutter=clutter, noise=noise)
     try:
         os.rename(tmp, root)
     except OSError:  # another process finished first (same seed, same content) or root exists and is not ours

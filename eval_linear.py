@@ -89,6 +89,7 @@ class Config:
     # what to evaluate
     ckpt: str = ""                  # checkpoint of cvrl.py or lss.py (required)
     random_init: bool = False       # the baseline: the checkpoint's network with fresh weights (seeded by --seed)
+    network: str = "backbone"       # which weights: backbone (the evaluated network; LSS: the teacher) | student (LSS)
     # data (None: the checkpoint's own settings when --dataset is not given, so a synthetic run needs no flags)
     dataset: str | None = None      # auto (from --data) | synthetic | folder | ucf101 | hmdb51 | kinetics
     data: str | None = None         # dataset root
@@ -611,11 +612,18 @@ def main(argv=None) -> dict:
     module = import_method(method)
     cfg = resolve_config(cfg, ckpt_cfg)
     device = resolve_device(cfg.device)
+    if cfg.network == "student":  # LSS's other network: its weights under the backbone's keys
+        if not hasattr(module, "student_backbone_state") or "student" not in ckpt:
+            raise SystemExit(f"error: --network student: {cfg.ckpt} ({method}) has no student network")
+        ckpt = {**ckpt, "backbone": module.student_backbone_state(ckpt)}
+    elif cfg.network != "backbone":
+        raise SystemExit(f"error: --network must be backbone or student, got {cfg.network!r}")
     backbone = build_frozen_backbone(module, ckpt, cfg.random_init, cfg.seed).to(device)
     sha = data.state_dict_sha1(backbone.state_dict())
     arch = ckpt_cfg.get("arch")
     what = (f"RANDOM-INIT BASELINE: {method} {arch} with fresh weights (seed {cfg.seed}), checkpoint weights NOT "
-            f"loaded" if cfg.random_init else f"{method} {arch} from {cfg.ckpt} (step {ckpt.get('step')})")
+            f"loaded" if cfg.random_init else f"{method} {arch} from {cfg.ckpt} (step {ckpt.get('step')}"
+            f"{', the student' if cfg.network == 'student' else ''})")
     print(f"linear eval | {what} | feature {backbone.feature_dim}-d | {device}")
     print(json.dumps(asdict(cfg)))
 
@@ -670,7 +678,7 @@ def main(argv=None) -> dict:
         "top1": round(100.0 * correct1.float().mean().item(), 2),
         "top5": round(100.0 * correct5.float().mean().item(), 2),
         "num_train": len(ytr), "num_test": len(yte), "num_classes": len(classes),
-        "skipped": skipped, "per_class": per_class, "random_init": cfg.random_init,
+        "skipped": skipped, "per_class": per_class, "random_init": cfg.random_init, "network": cfg.network,
         "ckpt": str(cfg.ckpt), "method": method, "arch": arch,
         "step": int(ckpt["step"]) if ckpt.get("step") is not None else None,
         "feature_dim": int(backbone.feature_dim),

@@ -83,6 +83,7 @@ from tqdm import tqdm
 import data
 
 
+CLIP_LOGIT_SCALE = 100.0  # OpenAI's exp(logit_scale): similarities x 100 before the softmax
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # images must be normalised with CLIP's stats, not ImageNet's
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -446,6 +447,12 @@ def build_backbone(cfg: dict) -> nn.Module:
     return Backbone(cfg)
 
 
+def student_backbone_state(ckpt: dict) -> dict:
+    """eval_linear.py --network student: the student's weights under build_backbone's keys (the checkpoint's
+    "backbone" is the teacher)."""
+    return {"vit." + k: v for k, v in ckpt["student"].items()}
+
+
 def text_tower(clip: CLIP) -> CLIP:
     """The CLIP with its visual tower dropped (it lives on as the student/teacher), frozen. encode_text works."""
     clip.visual = None
@@ -668,11 +675,19 @@ def teacher_probs(teacher_sims, center, tau_t):
     return [F.softmax((s - center) / tau_t, dim=-1).detach() for s in teacher_sims]
 
 
-def concept_distillation_loss(teacher_sims, student_sims, center, tau_t, tau_s):
+def oracle_targets(targets, truth):
+    """The control `--targets oracle`: the true class, one-hot, replaces the teacher's distribution for the videos
+    whose truth is given (truth (B,) concept index, -1: keep the teacher's). What distillation can teach with perfect
+    targets and the same views, steps and optimiser is the ceiling of what self-distillation could reach."""
+    onehot = F.one_hot(truth.clamp_min(0), targets[0].shape[-1]).to(targets[0].dtype)  # (B, K)
+    use = (truth >= 0)[:, None]  # (B, 1)
+    return [torch.where(use, onehot, p) for p in targets]
+
+
+def concept_distillation_loss(targets, student_sims, tau_s):
     """L_CD = mean_{i, v != i} H(P_t^i, P_s^v), P_s^v = softmax(s_s^v / tau_s), over the category space.
-    teacher_sims: list of (B, K), one per global view; student_sims: list of (B, K), one per student view."""
-    return _cross_view_ce(teacher_probs(teacher_sims, center, tau_t),
-                          [F.log_softmax(s / tau_s, dim=-1) for s in student_sims])
+    targets: list of (B, K), the teacher's P_t^i per global view; student_sims: list of (B, K), one per student view."""
+    return _cross_view_ce(targets, [F.log_softmax(s / tau_s, dim=-1) for s in student_sims])
 
 
 def mean_student_probs(student_sims, tau_s):
@@ -690,16 +705,15 @@ def uniform_prior_loss(student_probs_mean):
     return -torch.log(student_probs_mean).mean() - math.log(K)
 
 
-def concept_alignment_loss(teacher_cat_sims, student_desc_sims, assign, K, tau_t, tau_s, center, target="class"):
+def concept_alignment_loss(targets, student_desc_sims, assign, K, tau_s, target="class"):
     """Ties descriptions (attributes) to actions across views.
 
     target='class' (default): Q_s^v = softmax(s_desc^v / tau_s) over M descriptions, Q~_s^v = Q_s^v A (mass summed
     per class, A (M, K) the 0/1 assignment), L_CA = mean_{i, v != i} H(P_t^i, Q~_s^v).
     target='description' (lss.md's alternative): spread the teacher's class mass evenly over the class's
     descriptions, T_j = P_t[assign_j] / m_assign_j, and L_CA = mean H(T^i, Q_s^v).
-    teacher_cat_sims: list of (B, K); student_desc_sims: list of (B, M); assign: (M,) long in [0, K).
+    targets: the teacher's P_t^i, list of (B, K); student_desc_sims: list of (B, M); assign: (M,) long in [0, K).
     """
-    targets = teacher_probs(teacher_cat_sims, center, tau_t)  # list of (B, K)
     logq = [F.log_softmax(s / tau_s, dim=-1) for s in student_desc_sims]  # list of (B, M)
     if target == "description":
         counts = torch.bincount(assign, minlength=K).to(targets[0].dtype)  # (K,) m_k
@@ -772,18 +786,22 @@ class LSSLoss(nn.Module):
         self.p_bar_prev = None  # the uniform prior's moving average (--up-average ema), no gradient
         self.cfg = cfg
 
-    def forward(self, t_feats, s_feats, tau_t: float):
-        """t_feats: the teacher's 2 global views, s_feats: the student's 2 + L views, each (B, E). Returns the loss,
-        its three terms, and the category-space similarities (2 x (B, K) teacher, (2+L) x (B, K) student)."""
+    def forward(self, t_feats, s_feats, tau_t: float, truth=None):
+        """t_feats: the teacher's 2 global views, s_feats: the student's 2 + L views, each (B, E); truth: None, or
+        (B,) concept indices for the oracle control (-1: the teacher's target). Returns the loss, its three terms,
+        the targets (2 x (B, K)) and the category-space similarities (2 x (B, K) teacher, (2+L) x (B, K) student)."""
         cfg, K = self.cfg, self.C_cat.shape[0]
         # similarities in fp32 (concept_similarities turns autocast off: tau ~ 0.01 amplifies bf16 rounding)
         t_cat = [concept_similarities(f, self.C_cat) for f in t_feats]  # 2 x (B, K)
         s_cat = [concept_similarities(f, self.C_cat) for f in s_feats]  # (2+L) x (B, K)
-        cd = concept_distillation_loss(t_cat, s_cat, self.center, tau_t, cfg.tau_s)
+        targets = teacher_probs(t_cat, self.center, tau_t)  # 2 x (B, K): P_t^i, no gradient
+        if truth is not None:
+            targets = oracle_targets(targets, truth)
+        cd = concept_distillation_loss(targets, s_cat, cfg.tau_s)
         loss, ca, up = cd, torch.zeros((), device=cd.device), torch.zeros((), device=cd.device)
         if cfg.lambda_ca > 0:
             s_desc = [concept_similarities(f, self.C_desc) for f in s_feats]  # (2+L) x (B, M)
-            ca = concept_alignment_loss(t_cat, s_desc, self.assign, K, tau_t, cfg.tau_s, self.center, cfg.ca_target)
+            ca = concept_alignment_loss(targets, s_desc, self.assign, K, cfg.tau_s, cfg.ca_target)
             loss = loss + cfg.lambda_ca * ca
         if cfg.lambda_up > 0:
             p_bar = global_mean_probs(mean_student_probs(s_cat, cfg.tau_s), cfg.up_scope)  # (K,)
@@ -795,7 +813,7 @@ class LSSLoss(nn.Module):
                 self.p_bar_prev = p_bar.detach()
             up = uniform_prior_loss(p_bar)
             loss = loss + cfg.lambda_up * up
-        return loss, dict(cd=cd, ca=ca, up=up), t_cat, s_cat
+        return loss, dict(cd=cd, ca=ca, up=up), targets, t_cat, s_cat
 
     @torch.no_grad()
     def update_center(self, t_cat):
@@ -889,6 +907,18 @@ def tau_t_at(step: int, warmup: int, cfg: Config) -> float:
     return cfg.tau_t_warmup + (cfg.tau_t - cfg.tau_t_warmup) * step / warmup
 
 
+def start_momentum(cfg: Config, total_steps: int) -> float:
+    """The teacher's EMA momentum at step 0, scaled to the run's length. An EMA with momentum m averages the student
+    over the last ~1/(1 - m) steps: SVT's 0.996 is ~250 steps, a blink in its ~150,000-step run, but longer than our
+    whole CPU run, where it would leave the teacher (the network that is evaluated) mostly the initial CLIP. So the
+    averaging window is a fraction of the run, --ema-horizon, and never longer than the paper's:
+    m0 = min(--momentum-teacher, 1 - 1 / (horizon x steps)). Any run longer than 250 / horizon steps gets the
+    paper's 0.996; --ema-horizon 0 turns the scaling off."""
+    if cfg.ema_horizon <= 0:
+        return cfg.momentum_teacher
+    return min(cfg.momentum_teacher, max(0.0, 1 - 1 / (cfg.ema_horizon * max(1, total_steps))))
+
+
 def make_schedules(cfg: Config, steps_per_epoch: int, peak_lr: float) -> dict:
     """Every schedule as one value per step, as DINO's lr_schedule[it]: lr (warmup, then cosine), weight decay and
     teacher momentum (cosine) and the teacher temperature (warmup). Functions of the step alone, so a resumed run
@@ -898,18 +928,27 @@ def make_schedules(cfg: Config, steps_per_epoch: int, peak_lr: float) -> dict:
     steps = range(total + 1)
     return dict(lr=np.array([lr_at(s, total, warmup, peak_lr, cfg.min_lr) for s in steps]),
                 wd=np.array([cosine(s, total, cfg.weight_decay, cfg.weight_decay_end) for s in steps]),
-                momentum=np.array([cosine(s, total, cfg.momentum_teacher, 1.0) for s in steps]),
+                momentum=np.array([cosine(s, total, start_momentum(cfg, total), 1.0) for s in steps]),
                 tau_t=np.array([tau_t_at(s, tau_warmup, cfg) for s in steps]))
 
 
-def param_groups(model: nn.Module):
+def is_new(name: str) -> bool:
+    """The parameters image CLIP does not have: the temporal attention of every block and the time embedding."""
+    return ".temporal_" in name or name == "time_embed"
+
+
+def param_groups(model: nn.Module, new_lr_scale: float = 1.0):
     """DINO's get_params_groups: weight decay on matrices and embeddings, none on biases and 1-d parameters
-    (LayerNorm gains, the class embedding). The first group's decay follows the schedule."""
-    decay, no_decay = [], []
+    (LayerNorm gains, the class embedding); the decay of the groups marked "scheduled" follows the schedule. With
+    new_lr_scale != 1 the parameters CLIP does not have (is_new) get their own groups at that multiple of the lr:
+    they start from nothing (temporal_fc = 0) while the pretrained ones should move little."""
+    split = new_lr_scale != 1.0
+    groups = {(new, decay): [] for new in ((False, True) if split else (False,)) for decay in (True, False)}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if name.endswith(".bias") or p.ndim <= 1 else decay).append(p)
-    return [dict(params=decay), dict(params=no_decay, weight_decay=0.0)]
+            groups[(split and is_new(name), not (name.endswith(".bias") or p.ndim <= 1))].append(p)
+    return [dict(params=ps, lr_scale=new_lr_scale if new else 1.0, scheduled=decay,
+                 **({} if decay else {"weight_decay": 0.0})) for (new, decay), ps in groups.items()]
 
 
 def clip_gradients(params, clip: float) -> torch.Tensor:
@@ -934,10 +973,13 @@ def step_seed(cfg: Config, step: int, rank: int, salt: int = 0) -> int:
 
 
 def train_step(cfg: Config, student: nn.Module, teacher: VideoViT, lss_loss: LSSLoss, optimizer, schedule: dict,
-               video: torch.Tensor, step: int) -> dict:
+               video: torch.Tensor, step: int, labels: torch.Tensor | None = None,
+               oracle: torch.Tensor | None = None) -> dict:
     """One LSS step on a batch of decoded videos, uint8 (B, 2+L, T, H, W, 3) on the device. `student` is the
-    MultiView wrapper (inside DDP under torchrun), `teacher` the EMA VideoViT. Returns log values (averaged over
-    processes). L = L_CD + lambda_ca L_CA + lambda_up L_UP (lss.md section 3.5):
+    MultiView wrapper (inside DDP under torchrun), `teacher` the EMA VideoViT. labels: (B,) the concept index of each
+    video's true class, or None (unlabeled videos): never used by LSS itself, only to measure how often the
+    teacher's target is right and, for the videos where `oracle` (B,) bool is set, to replace it (the control).
+    Returns log values (averaged over processes). L = L_CD + lambda_ca L_CA + lambda_up L_UP (lss.md section 3.5):
       P_t^i = softmax((s_t^i - c) / tau_t)      teacher, global views i = 1, 2, category space, no gradient
       P_s^v = softmax(s_s^v / tau_s)            student, all 2 + L views v
       L_CD = mean_{i, v != i} H(P_t^i, P_s^v)
@@ -949,9 +991,9 @@ def train_step(cfg: Config, student: nn.Module, teacher: VideoViT, lss_loss: LSS
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     lr, wd, m, tau_t = (float(schedule[k][step]) for k in ("lr", "wd", "momentum", "tau_t"))
-    for i, group in enumerate(optimizer.param_groups):
-        group["lr"] = lr
-        if i == 0:  # the decayed group (param_groups); biases and 1-d params stay at 0
+    for i, group in enumerate(optimizer.param_groups):  # (.get: optimizer states saved before the groups had keys)
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+        if group.get("scheduled", i == 0):  # the decayed groups (param_groups); biases and 1-d params stay at 0
             group["weight_decay"] = wd
     # views: augmentation drawn from a generator seeded by the step (and rank), drop-path masks likewise
     g = torch.Generator().manual_seed(step_seed(cfg, step, rank))
@@ -962,7 +1004,8 @@ def train_step(cfg: Config, student: nn.Module, teacher: VideoViT, lss_loss: LSS
         s_feats = torch.cat(student(views)).split(B)  # 2 + L views, each (B, E)
         with torch.no_grad():
             t_feats = teacher(views[0]).split(B)  # the 2 global views, each (B, E)
-    loss, terms, t_cat, s_cat = lss_loss(t_feats, s_feats, tau_t)
+    truth = None if oracle is None else torch.where(oracle, labels, -1)  # (B,) the oracle's videos, -1 elsewhere
+    loss, terms, targets, t_cat, s_cat = lss_loss(t_feats, s_feats, tau_t, truth)
     # diagnostics, from the same centre the loss used. t_entropy = mean H(P_t), t_batch_entropy = H(mean P_t), and
     # t_mi = their difference = the mutual information between the video and the teacher's concept (0: the teacher
     # gives every video the same distribution). Collapse onto one concept: both entropies -> 0; uniform collapse:
@@ -974,6 +1017,9 @@ def train_step(cfg: Config, student: nn.Module, teacher: VideoViT, lss_loss: LSS
                    "t_entropy": -(P * P.clamp_min(1e-12).log()).sum(-1).mean(),
                    "t_max_prob": P.max(-1).values.mean(),
                    "s_entropy": -(Ps * Ps.clamp_min(1e-12).log()).sum(-1).mean()}
+        if labels is not None:  # how often the teacher's top concept, and the target's, is the true class
+            scalars["teacher_acc"] = (P.argmax(-1) == labels.repeat(2)).float().mean()
+            scalars["target_acc"] = (torch.cat(targets).argmax(-1) == labels.repeat(2)).float().mean()
         packed = torch.cat([torch.stack(list(scalars.values())), P.mean(0)])  # one all-reduce for all of them
         if distributed:
             dist.all_reduce(packed, op=dist.ReduceOp.AVG)
@@ -1016,6 +1062,9 @@ class Config:
     data_fraction: float = 1.0      # use this class-stratified fraction of the training videos
     nuisance: float = 0.0           # synthetic only: appearance nuisance 0..1 (texture, colour, distractor, pan)
     trail: float = 1.0              # synthetic only: motion trail 0..2, faded earlier positions in every frame
+    context: float = 0.0            # synthetic only: share of videos filmed in their action's usual scene (a ground in the class's hue)
+    clutter: float = 0.0            # synthetic only: the camera's textured background, per-video strength U(0, clutter)
+    noise: float = 0.0              # synthetic only: the camera's sensor noise, per-video std U(0, noise)
     canvas: tuple = (32, 32)        # decode size (H, W): frames are scaled to cover it, then centre-cropped
     # views: SVT's multi-view recipe (lss.md section 4; see MultiViewSampler)
     frames: int = 8                 # frames decoded per view; a global view uses all of them (SVT: 8)
@@ -1055,15 +1104,20 @@ class Config:
     tau_t_warmup: float = 0.0       # teacher temperature at step 0, linear to --tau-t over the next flag (0 = off)
     tau_t_warmup_epochs: float = 0.0  # length of that warmup (DINO: 30 epochs from 0.04; SVT: none)
     center_momentum: float = 0.9    # EMA momentum of the teacher centre (DINO/SVT: 0.9; 1 = no centring)
+    # controls (labelled videos only; off for LSS itself)
+    targets: str = "teacher"        # teacher (LSS) | oracle (control: the true class as the target of --oracle-fraction of the videos)
+    oracle_fraction: float = 1.0    # --targets oracle: fraction of training videos (a fixed random subset) given the true class
     # optimisation
     epochs: int = 15                # passes over the training videos (SVT: 20 on Kinetics-400)
     batch_size: int = 32            # videos per process per step; global batch = batch_size x processes (SVT: 8 x 4)
     lr: float = 1e-3                # AdamW peak lr at a global batch of 256 videos, scaled linearly (SVT: 5e-4)
+    new_lr_scale: float = 1.0       # lr multiplier of the parameters CLIP does not have: temporal attention, time embedding
     min_lr: float = 1e-6            # lr at the end of the cosine (SVT: 1e-6)
     warmup_epochs: float = 1.0      # linear lr warmup from 0 (SVT: 10 of 20 epochs)
     weight_decay: float = 0.04      # start of the cosine weight-decay schedule; none on biases/1-d params (SVT: 0.04)
     weight_decay_end: float = 0.4   # end of that schedule (SVT: 0.4)
-    momentum_teacher: float = 0.996  # teacher EMA momentum at step 0, cosine to 1 (SVT; DINO: higher for small batches)
+    momentum_teacher: float = 0.996  # teacher EMA momentum at step 0 (at most), cosine to 1 (SVT; DINO: higher for small batches)
+    ema_horizon: float = 0.0        # the teacher averages over this fraction of the run: start momentum min(--momentum-teacher, 1 - 1/(horizon x steps)); 0 = off
     clip_grad: float = 3.0          # per-parameter gradient-norm clip, as DINO/SVT (0 = off)
     # machinery
     device: str = "auto"            # auto | cpu | cuda
@@ -1090,7 +1144,7 @@ DATASET_TEMPLATES = {"kinetics": "kinetics", "ucf101": "ucf101", "hmdb51": "ucf1
 CHOICES = {"init": ("tiny", "random", "clip"), "cls_mode": ("per_frame", "shared"), "probe_feature": ("cls", "proj"),
            "concepts": ("auto", "dataset", "union", "descriptions"), "templates": ("auto",) + tuple(TEMPLATES),
            "ca_target": ("class", "description"), "up_scope": ("global", "local"),
-           "up_average": ("auto", "batch", "ema"), "amp": ("auto", "bf16", "off")}
+           "up_average": ("auto", "batch", "ema"), "amp": ("auto", "bf16", "off"), "targets": ("teacher", "oracle")}
 
 # Temperatures by initialisation (lss.md section 3.5). The logits are cosine similarities divided by tau. A trained
 # CLIP's image-text cosines sit in a narrow band (~0.15-0.35 for OpenAI's), so DINO's tau_s = 0.1 would give nearly
@@ -1129,6 +1183,11 @@ def parse_args(argv=None) -> Config:
         raise SystemExit(f"error: --local-frames must be in 1..--frames ({cfg.frames}), got {cfg.local_frames}")
     if cfg.local_views < 0 or cfg.frames < 1 or cfg.stride < 1 or cfg.local_stride < 1:
         raise SystemExit("error: --local-views must be >= 0 and --frames, --stride, --local-stride >= 1")
+    if cfg.targets == "oracle" and cfg.dataset == "unlabeled":
+        raise SystemExit(f"error: --targets oracle needs labelled videos (the true class is the target), and "
+                         f"{cfg.data} holds unlabeled ones")
+    if not 0.0 <= cfg.oracle_fraction <= 1.0:
+        raise SystemExit(f"error: --oracle-fraction must be in 0..1, got {cfg.oracle_fraction}")
     if cfg.templates == "auto":
         cfg = replace(cfg, templates=DATASET_TEMPLATES[cfg.dataset])  # the checkpoint records the list used
     # Unlabeled videos have no class names to build a category space from: the union of the label sets we ship
@@ -1207,7 +1266,7 @@ def train(cfg: Config):
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train",
-                             synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail))
+                             synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail, context=cfg.context, clutter=cfg.clutter, noise=cfg.noise))
     if cfg.data_fraction < 1.0:
         videos = videos.subset(cfg.data_fraction, seed=cfg.seed)
     sampler = MultiViewSampler(cfg.frames, cfg.stride, cfg.local_views, cfg.local_stride)
@@ -1235,8 +1294,18 @@ def train(cfg: Config):
     if ckpt is not None:
         text.load_state_dict(ckpt["text"])
     lss_loss = LSSLoss(run_concepts(cfg, text, names, out, device, rank, world, print0), cfg)
+    # labelled videos: each class's index in the category space, to measure the teacher's targets against the truth
+    # (never used by LSS itself) and for the oracle control, the fixed subset of videos whose target is the truth
+    concept_of, oracle_videos = None, None
+    if videos.classes:
+        texts = [class_to_text(n) for n in names]
+        concept_of = torch.tensor([texts.index(class_to_text(c)) for c in videos.classes], device=device)
+    if cfg.targets == "oracle":
+        n_true = round(cfg.oracle_fraction * len(videos))
+        oracle_videos = torch.zeros(len(videos), dtype=torch.bool, device=device)
+        oracle_videos[torch.from_numpy(np.random.default_rng([cfg.seed, 7]).permutation(len(videos))[:n_true])] = True
     # optimizer and schedules (the lr scales linearly with the global batch, from 256 videos)
-    optimizer = torch.optim.AdamW(param_groups(student_vit), lr=0.0, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(student_vit, cfg.new_lr_scale), lr=0.0, weight_decay=cfg.weight_decay)
     peak_lr = cfg.lr * cfg.batch_size * world / 256
     schedule = make_schedules(cfg, steps_per_epoch, peak_lr)
     start_step, skipped = 0, []
@@ -1299,20 +1368,24 @@ def train(cfg: Config):
     elif cfg.zero_shot_eval:
         try:
             test_videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "test",
-                                          synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail))
+                                          synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail, context=cfg.context, clutter=cfg.clutter, noise=cfg.noise))
             vectors = class_vectors(text, test_videos.classes, "names", TEMPLATES[cfg.templates],
                                     cfg.desc_template, cfg.bpe, device)
-            zs = (test_videos, vectors, Backbone(config, "proj", vit=teacher).to(device))
+            zs = (test_videos, vectors)
         except data.DatasetError as e:
             print0(f"note: no zero-shot evaluation ({e})")
 
-    def evaluate_zero_shot(step):
-        test_videos, vectors, backbone = zs
-        r = zero_shot_eval(backbone, vectors, test_videos, cfg.frames, cfg.stride, cfg.size, cfg.canvas,
-                           cfg.test_clips, cfg.batch_size, cfg.workers, device, rank, world, progress=master)
-        print0(f"zero-shot (teacher, step {step}): top-1 {r['top1']}%  top-5 {r['top5']}%  on {r['num_test']} "
+    def evaluate_zero_shot(step, network="teacher"):
+        test_videos, vectors = zs
+        vit = teacher if network == "teacher" else student_vit
+        r = zero_shot_eval(Backbone(config, "proj", vit=vit).to(device), vectors, test_videos, cfg.frames, cfg.stride, cfg.size,
+                           cfg.canvas, cfg.test_clips, cfg.batch_size, cfg.workers, device, rank, world,
+                           progress=master)
+        print0(f"zero-shot ({network}, step {step}): top-1 {r['top1']}%  top-5 {r['top5']}%  on {r['num_test']} "
                f"{test_videos.name} videos, {r['num_classes']} class names (chance {100 / r['num_classes']:.1f}%)")
-        write(dict(step=step, zero_shot_top1=r["top1"], zero_shot_top5=r["top5"], zero_shot_num_test=r["num_test"]))
+        prefix = "zero_shot" if network == "teacher" else "student_zero_shot"
+        write({"step": step, f"{prefix}_top1": r["top1"], f"{prefix}_top5": r["top5"],
+               f"{prefix}_num_test": r["num_test"]})
         return r
 
     if zs is not None and start_step == 0:
@@ -1333,7 +1406,9 @@ def train(cfg: Config):
                     for b in batch["bad"]:
                         tqdm.write(f"skipped unreadable video: {b}") if master else None
                 video = batch["video"].to(device, non_blocking=True)  # (B, 2+L, T, H, W, 3) uint8
-                metrics = train_step(cfg, student, teacher, lss_loss, optimizer, schedule, video, step)
+                labels = None if concept_of is None else concept_of[batch["label"].to(device)]  # (B,)
+                oracle = None if oracle_videos is None else oracle_videos[batch["index"].to(device)]  # (B,)
+                metrics = train_step(cfg, student, teacher, lss_loss, optimizer, schedule, video, step, labels, oracle)
                 step += 1
                 t_done = time.perf_counter()
                 wait, busy, n = wait + t_batch - t_ready, busy + t_done - t_batch, n + 1
@@ -1365,7 +1440,8 @@ def train(cfg: Config):
     if step == 0 and not ckpt_path.exists():
         checkpoint(step)  # --epochs 0: the start itself, checkpointed for eval_linear.py (the frozen baseline)
     if zs is not None and step > 0:
-        evaluate_zero_shot(step)
+        evaluate_zero_shot(step)  # the teacher: the network SVT evaluates and the checkpoint's "backbone"
+        evaluate_zero_shot(step, "student")
     if master:
         if skipped:
             (out / "skipped.txt").write_text("\n".join(sorted(set(skipped))) + "\n")
@@ -1391,15 +1467,32 @@ def train(cfg: Config):
 # checkpoint's text tower) has the largest cosine similarity. Top-1 / top-5 in percent over decodable videos.
 
 @torch.no_grad()
+def video_features(backbone: Backbone, video: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (B, K, T, H, W, 3), K clips per video -> (B, E) unit features: each clip centre-cropped to `size`,
+    embedded, L2-normalised; the clips averaged and re-normalised."""
+    B, K = video.shape[:2]
+    x = data.spatial_crops(data.to_bcthw(video.flatten(0, 1)), size, 1)  # (B*K, C, T, s, s) in [0, 1]
+    with torch.autocast(video.device.type, dtype=torch.bfloat16, enabled=video.device.type == "cuda"):
+        f = backbone(x)  # (B*K, E)
+    return F.normalize(F.normalize(f.float(), dim=-1).view(B, K, -1).mean(1), dim=-1)  # (B, E)
+
+
+def test_loader(videos: data.VideoList, frames: int, stride: int, canvas, test_clips: int, batch_size: int,
+                workers: int, rank=0, world=1):
+    """K uniformly spaced clips per video, every video once, unreadable ones returned as failed (not resampled)."""
+    dataset = data.VideoDataset(videos, data.UniformClips(frames, stride, test_clips), canvas=canvas, resample=False,
+                                min_frames=1)
+    return data.make_loader(dataset, batch_size, workers, shuffle=False, drop_last=False, rank=rank,
+                            world_size=world)
+
+
+@torch.no_grad()
 def zero_shot_eval(backbone: Backbone, vectors: torch.Tensor, videos: data.VideoList, frames: int, stride: int,
                    size: int, canvas, test_clips: int, batch_size: int, workers: int, device, rank=0, world=1,
                    progress=True) -> dict:
     """backbone with feature 'proj', vectors (C, D) unit rows in the order of videos.classes. Under DDP every
     process takes a shard of the videos and the counts are summed, so every process must call this."""
-    dataset = data.VideoDataset(videos, data.UniformClips(frames, stride, test_clips), canvas=canvas, resample=False,
-                                min_frames=1)
-    loader = data.make_loader(dataset, batch_size, workers, shuffle=False, drop_last=False, rank=rank,
-                              world_size=world)
+    loader = test_loader(videos, frames, stride, canvas, test_clips, batch_size, workers, rank, world)
     C = len(videos.classes)
     counts = torch.zeros(3, C, dtype=torch.float64, device=device)  # videos, top-1 hits, top-5 hits per class
     skipped = []
@@ -1410,15 +1503,10 @@ def zero_shot_eval(backbone: Backbone, vectors: torch.Tensor, videos: data.Video
             skipped.append({"path": path, "reason": msg[len(path) + 2:] if msg.startswith(path + ": ") else msg})
         if len(batch["index"]) == 0:
             continue
-        video = batch["video"].to(device, non_blocking=True)  # (B, K, T, H, W, 3)
-        Bv, Kc = video.shape[:2]
-        x = data.spatial_crops(data.to_bcthw(video.flatten(0, 1)), size, 1)  # (B*K, C, T, s, s) in [0, 1]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            f = backbone(x)  # (B*K, E)
-        f = F.normalize(F.normalize(f.float(), dim=-1).view(Bv, Kc, -1).mean(1), dim=-1)  # (B, E), clip-averaged
+        f = video_features(backbone, batch["video"].to(device, non_blocking=True), size)  # (B, E)
         top = (f @ vectors.float().t()).topk(min(5, C), dim=-1).indices  # (B, 5)
         labels = batch["label"].to(device)
-        counts[0].index_add_(0, labels, torch.ones(Bv, dtype=torch.float64, device=device))
+        counts[0].index_add_(0, labels, torch.ones(len(f), dtype=torch.float64, device=device))
         counts[1].index_add_(0, labels, (top[:, 0] == labels).double())
         counts[2].index_add_(0, labels, (top == labels[:, None]).any(-1).double())
     if world > 1:
@@ -1431,6 +1519,80 @@ def zero_shot_eval(backbone: Backbone, vectors: torch.Tensor, videos: data.Video
     pct = lambda hits, total: round(100.0 * float(hits) / float(total), 2) if total else None  # noqa: E731
     return {"top1": pct(counts[1].sum(), n), "top5": pct(counts[2].sum(), n), "num_test": n, "num_classes": C,
             "skipped": skipped, "per_class": {c: pct(counts[1, k], counts[0, k]) for k, c in enumerate(videos.classes)}}
+
+
+@torch.no_grad()
+def name_videos(backbone: Backbone, vectors: torch.Tensor, names: list, videos: data.VideoList, frames: int,
+                stride: int, size: int, canvas, test_clips: int, batch_size: int, workers: int, device, tau: float,
+                top: int = 3) -> tuple[list, list]:
+    """Name videos by text, labels or none: each video's `top` names among `names` (vectors (N, E) unit rows, in
+    their order), with the probability softmax(cosine / tau) over all the names, and the cosine itself.
+    Returns ([{"path", "names", "probs", "cosines"}] in the folder's order, [{"path", "reason"}] skipped)."""
+    loader = test_loader(videos, frames, stride, canvas, test_clips, batch_size, workers)
+    rows, skipped = [], []
+    backbone.eval()
+    for batch in tqdm(loader, desc="naming", unit="batch", dynamic_ncols=True, leave=False):
+        for i, msg in zip(batch["failed"], batch["bad"]):
+            skipped.append({"path": videos.paths[i], "reason": msg})
+        if len(batch["index"]) == 0:
+            continue
+        cos = video_features(backbone, batch["video"].to(device, non_blocking=True), size) @ vectors.float().t()
+        probs = F.softmax(cos / tau, dim=-1)  # (B, N)
+        p, k = probs.topk(min(top, len(names)), dim=-1)  # (B, top)
+        for j, i in enumerate(batch["index"].tolist()):
+            rows.append({"path": videos.paths[i], "names": [names[n] for n in k[j].tolist()],
+                         "probs": [round(v, 4) for v in p[j].tolist()],
+                         "cosines": [round(v, 4) for v in cos[j, k[j]].tolist()]})
+    return rows, skipped
+
+
+def read_names(spec: str) -> list:
+    """--names: "a, b, c", or the path of a text file with one name per line (blank lines and # comments skipped)."""
+    if os.path.isfile(spec):
+        with open(spec, encoding="utf-8") as f:
+            names = [line.split("#")[0].strip() for line in f]
+    else:
+        names = [n.strip() for n in spec.split(",")]
+    names = list(dict.fromkeys(n for n in names if n))  # in order, each once
+    if len(names) < 2:
+        raise SystemExit(f"error: --names needs at least two names (comma-separated, or a file with one per "
+                         f"line), got {names}")
+    return names
+
+
+def name_videos_command(zc, backbone, text, videos, templates, frames, stride, size, canvas, tau, device, what,
+                        root) -> dict:
+    """lss.py zero-shot --names ...: the CSV of every video's best names and a picture of a few of them."""
+    import csv
+    names = read_names(zc.names)
+    vectors = build_concept_space(text.to(device), names, TEMPLATES[templates], zc.bpe)  # (N, E): names x templates
+    print(f"naming | {what} | {videos.name}: {len(videos)} videos | {len(names)} names x {len(TEMPLATES[templates])} "
+          f"{templates} templates | {zc.test_clips} clips x {frames} frames | {device}")
+    rows, skipped = name_videos(backbone, vectors, names, videos, frames, stride, size, canvas, zc.test_clips,
+                                zc.batch_size, zc.workers, device, tau, zc.top)
+    rel = (lambda p: os.path.relpath(p, root)) if root else os.path.basename  # noqa: E731
+    Path(zc.csv).parent.mkdir(parents=True, exist_ok=True)
+    with open(zc.csv, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path"] + [c for i in range(1, min(zc.top, len(names)) + 1) for c in (f"name{i}", f"prob{i}")])
+        for r in rows:
+            w.writerow([rel(r["path"])] + [v for n, p in zip(r["names"], r["probs"]) for v in (n, f"{p:.4f}")])
+    for r in rows[:5]:
+        print(f"  {rel(r['path'])}: " + ", ".join(f"{n} {p:.2f}" for n, p in zip(r["names"], r["probs"])))
+    picture = []
+    for r in rows[:zc.picture_videos]:  # 4 evenly spaced frames of each video, its names above them
+        n = data.probe(r["path"]).num_frames
+        frames_ = data.read_frames(r["path"], np.linspace(0, n - 1, 4).round().astype(int), size=(96, 96)).numpy()
+        picture.append((f"{rel(r['path'])}: " + "  |  ".join(f"{n} {p:.2f}" for n, p in zip(r["names"], r["probs"])),
+                        list(frames_), None))
+    if picture:
+        Path(zc.picture).parent.mkdir(parents=True, exist_ok=True)
+        data.image_grid(picture).save(zc.picture)
+    for s_ in skipped:
+        print(f"  SKIPPED {s_['path']}: {s_['reason']}")
+    print(f"named {len(rows)} videos ({len(skipped)} skipped): wrote {zc.csv}" + (f" and {zc.picture}" if picture else ""))
+    return {"names": names, "videos": rows, "skipped": skipped, "csv": zc.csv,
+            "picture": zc.picture if picture else None}
 
 
 # The command line: python lss.py zero-shot --ckpt ... (or --clip ... for the frozen CLIP baseline).
@@ -1459,6 +1621,12 @@ class ZeroShotConfig:
     device: str = "auto"            # auto | cpu | cuda
     bpe: str | None = None          # CLIP's BPE vocabulary file (default: the copy inside the clip-anytorch package)
     json: str | None = None         # write the result here
+    # naming videos by text (any folder, labelled or not): each video's best names instead of an accuracy
+    names: str | None = None        # "a, b, c" or a text file with one name per line: name every video of --data by them
+    top: int = 3                    # --names: how many names per video go into the CSV
+    csv: str = "names.csv"          # --names: one row per video: path, then name and probability for its best names
+    picture: str = "names.png"      # --names: a few videos (frames) with their best names
+    picture_videos: int = 8         # --names: how many videos the picture shows
 
 
 def zero_shot(zc: ZeroShotConfig) -> dict:
@@ -1484,7 +1652,8 @@ def zero_shot(zc: ZeroShotConfig) -> dict:
         res = clip.cfg.image_resolution
         tcfg = {"clip_arch": asdict(clip.cfg), "frames": zc.frames or 8, "stride": zc.stride or 4,
                 "cls_mode": zc.cls_mode, "size": zc.size or res, "canvas": [zc.size or res] * 2,
-                "templates": "", "desc_template": "{desc}", "dataset": "synthetic"}
+                "templates": "", "desc_template": "{desc}", "dataset": "synthetic",
+                "tau_s": 1 / clip.logit_scale.exp().item()}
         vit = VideoViT.from_clip(clip.visual, zc.cls_mode, tcfg["frames"])  # temporal branch a no-op: image CLIP
         backbone = Backbone(tcfg, "proj", vit=vit)
         text = text_tower(clip)
@@ -1506,18 +1675,23 @@ def zero_shot(zc: ZeroShotConfig) -> dict:
         dataset, why = data.resolve_dataset(dataset, root)
         if why:
             print(why)
-        data.require_labels(dataset, root, "zero-shot classification")
+        if not zc.names:
+            data.require_labels(dataset, root, "zero-shot classification")
     except data.DatasetError as e:
         raise SystemExit(f"error: {e}")
     templates = zc.templates or tcfg.get("templates") or DATASET_TEMPLATES[dataset]
     if templates not in TEMPLATES:
         raise SystemExit(f"error: --templates must be one of {list(TEMPLATES)}")
     try:
-        videos = data.load_split(dataset, root, ann, fold, zc.split,
+        videos = data.load_split(dataset, root, ann, fold, "train" if dataset == "unlabeled" else zc.split,
                                  synthetic_kwargs=dict(nuisance=nuisance, trail=trail) if dataset == "synthetic" else None)
     except data.DatasetError as e:
         raise SystemExit(f"error: {e}")
     backbone.to(device)
+    if zc.names:
+        tau = tcfg.get("tau_s") or 1 / CLIP_LOGIT_SCALE  # the CLIP's own temperature (its 1 / exp(logit_scale))
+        return name_videos_command(zc, backbone, text, videos, templates, frames, stride, size, canvas, tau, device,
+                                   what, root)
     vectors = class_vectors(text, videos.classes, zc.class_vectors, TEMPLATES[templates],
                             tcfg.get("desc_template", "{desc}"), zc.bpe, device)
     print(f"zero-shot | {what} | {videos.name}: {len(videos)} videos, {len(videos.classes)} classes "

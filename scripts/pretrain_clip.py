@@ -74,7 +74,7 @@ MODEL_KEYS = ("stills", "size", "embed_dim", "width", "layers", "patch", "text_w
 
 def default_path(cfg: Config) -> Path:
     """Cache file named by every setting that changes the weights (and the stills' version)."""
-    key = json.dumps({"v": 6, **{k: getattr(cfg, k) for k in MODEL_KEYS}}, sort_keys=True)
+    key = json.dumps({"v": 7, **{k: getattr(cfg, k) for k in MODEL_KEYS}}, sort_keys=True)
     return data.cache_dir() / f"tiny-clip-{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
 
 
@@ -166,15 +166,23 @@ def pretrain(cfg: Config, log=print) -> dict:
         f"token table) | {cfg.steps} steps x {cfg.batch_size} pairs | lr {cfg.lr:g}")
     before = evaluate(model, x_held, t_held, a_held)
     g = torch.Generator().manual_seed(cfg.seed)
-    order, pos = torch.randperm(cfg.stills, generator=g), 0
+    # batches of whole groups: the stills of a group share colour and shape and differ in their motion (data.py),
+    # so telling a group's captions apart takes reading the motion; without them, colour, position and size tell
+    # almost every pair of a batch apart and the motion is barely learnt
+    G = data.STILL_GROUP
+
+    def shuffled():
+        return (torch.randperm(cfg.stills // G, generator=g)[:, None] * G + torch.arange(G)).flatten()
+
+    order, pos = shuffled(), 0
     history = []
     bar = tqdm(range(cfg.steps), desc="pretrain CLIP", unit="step")
     for step in bar:
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        if pos + cfg.batch_size > cfg.stills:  # a new epoch: a new order
-            order, pos = torch.randperm(cfg.stills, generator=g), 0
+        if pos + cfg.batch_size > len(order):  # a new epoch: a new order
+            order, pos = shuffled(), 0
         idx = order[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
         loss, acc = clip_loss(model, x_train[idx], t_train[idx])

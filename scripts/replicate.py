@@ -22,8 +22,9 @@ Rows, grouped by the claim they test:
                 quick preset's CVRL flags were chosen (preset cvrl-search)
   lss_pre       LSS from the pretrained tiny CLIP (lss.py's default start): the frozen CLIP (lss.py --epochs 0),
                 distillation only, + uniform prior, + concept alignment, full (preset lss-pretrained)
-  trail         the same start on videos without a motion trail and with a strong one: frozen CLIP vs full LSS
-                (preset lss-pretrained)
+  controls      the same start with the true class as the target (the oracle: what distillation can teach with
+                perfect targets, these views and steps) and with the truth given for 50% / 25% of the videos: the
+                gain over the frozen CLIP as a function of how often the target is right (preset lss-pretrained)
   finetune      CVRL's transfer claim by fine-tuning (scripts/finetune.py): the CVRL row's checkpoint fine-tuned end to
                 end on the labelled videos vs the same network fine-tuned from scratch with the same recipe and steps
                 (--random-init), with all labels and with 10% of them (preset finetune)
@@ -116,12 +117,14 @@ GROUPS = {
     "search": "CVRL at the quick preset's budget (18 epochs): batch size and lr (preset cvrl-search, not in --quick)",
     "lss_pre": "LSS from the pretrained tiny CLIP (lss.py's default start): does it improve on the frozen CLIP, and "
                "do the uniform prior and concept alignment add to distillation? (preset lss-pretrained)",
-    "trail": "LSS from the pretrained tiny CLIP, by motion trail (how much one frame says about the motion): frozen "
-             "CLIP vs LSS (preset lss-pretrained)",
+    "lss_space": "LSS from the pretrained tiny CLIP: category space (class names) vs description space (the "
+                 "classes' descriptions) (preset lss-pretrained)",
+    "controls": "LSS controls: the true class as the target for 100% / 50% / 25% of the videos, the rest the "
+                "teacher's (how good must the targets be?) (preset lss-pretrained)",
     "finetune": "CVRL transfer by fine-tuning: pretrained vs from scratch, same network, recipe and steps (top-1 of "
                 "the fine-tuned network, not a probe; preset finetune)",
 }
-TRAILS = (0.0, 2.0)  # the trail sweep's other levels (none, strong); the default rows are lss.py's --trail (1)
+ORACLE_FRACTIONS = (0.5, 0.25)  # the target-quality sweep's partial oracles (1.0 is the oracle row, 0 LSS itself)
 
 # (batch size, --lr) pairs of the cvrl-search preset; --lr is the rate at a global batch of 1024 (linear scaling)
 SEARCH = [(64, 0.8), (64, 1.6), (64, 6.4), (64, 12.8), (32, 1.6), (32, 3.2), (16, 1.6)]
@@ -140,6 +143,7 @@ class Row:
                               # trained rows: a row (same seed) whose run dir "{base}" in `train` stands for
     ref: str | None = "random-init"  # the baseline row the table's Δ column subtracts (None: no Δ)
     epochs_scale: float = 1.0  # multiplies the preset's --epochs: the data-size rows keep the number of steps
+    student: bool = False     # lss rows: probe the student too (eval_linear.py --network student), report both
 
 
 def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
@@ -211,27 +215,27 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
         Row("lss-start-nohead", "InfoNCE on the joint-space feature (no MLP head), frozen", ("lss_fix",), "lss_start",
             ("--head", "none"), ref="lss-init"),
     ]
-    # LSS from the pretrained tiny CLIP (scripts/pretrain_clip.py, pretrained once and cached; its own seed is
-    # fixed, so the seeds below vary LSS only). The frozen start is lss.py --epochs 0: its step-0 zero-shot and the
-    # probe of its checkpoint (teacher = the CLIP's image tower, temporal branch a no-op).
+    # LSS from the pretrained tiny CLIP (lss.py's own pretraining, run once and cached; its own seed is fixed, so the
+    # seeds below vary LSS only), in lss.py's default world. The frozen start is lss.py --epochs 0: its step-0
+    # zero-shot and the probe of its checkpoint (teacher = the CLIP's image tower, temporal branch a no-op). Every
+    # trained row reports the teacher (the checkpoint's network, SVT's choice) and the student.
+    pre = dict(groups=("lss_pre",), kind="lss", ref="clip-frozen", student=True)
     rows += [
-        Row("clip-frozen", "tiny CLIP, frozen (the start; no LSS)", ("lss_pre", "trail"), "lss", ("--epochs", "0"),
-            ref=None),
-        Row("lss-pre", "LSS full (distillation + uniform prior + alignment)", ("lss_pre", "trail"), "lss",
-            ref="clip-frozen"),
-        Row("lss-pre-distill", "LSS distillation only", ("lss_pre",), "lss", ("--lambda-up", "0", "--lambda-ca", "0"),
-            ref="clip-frozen"),
-        Row("lss-pre-up", "LSS distillation + uniform prior", ("lss_pre",), "lss", ("--lambda-ca", "0"),
-            ref="clip-frozen"),
-        Row("lss-pre-ca", "LSS distillation + concept alignment", ("lss_pre",), "lss", ("--lambda-up", "0"),
-            ref="clip-frozen"),
+        Row("clip-frozen", "tiny CLIP, frozen (the start; no LSS)", ("lss_pre", "lss_space", "controls"), "lss",
+            ("--epochs", "0"), ref=None),
+        Row("lss-pre", "LSS full (distillation + uniform prior + alignment)", ("lss_pre", "lss_space", "controls"),
+            "lss", ref="clip-frozen", student=True),
+        Row("lss-pre-distill", "LSS distillation only", train=("--lambda-up", "0", "--lambda-ca", "0"), **pre),
+        Row("lss-pre-up", "LSS distillation + uniform prior", train=("--lambda-ca", "0"), **pre),
+        Row("lss-pre-ca", "LSS distillation + concept alignment", train=("--lambda-up", "0"), **pre),
+        Row("lss-pre-desc", "LSS full, description space as the category space", train=("--concepts", "descriptions"),
+            **{**pre, "groups": ("lss_space",)}),
+        Row("lss-oracle", "oracle: the true class as every video's target", train=("--targets", "oracle"),
+            **{**pre, "groups": ("controls",)}),
     ]
-    for t in TRAILS:  # eval_linear.py gets --trail too: with --dataset given it would not inherit the checkpoint's
-        n = f"{t:g}"
-        rows += [Row(f"clip-frozen-trail{n}", f"tiny CLIP, frozen, trail {n}", ("trail",), "lss",
-                     ("--epochs", "0", "--trail", n), ("--trail", n), ref=None),
-                 Row(f"lss-pre-trail{n}", f"LSS full, trail {n}", ("trail",), "lss", ("--trail", n), ("--trail", n),
-                     ref=f"clip-frozen-trail{n}")]
+    rows += [Row(f"lss-oracle{round(f * 100)}", f"the true class as the target of {f:.0%} of the videos",
+                 train=("--targets", "oracle", "--oracle-fraction", f"{f:g}"), **{**pre, "groups": ("controls",)})
+             for f in ORACLE_FRACTIONS]
     # the search that chose the quick preset's CVRL flags (preset cvrl-search: cvrl.py --epochs 18, so its "cvrl"
     # row is the default batch 64 at lr 3.2): same compute, other batch sizes and learning rates
     rows += [Row(f"search-b{b}-lr{lr}", f"CVRL, batch {b}, --lr {lr}", ("search",), "cvrl",
@@ -270,7 +274,7 @@ PRESETS = {
         nuisance=[0.0, 0.5, 1.0],
         finetune=["--epochs", "30", "--workers", "1"],
         rows=None,  # all ...
-        exclude=["lss_fix", "search", "lss_pre", "trail", "finetune"],  # ... but the LSS attempts, the CVRL search,
+        exclude=["lss_fix", "search", "lss_pre", "lss_space", "controls", "finetune"],  # ... but the LSS attempts, the CVRL search,
         # the pretrained-start LSS study and fine-tuning (presets of their own): 90 minutes is the budget
     ),
     "full": dict(  # one GPU, synthetic videos: longer schedules, more seeds and nuisance levels
@@ -306,8 +310,8 @@ PRESETS = {
         lss=["--workers", "1"],
         eval=["--workers", "1"],
         nuisance=[0.0],
-        rows=["clip-frozen", "lss-pre", "lss-pre-distill", "lss-pre-up", "lss-pre-ca"]
-        + [f"{r}-trail{t:g}" for t in TRAILS for r in ("clip-frozen", "lss-pre")],
+        rows=["clip-frozen", "lss-pre", "lss-pre-distill", "lss-pre-up", "lss-pre-ca", "lss-pre-desc", "lss-oracle"]
+        + [f"lss-oracle{round(f * 100)}" for f in ORACLE_FRACTIONS],
     ),
     "cvrl-search": dict(  # CPU: how the quick preset's CVRL flags were chosen, two seeds (~30 min on 2 cores)
         seeds=[0, 1],
@@ -438,6 +442,10 @@ def make_jobs(rows: list[Row], P: dict, out: Path, data_flags: list) -> list[Job
                     cmds = [train + ["--json", rel(run / RESULT_FILES["finetune"])]]
                 else:
                     cmds = [train, probe[:1] + ["--ckpt", rel(run / "checkpoint.pt")] + probe[1:]]
+                    if row.student:  # the student's probe beside the teacher's
+                        cmds.append(probe[:1] + ["--ckpt", rel(run / "checkpoint.pt"), "--network", "student"]
+                                    + [rel(run / "student.json") if a == rel(run / "linear.json") else a
+                                       for a in probe[1:]])
                 job = Job(row, seed, run, cmds, {"cmds": cmds} if base is None else
                           {"cmds": cmds, "base": base.key["cmds"]}, needs=base.id if base else None)
             jobs.append(job)
@@ -502,7 +510,7 @@ def run_job(job: Job) -> dict:
     """The real runner: every command of the job, then what the study keeps from their outputs."""
     seconds = {}
     for cmd in job.cmds:
-        name = Path(cmd[0]).stem
+        name = Path(cmd[0]).stem + ("_student" if "student" in cmd else "")
         seconds[name] = round(run_command(cmd, job.dir / f"{name}.log", job.threads), 1)
     probe = json.loads((job.dir / RESULT_FILES.get(job.row.kind, "linear.json")).read_text())
     res = {"top1": probe["top1"], "top5": probe["top5"], "num_train": probe["num_train"],
@@ -523,6 +531,16 @@ def run_job(job: Job) -> dict:
         zero_shot = [r["zero_shot_top1"] for r in log if "zero_shot_top1" in r]
         if zero_shot:
             res["zero_shot_top1"] = zero_shot[-1]  # lss.py: the teacher's zero-shot top-1 at the end of training
+        student_zs = [r["student_zero_shot_top1"] for r in log if "student_zero_shot_top1" in r]
+        if student_zs:
+            res["student_zero_shot_top1"] = student_zs[-1]
+        for key in ("target_acc", "teacher_acc"):  # lss.py: how often the target / the teacher named the true class
+            values = [r[key] for r in losses if r.get(key) is not None]
+            if values:
+                res[key] = round(100 * statistics.fmean(values), 2)
+    if job.row.student:
+        student = json.loads((job.dir / "student.json").read_text())
+        res.update(student_top1=student["top1"], student_knn_top1=student.get("knn_top1"))
     return res
 
 
@@ -651,6 +669,8 @@ def summarize(rows: list[Row], jobs: list[Job], records: dict) -> list[dict]:
                     "final_loss": aggregate(r.get("final_loss") for r in ok),
                     "knn_top1": aggregate(r.get("knn_top1") for r in ok),
                     "zero_shot_top1": aggregate(r.get("zero_shot_top1") for r in ok),
+                    **{k: aggregate(r.get(k) for r in ok) for k in ("student_top1", "student_zero_shot_top1",
+                                                                     "target_acc", "teacher_acc")},
                     "final_teacher_entropy": aggregate(r.get("final_teacher_entropy") for r in ok),
                     "wall_seconds": aggregate(r["wall_seconds"] for r in ok)})
     return out
@@ -682,7 +702,9 @@ def format_extra(a: dict | None) -> str:
 
 
 # columns shown when any row has them: (summary key, header)
-EXTRA_COLUMNS = [("zero_shot_top1", "zero-shot top-1 % (LSS teacher, end)"), ("knn_top1", "k-NN top-1 %")]
+EXTRA_COLUMNS = [("zero_shot_top1", "zero-shot top-1 % (LSS teacher, end)"), ("knn_top1", "k-NN top-1 %"),
+                 ("student_top1", "student: top-1 %"), ("student_zero_shot_top1", "student: zero-shot top-1 %"),
+                 ("target_acc", "target right % (training)")]
 
 
 def format_table(summary: list[dict]) -> str:
@@ -705,7 +727,11 @@ def format_table(summary: list[dict]) -> str:
                  "CLIP it starts from, for fine-tuning the same network trained from scratch."
                  + (" Zero-shot: the LSS teacher's top-1 by class names at the end of training (lss.py; the frozen "
                     "rows: at step 0). k-NN: DINO's weighted 20-NN on the same frozen features."
-                    if extra else ""))
+                    if extra else "")
+                 + (" Student: the same for LSS's student network (the teacher is its moving average). Target "
+                    "right: how often the target the student learnt from (the teacher's, or the truth for the "
+                    "oracle's videos) named the true class, over the training steps."
+                    if any(k == "student_top1" for k, _ in extra) else ""))
     return "\n".join(lines) + "\n"
 
 
