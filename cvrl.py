@@ -41,14 +41,12 @@ Commands
     Re-running a command with the same --out resumes from OUT/checkpoint.pt (same schedule); Ctrl-C saves first.
 """
 
-import json
+from __future__ import annotations  # type hints may name what comes further down (the file reads in paper order)
+
 import math
-import os
 import sys
-import time
 import warnings
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -59,6 +57,8 @@ from einops import reduce
 from tqdm import tqdm
 
 import data
+from data import SyntheticWorld
+import training
 
 # ----------------------------------------------------------------------------- temporal interval sampler
 # Paper Sec 3.1, cvrl.md §1. Official: `official/projects/video_ssl/ops/video_ssl_preprocess_ops.py`,
@@ -193,6 +193,38 @@ class IntervalSampler:
             a, b = int(rng.integers(L)), int(rng.integers(L))
         offsets = self.stride * np.arange(self.frames, dtype=np.int64)  # (frames,)
         return (a + offsets) % L, (b + offsets) % L
+
+
+# ----------------------------------------------------------------------------- data: two clips per video, each with its spatial augmentation
+# The temporal augmentation (above) picks the two clips' frames; the spatial augmentation (paper section 3.2)
+# crops, flips and colours each clip, drawn once per clip and applied to all its frames: temporally consistent.
+
+class PairSampler:
+    """data.py's sampler interface (num_frames, fps, rng) -> [clip_1, clip_2] around IntervalSampler.
+    interval='same' gives both views the same frames (the 'spatial augmentation only' ablation)."""
+
+    def __init__(self, frames, stride, interval, power):
+        self.same = interval == "same"
+        self.sampler = IntervalSampler(frames, stride, "decreasing" if self.same else interval, power)
+
+    def __call__(self, num_frames, fps, rng):
+        a, b = self.sampler(num_frames, rng)
+        return [a, a] if self.same else [a, b]
+
+
+def augment_configs(cfg: Config):
+    """The two views' spatial augmentations: CVRL's recipe, with the official code's asymmetric blur/solarize
+    (view 1: blur p=1.0; view 2: blur p=0.1, solarize p=0.2 -- BYOL's; which clip gets which is random because the
+    sampler shuffles the clips' order). 'none' only resizes the whole canvas (the 'temporal augmentation only'
+    ablation)."""
+    if cfg.spatial_aug == "none":
+        plain = data.AugmentConfig(area=(1.0, 1.0), aspect=(cfg.canvas[1] / cfg.canvas[0],) * 2, flip_p=0.0,
+                                   jitter_p=0.0, gray_p=0.0)
+        return plain, plain
+    common = dict(area=cfg.crop_area, aspect=(0.5, 2.0), flip_p=0.5, jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8,
+                  gray_p=0.2, per_frame=cfg.spatial_aug == "per-frame")
+    return (data.AugmentConfig(**common, blur_p=1.0),
+            data.AugmentConfig(**common, blur_p=0.1, solarize_p=0.2))
 
 
 # ----------------------------------------------------------------------------- encoder: R3D (3D ResNet)
@@ -390,56 +422,6 @@ class ProjectionHead(nn.Module):
         return self.mlp(h)
 
 
-# ----------------------------------------------------------------------------- global batch norm across processes
-# The official code uses sync BN (`use_sync_bn: true`): BN statistics over the global batch, in the backbone and in
-# the head. It matters for contrastive learning: with per-process statistics a network can tell which process a
-# clip came from and use that to cheat on the negatives (SimCLR's "global BN" argument). On GPUs we use PyTorch's
-# nn.SyncBatchNorm; it refuses CPU tensors, so for CPU process groups (gloo: tests, laptops) the same computation
-# is written out here with a differentiable all-reduce. Both give exactly single-process BN on the concatenated
-# batch (tests/ddp_check.py checks it, gradients included).
-
-class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """BatchNorm whose training-mode statistics are summed over all processes (CPU twin of nn.SyncBatchNorm)."""
-
-    def _check_input_dim(self, x):
-        pass  # used for 2-d (head) and 5-d (encoder) inputs alike
-
-    def forward(self, x):
-        if not self.training:
-            return super().forward(x)  # running statistics, no communication
-        from torch.distributed.nn.functional import all_reduce  # differentiable: backward all-reduces the gradients
-        dims = [0] + list(range(2, x.dim()))  # every axis but channels
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            n = all_reduce(torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype))  # global count per channel
-            mean = all_reduce(x.sum(dims)) / n  # (C,) two passes: no E[x^2] - E[x]^2 cancellation
-            var = all_reduce(((x - mean.view(shape)) ** 2).sum(dims)) / n  # biased, as BN normalises with
-        with torch.no_grad():
-            m = self.momentum
-            self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-            self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)  # unbiased, as PyTorch's BN
-            self.num_batches_tracked += 1
-        return (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps) * self.weight.view(shape) \
-            + self.bias.view(shape)
-
-
-def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Every BatchNorm computes global-batch statistics: nn.SyncBatchNorm on GPU, GlobalBatchNorm on CPU."""
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    for name, child in model.named_children():
-        if isinstance(child, nn.modules.batchnorm._BatchNorm):
-            ref = next(iter(child.state_dict().values()))  # keep the layer's dtype and device
-            bn = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats,
-                                 device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
-            bn.load_state_dict(child.state_dict())
-            setattr(model, name, bn)
-        else:
-            sync_batchnorm(child, device)
-    return model
-
-
 # ----------------------------------------------------------------------------- loss: NT-Xent (InfoNCE)
 # cvrl.md §4.3. Official: `official/projects/video_ssl/losses/losses.py` (contrastive_loss), which is SimCLR's TF
 # loss. The batch holds B videos per process, z1[i] and z2[i] are the embeddings of the two clips of video i.
@@ -478,19 +460,6 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 # R times ours at the same lr (cvrl.md §4.5); see the optimizer section.
 
 LARGE_NUM = 1e9  # the official code's mask value
-
-
-def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """(B, D) on each of W processes -> (W*B, D), rank-major, differentiable. Identity without a process group."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    # torch 2.14 marks this function deprecated and suggests _functional_collectives.all_gather_single, which does
-    # NOT propagate gradients (only its private *_autograd twin does). That would silently give the bug above,
-    # so we keep the public differentiable one and silence the warning. .contiguous(): pytorch#120386.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        parts = torch.distributed.nn.functional.all_gather(x.contiguous())  # tuple of W tensors (B, D)
-    return torch.cat(parts, dim=0)  # (W*B, D)
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -613,8 +582,7 @@ class Config:
     annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
     fold: int = 1                   # UCF101/HMDB51 split number (1-3)
     data_fraction: float = 1.0      # use this class-stratified fraction of the training videos (data-size study)
-    nuisance: float = 0.0           # synthetic only: appearance nuisance 0..1 (texture, colour, distractor, pan)
-    trail: float = 0.0              # synthetic only: motion trail 0..1, faded earlier positions in every frame
+    synthetic: SyntheticWorld = field(default_factory=SyntheticWorld)  # the synthetic videos: no trail, scene or camera
     canvas: tuple = (48, 48)        # decode size (H, W): frames are scaled to cover it, then centre-cropped
     # clips: the temporal augmentation
     frames: int = 8                 # frames per clip (paper: 16)
@@ -667,7 +635,7 @@ ARCH_KEYS = ("arch", "head_hidden", "head_layers", "head_out")
 
 
 def parse_args(argv=None) -> Config:
-    cfg = data.parse_config(Config, argv, "CVRL pretraining. " + __doc__.split("\n\n")[0])
+    cfg = training.parse_config(Config, argv, "CVRL pretraining. " + __doc__.split("\n\n")[0])
     cfg = data.decide_dataset(cfg)  # --dataset auto: synthetic, a labelled folder or unlabeled videos, from --data
     for name, value, allowed in [("arch", cfg.arch, sorted(ARCHS)), ("interval", cfg.interval, DISTRIBUTIONS + ("same",)),
                                  ("spatial-aug", cfg.spatial_aug, ("consistent", "per-frame", "none")),
@@ -677,34 +645,40 @@ def parse_args(argv=None) -> Config:
     return cfg
 
 
-# ----------------------------------------------------------------------------- data: two clips per video
+# ----------------------------------------------------------------------------- one training step
 
-class PairSampler:
-    """data.py's sampler interface (num_frames, fps, rng) -> [clip_1, clip_2] around IntervalSampler.
-    interval='same' gives both views the same frames (the 'spatial augmentation only' ablation)."""
-
-    def __init__(self, frames, stride, interval, power):
-        self.same = interval == "same"
-        self.sampler = IntervalSampler(frames, stride, "decreasing" if self.same else interval, power)
-
-    def __call__(self, num_frames, fps, rng):
-        a, b = self.sampler(num_frames, rng)
-        return [a, a] if self.same else [a, b]
-
-
-def augment_configs(cfg: Config):
-    """The two views' spatial augmentations: CVRL's recipe, with the official code's asymmetric blur/solarize
-    (view 1: blur p=1.0; view 2: blur p=0.1, solarize p=0.2 -- BYOL's; which clip gets which is random because the
-    sampler shuffles the clips' order). 'none' only resizes the whole canvas (the 'temporal augmentation only'
-    ablation)."""
-    if cfg.spatial_aug == "none":
-        plain = data.AugmentConfig(area=(1.0, 1.0), aspect=(cfg.canvas[1] / cfg.canvas[0],) * 2, flip_p=0.0,
-                                   jitter_p=0.0, gray_p=0.0)
-        return plain, plain
-    common = dict(area=cfg.crop_area, aspect=(0.5, 2.0), flip_p=0.5, jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8,
-                  gray_p=0.2, per_frame=cfg.spatial_aug == "per-frame")
-    return (data.AugmentConfig(**common, blur_p=1.0),
-            data.AugmentConfig(**common, blur_p=0.1, solarize_p=0.2))
+def train_step(cfg: Config, model: nn.Module, optimizer, video: torch.Tensor, step: int, lr: float,
+               aug: tuple, rank: int = 0) -> dict:
+    """One CVRL step on a batch of decoded videos, uint8 (B, 2, T, H, W, 3) on the device: both clips of every video
+    are augmented (their own spatial augmentation, drawn from a generator seeded by the step and process, so a
+    resumed run repeats it), embedded in ONE forward pass (every BN batch holds both views, as the official code's
+    [clip1 of all videos; clip2 of all videos]), and the NT-Xent loss pulls the two clips of each video together.
+    `model` is encoder + head (inside DDP under torchrun). Returns log values as tensors on the device: nothing here
+    waits for the GPU."""
+    g = torch.Generator().manual_seed(training.step_seed(cfg.seed, step, rank))
+    x1 = data.augment(data.to_bcthw(video[:, 0]), cfg.size, aug[0], g)  # (B, C, T, S, S) in [0, 1]
+    x2 = data.augment(data.to_bcthw(video[:, 1]), cfg.size, aug[1], g)
+    x = torch.cat([x1, x2])  # (2B, C, T, S, S)
+    if x.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    use_amp = cfg.amp == "bf16" or (cfg.amp == "auto" and x.device.type == "cuda")
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        z = model(x)  # (2B, head_out)
+        B = x1.shape[0]
+        loss = nt_xent(z[:B], z[B:], cfg.temperature)
+    loss_avg = loss.detach().clone()  # every process logs the same value
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(loss_avg, op=dist.ReduceOp.AVG)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))  # measure, don't clip
+    optimizer.step()
+    with torch.no_grad():  # instance discrimination accuracy: is the other clip the nearest of the batch?
+        zn = F.normalize(z.float(), dim=1)
+        acc = (zn[:B] @ zn[B:].T).argmax(1).eq(torch.arange(B, device=x.device)).float().mean()
+    return dict(loss=loss_avg, contrastive_acc=acc, grad_norm=grad_norm)
 
 
 # ----------------------------------------------------------------------------- the model that eval_linear.py loads
@@ -730,172 +704,164 @@ def build_backbone(cfg: dict) -> nn.Module:
 # ----------------------------------------------------------------------------- training
 
 def train(cfg: Config):
-    rank, world, device = data.setup_distributed(cfg.device)
-    master = rank == 0
-    print0 = print if master else (lambda *a, **k: None)
+    run, ckpt = training.start(cfg, "cvrl")
+    device = run.device
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    out = Path(cfg.out)
-    ckpt_path = out / "checkpoint.pt"
-    if master:
-        out.mkdir(parents=True, exist_ok=True)
-    use_amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
-    # data
-    videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train",
-                             synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail))
+    # data: two clips per video (PairSampler), decoded in the loader's workers
+    videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train", cfg.synthetic)
     if cfg.data_fraction < 1.0:
         videos = videos.subset(cfg.data_fraction, seed=cfg.seed)
     dataset = data.VideoDataset(videos, PairSampler(cfg.frames, cfg.stride, cfg.interval, cfg.power),
                                 canvas=cfg.canvas, resample=True, min_frames=cfg.frames)
     loader = data.make_loader(dataset, cfg.batch_size, cfg.workers, shuffle=True, drop_last=True, seed=cfg.seed,
-                              rank=rank, world_size=world)
+                              rank=run.rank, world_size=run.world)
     steps_per_epoch = len(loader)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    global_batch = cfg.batch_size * world
+    global_batch = cfg.batch_size * run.world
     lr = cfg.lr * global_batch / 1024
-    aug1, aug2 = augment_configs(cfg)
 
-    # model
+    # model: encoder + MLP head; BN statistics over the global batch (official)
     encoder = build_encoder(cfg.arch)
-    head = ProjectionHead(encoder.feature_dim, cfg.head_hidden, cfg.head_out, cfg.head_layers)
-    model = nn.Sequential(encoder, head)
-    if world > 1:
-        model = sync_batchnorm(model, device)  # BN statistics over the global batch (official)
+    model = nn.Sequential(encoder, ProjectionHead(encoder.feature_dim, cfg.head_hidden, cfg.head_out, cfg.head_layers))
+    if run.world > 1:
+        model = sync_batchnorm(model, device)
     model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last_3d)
     optimizer = configure_optimizer(model, lr, cfg.weight_decay, cfg.momentum, cfg.optimizer)
-
-    # resume
     start_step, skipped = 0, []
-    if ckpt_path.exists():
-        ckpt = data.load_checkpoint(ckpt_path)
-        data.check_resume_config(ckpt["config"], cfg, ARCH_KEYS)
+    if ckpt is not None:  # resume: same schedule, same data order, from the step it stopped at
+        training.check_resume_config(ckpt["config"], cfg, ARCH_KEYS)
         model[0].load_state_dict({k.removeprefix("encoder."): v for k, v in ckpt["backbone"].items()})
         model[1].load_state_dict(ckpt["head"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_step, skipped = ckpt["step"], list(ckpt.get("skipped", []))
-        print0(f"resumed from {ckpt_path} at step {start_step} (epoch {start_step // steps_per_epoch})")
+        run.print(f"resumed from {run.checkpoint_path} at step {start_step} (epoch {start_step // steps_per_epoch})")
     if cfg.compile:
         model[0] = torch.compile(model[0])
-    ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else model
-
-    n_params = sum(p.numel() for p in encoder.parameters())
+    ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                    else None) if run.world > 1 else model
     labels = f"{len(videos.classes)} classes" if videos.classes else "no labels"
-    print0(f"CVRL | {videos.name}: {len(videos)} videos, {labels} | encoder {cfg.arch} "
-           f"({n_params / 1e6:.2f}M params) | {world} process(es) on {device} | global batch {global_batch} videos "
-           f"({2 * global_batch} clips) | lr {lr:.4g} | {steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
-    if master:
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-        print0(json.dumps(asdict(cfg)))
+    run.print(f"CVRL | {videos.name}: {len(videos)} videos, {labels} | encoder {cfg.arch} "
+              f"({sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M params) | {run.world} process(es) on "
+              f"{device} | global batch {global_batch} videos ({2 * global_batch} clips) | lr {lr:.4g} | "
+              f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
+    training.write_config(run, asdict(cfg))
+
+    advice = "a lower --lr, --optimizer lars, or --amp off"
 
     def checkpoint(step):
-        if master:
-            data.save_checkpoint(ckpt_path, {
+        mean.check_finite(step, advice)  # never save weights that a NaN has reached
+        if run.master:
+            training.save_checkpoint(run.checkpoint_path, {
                 "method": "cvrl", "config": asdict(cfg), "step": step, "epoch": step / steps_per_epoch,
                 # keys of build_backbone(config): what eval_linear.py loads
-                "backbone": {"encoder." + k: v for k, v in data.unwrap(model[0]).state_dict().items()},
+                "backbone": {"encoder." + k: v for k, v in training.unwrap(model[0]).state_dict().items()},
                 "head": model[1].state_dict(), "optimizer": optimizer.state_dict(), "skipped": sorted(set(skipped)),
                 "versions": {"torch": str(torch.__version__)}})
-        if world > 1:
-            dist.barrier()
+        run.barrier()
 
-    log = open(out / "log.jsonl", "a") if master else None
-    step = start_step
-    bar = tqdm(total=total_steps, initial=step, disable=not master, unit="step", dynamic_ncols=True)
-    stats = dict(loss=0.0, acc=0.0, n=0, wait=0.0, busy=0.0)
-    try:
-        while step < total_steps and (cfg.max_steps == 0 or step < cfg.max_steps):
-            epoch, offset = divmod(step, steps_per_epoch)
-            loader.sampler.set_epoch(epoch, skip=offset * cfg.batch_size)  # mid-epoch resume: same order, rest of it
-            model.train()
-            t_ready = time.perf_counter()
-            for batch in loader:
-                t_batch = time.perf_counter()
-                if batch["bad"]:
-                    skipped += batch["bad"]
-                    for b in batch["bad"]:
-                        tqdm.write(f"skipped unreadable video: {b}") if master else None
-                # (B, 2, T, H, W, 3) uint8 on the device; the two clips of each video go through one forward
-                # pass, so every BN batch holds both views (official: [clip1 of all videos; clip2 of all videos])
-                video = batch["video"].to(device, non_blocking=True)
-                g = torch.Generator().manual_seed(data.step_seed(cfg.seed, step, rank))  # resumable: a function of the step
-                x1 = data.augment(data.to_bcthw(video[:, 0]), cfg.size, aug1, g)  # (B, C, T, S, S) in [0, 1]
-                x2 = data.augment(data.to_bcthw(video[:, 1]), cfg.size, aug2, g)
-                x = torch.cat([x1, x2])  # (2B, C, T, S, S)
-                if device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last_3d)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step, total_steps, warmup_steps, lr)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    z = ddp_model(x)  # (2B, head_out)
-                    B = x1.shape[0]
-                    loss = nt_xent(z[:B], z[B:], cfg.temperature)
-                # every rank sees the same loss value, so a non-finite loss stops all ranks at the same step
-                loss_avg = loss.detach().clone()
-                if world > 1:
-                    dist.all_reduce(loss_avg, op=dist.ReduceOp.AVG)
-                if not math.isfinite(loss_avg.item()):
-                    raise FloatingPointError(
-                        f"loss is {loss_avg.item()} at step {step} (epoch {epoch}); stopping. The last good "
-                        f"checkpoint ({ckpt_path}) is kept. Try a lower --lr, --optimizer lars, or --amp off.")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))  # measure, don't clip
-                optimizer.step()
-                step += 1
-                with torch.no_grad():  # instance discrimination accuracy: is the other clip the nearest of the batch?
-                    zn = F.normalize(z.float(), dim=1)
-                    acc = (zn[:B] @ zn[B:].T).argmax(1).eq(torch.arange(B, device=device)).float().mean().item()
-                t_done = time.perf_counter()
-                stats["wait"] += t_batch - t_ready
-                stats["busy"] += t_done - t_batch
-                stats["loss"] += loss_avg.item()
-                stats["acc"] += acc
-                stats["n"] += 1
-                t_ready = t_done
-                bar.update(1)
-                if step % cfg.log_every == 0 or step == total_steps:
-                    n, elapsed = stats["n"], stats["wait"] + stats["busy"]
-                    rec = dict(step=step, epoch=round(step / steps_per_epoch, 3), loss=stats["loss"] / n,
-                               contrastive_acc=stats["acc"] / n, lr=optimizer.param_groups[0]["lr"],
-                               grad_norm=float(grad_norm), clips_per_s=2 * global_batch * n / elapsed,
-                               data_wait=stats["wait"] / elapsed, skipped=len(set(skipped)))
-                    bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['contrastive_acc']:.2f}",
-                                    lr=f"{rec['lr']:.3g}", clips_s=f"{rec['clips_per_s']:.0f}",
-                                    wait=f"{rec['data_wait']:.0%}")
-                    if log:
-                        log.write(json.dumps(rec) + "\n")
-                        log.flush()
-                    stats = dict(loss=0.0, acc=0.0, n=0, wait=0.0, busy=0.0)
-                if step % steps_per_epoch == 0 or step == total_steps or step == cfg.max_steps:
-                    checkpoint(step)
-                    break
-    except KeyboardInterrupt:
-        print0(f"\ninterrupted: saving {ckpt_path} at step {step}; run the same command to resume")
-        checkpoint(step)
-        raise SystemExit(130)
-    finally:
-        bar.close()
-    if master:
-        if skipped:
-            (out / "skipped.txt").write_text("\n".join(sorted(set(skipped))) + "\n")
-            print0(f"{len(set(skipped))} unreadable videos were skipped (listed in {out / 'skipped.txt'})")
-        if cfg.dataset == "unlabeled":  # nothing to probe with: look at what the features find similar instead
-            print0(f"done: {step} steps; checkpoint {ckpt_path}\n"
-                   f"look: python scripts/neighbours.py --ckpt {ckpt_path} --out {out / 'neighbours.png'}")
+    # the loop: a step per batch, a log line every --log-every steps, a checkpoint at every epoch's end
+    aug = augment_configs(cfg)
+    steps = training.Steps(loader, start_step, total_steps, steps_per_epoch, cfg.max_steps, cfg.batch_size)
+    mean = training.Mean(start_step)
+    model.train()
+    bar = tqdm(total=total_steps, initial=start_step, disable=not run.master, unit="step", dynamic_ncols=True)
+    with bar, training.interruptible(run, lambda: checkpoint(steps.step)):
+        for step, batch in steps:
+            training.report_bad(batch, skipped, run)
+            video = batch["video"].to(device, non_blocking=True)  # (B, 2, T, H, W, 3) uint8: two clips per video
+            mean.add(train_step(cfg, ddp_model, optimizer, video, step, lr_at(step, total_steps, warmup_steps, lr),
+                                aug, run.rank))
+            bar.update(1)
+            if steps.log_due(cfg.log_every):
+                mean.check_finite(step + 1, advice)
+                n = mean.n
+                rec = dict(step=step + 1, epoch=round((step + 1) / steps_per_epoch, 3), **mean.read(),
+                           lr=optimizer.param_groups[0]["lr"], **steps.timing(2 * global_batch, n),
+                           skipped=len(set(skipped)))
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['contrastive_acc']:.2f}", lr=f"{rec['lr']:.3g}",
+                                clips_s=f"{rec['clips_per_s']:.0f}", wait=f"{rec['data_wait']:.0%}")
+                run.log(rec)
+            if steps.epoch_end:
+                checkpoint(step + 1)
+    look = (f"look: python scripts/neighbours.py --ckpt {run.checkpoint_path} --out {run.out / 'neighbours.png'}"
+            if cfg.dataset == "unlabeled" else  # nothing to probe with: what the features find similar instead
+            f"evaluate: python eval_linear.py --ckpt {run.checkpoint_path}"
+            + (f" --dataset {cfg.dataset}" if cfg.dataset != "synthetic" else ""))
+    training.finish(run, skipped, steps.step, look)
+
+
+
+# ----------------------------------------------------------------------------- appendix: across processes (torchrun)
+# The two pieces that make several processes train as one on the global batch: batch norm with global statistics
+# and a gather of the embeddings that gradients flow back through (the loss section says why both matter).
+
+# The official code uses sync BN (`use_sync_bn: true`): BN statistics over the global batch, in the backbone and in
+# the head. It matters for contrastive learning: with per-process statistics a network can tell which process a
+# clip came from and use that to cheat on the negatives (SimCLR's "global BN" argument). On GPUs we use PyTorch's
+# nn.SyncBatchNorm; it refuses CPU tensors, so for CPU process groups (gloo: tests, laptops) the same computation
+# is written out here with a differentiable all-reduce. Both give exactly single-process BN on the concatenated
+# batch (tests/ddp_check.py checks it, gradients included).
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training-mode statistics are summed over all processes (CPU twin of nn.SyncBatchNorm)."""
+
+    def _check_input_dim(self, x):
+        pass  # used for 2-d (head) and 5-d (encoder) inputs alike
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)  # running statistics, no communication
+        from torch.distributed.nn.functional import all_reduce  # differentiable: backward all-reduces the gradients
+        dims = [0] + list(range(2, x.dim()))  # every axis but channels
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            n = all_reduce(torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype))  # global count per channel
+            mean = all_reduce(x.sum(dims)) / n  # (C,) two passes: no E[x^2] - E[x]^2 cancellation
+            var = all_reduce(((x - mean.view(shape)) ** 2).sum(dims)) / n  # biased, as BN normalises with
+        with torch.no_grad():
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+            self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)  # unbiased, as PyTorch's BN
+            self.num_batches_tracked += 1
+        return (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps) * self.weight.view(shape) \
+            + self.bias.view(shape)
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm computes global-batch statistics: nn.SyncBatchNorm on GPU, GlobalBatchNorm on CPU."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            ref = next(iter(child.state_dict().values()))  # keep the layer's dtype and device
+            bn = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats,
+                                 device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+            bn.load_state_dict(child.state_dict())
+            setattr(model, name, bn)
         else:
-            print0(f"done: {step} steps; checkpoint {ckpt_path}\n"
-                   f"evaluate: python eval_linear.py --ckpt {ckpt_path}"
-                   + (f" --dataset {cfg.dataset}" if cfg.dataset != "synthetic" else ""))
-    if world > 1:
-        dist.destroy_process_group()
+            sync_batchnorm(child, device)
+    return model
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """(B, D) on each of W processes -> (W*B, D), rank-major, differentiable. Identity without a process group."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    # torch 2.14 marks this function deprecated and suggests _functional_collectives.all_gather_single, which does
+    # NOT propagate gradients (only its private *_autograd twin does). That would silently give the bug above,
+    # so we keep the public differentiable one and silence the warning. .contiguous(): pytorch#120386.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = torch.distributed.nn.functional.all_gather(x.contiguous())  # tuple of W tensors (B, D)
+    return torch.cat(parts, dim=0)  # (W*B, D)
 
 
 if __name__ == "__main__":

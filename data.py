@@ -8,23 +8,18 @@ Read it top to bottom:
   2. datasets      split files -> a VideoList (paths, labels, classes, missing): class-per-folder, UCF101,
                    HMDB51, Kinetics CSV, the built-in synthetic action videos, and any folder of unlabeled videos
                    (listed once and indexed in the cache); --dataset auto decides which from the folder.
-  3. synthetic     procedurally generated action videos (motion carries the label), written as real H.264 files.
+  3. synthetic     procedurally generated action videos (motion carries the label), written as real H.264 files;
+                   SyntheticWorld holds every knob of them (trail, scenes, camera, sizes).
   4. samplers      which frames make a clip: one random clip, K uniform clips; cvrl.py plugs in its own pair sampler.
   5. dataset       a torch Dataset that opens a video once, samples clips, decodes them, and skips-and-reports
                    unreadable files; an epoch sampler that gives every item its own seed; the DataLoader factory.
   6. augmentation  batched, on the device: random resized crop (one roi_align for the whole batch), flip, colour
                    jitter in random order, grayscale, blur, solarize -- parameters drawn per clip and shared by all
                    its frames (temporally consistent), or per frame (the CVRL ablation).
-  7. run utils     config dataclass -> kebab-case flags, torchrun setup, atomic checkpoints, resume checks
-  7b. pictures     what the model sees (`show`), and the image grid scripts/neighbours.py draws with
-  8. CLI           python data.py synthetic --out DIR      write the synthetic dataset with train/test split files
+  7. CLI           python data.py synthetic --out DIR      write the synthetic dataset with train/test split files
                    python data.py check --dataset ... --data ROOT [--annotations ...]   list unreadable videos
-                   python data.py reencode --src ROOT --dst ROOT2 [--short-side 256] [--gop 16] [--crf 23] [--workers N]
-                                   re-encode every video for fast random access (H.264 tuned for fast decoding, a
-                                   keyframe every 16 frames, short side 256), same relative paths and file names,
-                                   resumable
-                   python data.py show --method cvrl|lss --out FILE.png [--videos 3] [any cvrl.py/lss.py flag]
-                                   a picture of what the model sees: clips as decoded and their augmented views
+Tools that work on datasets live in scripts/: reencode.py (re-encode for fast random access), show.py (a picture of
+what a method trains on).
 
 Tensor layouts: a decoded clip is uint8 (T, H, W, 3) -- PyAV's layout; a batch handed to the augmentation is uint8
 (B, C, T, H, W) -- the 3D-CNN layout; the augmentation returns float (B, C, T, h, w). lss.py rearranges to the ViT
@@ -35,6 +30,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import csv
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -42,17 +38,14 @@ import json
 import math
 import os
 import random
-import re
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import av
 from av.video.reformatter import VideoReformatter
@@ -61,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torchvision.ops import roi_align
+from tqdm import tqdm
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".3gp", ".ogv", ".wmv")
 
@@ -591,7 +585,6 @@ def _index_is_current(saved: dict, root) -> bool:
 def index_folder(root, progress=True) -> FolderIndex:
     """Every video under `root`, any depth, from the cache when no folder changed since it was listed (see above).
     Nothing is written under root: the index lives in cache_dir()/index/."""
-    from tqdm import tqdm
     root = str(root)
     path = _index_path(root)
     try:
@@ -887,15 +880,16 @@ def kinetics_split(root, annotations, split="train") -> VideoList:
 
 
 def load_split(dataset: str, root=None, annotations=None, fold: int = 1, split: str = "train",
-               synthetic_kwargs: dict | None = None) -> VideoList:
+               world: SyntheticWorld | None = None) -> VideoList:
     """The one entry point the scripts use. `dataset` "auto" (or None) is decided from the folder (resolve_dataset).
-    Refuses (DatasetError) a split with no usable video; reports missing files on stderr and keeps going when some
-    remain. An unlabeled folder has a train split only."""
+    `world`: what the synthetic videos look like when they have to be generated. Refuses (DatasetError) a split
+    with no usable video; reports missing files on stderr and keeps going when some remain. An unlabeled folder has
+    a train split only."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     dataset, _ = resolve_dataset(dataset, root)
     if dataset == "synthetic":
-        root = ensure_synthetic(root, **(synthetic_kwargs or {}))
+        root = ensure_synthetic(root, world or SyntheticWorld())
         videos = list_split(root, os.path.join(root, f"{split}.txt"), os.path.join(root, "classes.txt"))
     elif dataset == "folder":
         videos = folder_split(root, split)
@@ -939,6 +933,33 @@ def load_split(dataset: str, root=None, annotations=None, fold: int = 1, split: 
 # study measures).
 
 SYNTHETIC_CLASSES = ["static", "move_sideways", "move_up", "move_down", "rotate", "grow", "shrink", "orbit"]
+
+
+@dataclass
+class SyntheticWorld:
+    """What the built-in synthetic videos look like, and how many there are: every knob of the renderer and of the
+    dataset, declared once. Each method's config holds one, with the method's own defaults (lss.py's world has a
+    trail, scenes and a camera; cvrl.py's has none) in its field `synthetic`; config.json and the checkpoint save it,
+    and evaluation reads it back with synthetic_world(config). Each field is also a flag of the scripts (--trail 1)."""
+    nuisance: float = 0.0           # synthetic videos: appearance nuisance 0..1 (texture, colour, distractor, pan)
+    trail: float = 0.0              # synthetic videos: motion trail 0..2, faded earlier positions in every frame
+    context: float = 0.0            # synthetic videos: share filmed in their action's usual scene (a ground in its hue)
+    clutter: float = 0.0            # synthetic videos: the camera's grey textured background, strength U(0, clutter)
+    noise: float = 0.0              # synthetic videos: the camera's sensor noise, std U(0, noise)
+    video_size: int = 64            # synthetic videos: frame side in pixels
+    video_frames: int = 48          # synthetic videos: frames per video
+    fps: int = 16                   # synthetic videos: frame rate
+    train_per_class: int = 60       # synthetic videos: training videos per class
+    test_per_class: int = 50        # synthetic videos: test videos per class
+    world_seed: int = 0             # synthetic videos: generator seed (another seed: other videos of the same world)
+
+
+def synthetic_world(config: dict) -> SyntheticWorld:
+    """The synthetic world of a run's config (config.json, a checkpoint's "config": its "synthetic" entry). Configs
+    written before the world had a dataclass of its own carry its knobs at the top level (nuisance, trail)."""
+    if "synthetic" in config:
+        return SyntheticWorld(**config["synthetic"])
+    return SyntheticWorld(nuisance=config.get("nuisance", 0.0), trail=config.get("trail", 0.0))
 
 
 def _polygon_mask(cx, cy, radius, angle, sides, aspect, size, ss=2):
@@ -1116,18 +1137,6 @@ def _camera(frames: np.ndarray, rng: np.random.Generator, clutter: float, noise:
     return frames
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# 3b. captioned stills: the image-text corpus a tiny CLIP is pretrained on (scripts/pretrain_clip.py)
-# ----------------------------------------------------------------------------------------------------------------------
-# LSS adapts an image CLIP, which learned from web photos and their captions to name what a single frame shows. Our
-# stand-in for the web: single images drawn by the same renderer -- one shape of a random kind, colour, size and
-# position, with the full motion trail of its recent path -- each with a caption generated from what is drawn ("a
-# small red triangle rising near the top left"). Like CLIP's web images, they are not frames of the video dataset
-# and never see its labels; the caption's motion words are what lets the text tower name the video classes later.
-
-STILL_COLOURS = {"white": (1.0, 1.0, 1.0), "red": (1.0, 0.15, 0.15), "green": (0.2, 0.85, 0.2),
-                 "blue": (0.25, 0.4, 1.0), "yellow": (1.0, 0.9, 0.1), "cyan": (0.1, 0.9, 0.9),
-                 "magenta": (0.95, 0.2, 0.95), "orange": (1.0, 0.55, 0.1)}
 # Motion phrases per class, as captions say them. The first is the class's name in prompts (lss.py's zero-shot and
 # concept space use it for the synthetic dataset, as CLIP's notebooks rename each dataset's classes for prompts).
 MOTION_PHRASES = {
@@ -1141,106 +1150,6 @@ MOTION_PHRASES = {
     "orbit": ["orbiting", "circling", "moving in a circle"],
 }
 SYNTHETIC_CLASS_TEXT = {name: phrases[0] for name, phrases in MOTION_PHRASES.items()}
-POSITIONS = [["top left", "top", "top right"], ["left", "centre", "right"], ["bottom left", "bottom", "bottom right"]]
-# Every caption says the motion, most also some of the shape's kind, size, colour and position, in a random template
-# and a random phrasing of the motion. (Captions that named only the motion and one other attribute taught the tiny
-# CLIP less motion: 34% zero-shot on held-out stills against 47%; docs/results.md.)
-CAPTION_TEMPLATES = ["a {size} {colour} {shape} {motion} {where}", "a {colour} {shape} {motion}",
-                     "{where}, a {size} {shape} {motion}", "a photo of a {shape} {motion}",
-                     "a {size} {shape} {motion}, {colour}, {where}"]
-
-
-def shape_word(sides: int, aspect: float) -> str:
-    base = {3: "triangle", 4: "square", 5: "pentagon"}[sides]
-    if aspect > 1:
-        return "bar" if sides == 4 else "long " + base
-    return base
-
-
-def still_attributes(p: dict, i: int, S: int) -> dict:
-    """What frame i of the motion `p` shows, in caption words: motion (class), shape, size, position."""
-    col = min(2, int(3 * p["cx"][i] / S))
-    row = min(2, int(3 * p["cy"][i] / S))
-    return dict(motion=SYNTHETIC_CLASSES[p["label"]], shape=shape_word(p["sides"], p["aspect"]),
-                size="small" if p["radius"][i] < 0.13 * S else "large", position=POSITIONS[row][col])
-
-
-def caption(attrs: dict, rng: np.random.Generator) -> str:
-    """A caption of a still from its attributes: a random template and a random phrasing of its motion."""
-    where = "in the centre" if attrs["position"] == "centre" else f"near the {attrs['position']}"
-    phrases = MOTION_PHRASES[attrs["motion"]]
-    template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
-    text = template.format(size=attrs["size"], colour=attrs["colour"], shape=attrs["shape"], where=where,
-                           motion=phrases[int(rng.integers(len(phrases)))])
-    return re.sub(r"\ba (?=[aeiou])", "an ", text)  # "an orange square"
-
-
-# The stills' own look, a little varied as web photos are: a faint textured background up to STILL_CLUTTER and
-# sensor noise up to STILL_NOISE (data._camera). Videos may be filmed in far more clutter and noise (--clutter,
-# --noise): the gap between the two is what adapting the image CLIP to video has to bridge.
-STILL_CLUTTER, STILL_NOISE = 0.3, 0.03
-STILL_TRAIL = 1.0  # the trail's strength in the stills
-STILL_CONTEXT = (0.2, 0.5)  # the scene's tint in the stills: photos of an action show its usual scene
-
-
-def render_still(rng: np.random.Generator, size=32, frames=16, label=None, colour=None,
-                 shape=None) -> tuple[np.ndarray, dict]:
-    """One captioned still -> (uint8 (size, size, 3), attributes): one frame of a class's motion over `frames`
-    frames, any frame of it, drawn with the whole trail of its recent past (the motion starts one trail span before
-    the frames, as a video's does) in a named colour. A frame drawn anywhere in the motion reads the same way early
-    or late in a video: what carries the motion is the trail, not where the motion has led. The class, the colour
-    name and the shape (sides, aspect) are random unless given."""
-    step = _trail_step(frames)
-    pre = TRAIL_GHOSTS * step
-    label = int(rng.integers(len(SYNTHETIC_CLASSES))) if label is None else label
-    p = synthetic_motion(label, rng, size, frames + pre)
-    if shape is not None:
-        p["sides"], p["aspect"] = shape
-    i = pre + int(rng.integers(frames))
-    name = list(STILL_COLOURS)[int(rng.integers(len(STILL_COLOURS)))] if colour is None else colour
-    mk = _trail_mask(p, i, size, STILL_TRAIL, step)[..., None]
-    scene = _context(label, rng, size, rng.uniform(*STILL_CONTEXT)) if STILL_CONTEXT[1] > 0 else 0.0
-    img = scene * (1 - mk) + mk * np.array(STILL_COLOURS[name], np.float32)
-    img = _camera(img[None], rng, STILL_CLUTTER, STILL_NOISE)[0]
-    return (img.clip(0, 1) * 255 + 0.5).astype(np.uint8), {**still_attributes(p, i, size), "colour": name}
-
-
-STILL_GROUP = len(SYNTHETIC_CLASSES)
-
-
-def _stills_chunk(job):
-    seed, start, n, size = job
-    images, attrs, captions = [], [], []
-    for k in range(start, start + n):
-        # one generator per still (the corpus does not depend on chunking) and one per group of STILL_GROUP stills:
-        # a group shares its colour and shape and shows every motion once, in a random order (see make_stills)
-        grng = np.random.default_rng([seed, k // STILL_GROUP, 1])
-        order = grng.permutation(len(SYNTHETIC_CLASSES))
-        colour = list(STILL_COLOURS)[int(grng.integers(len(STILL_COLOURS)))]
-        shape = (int(grng.choice([3, 4, 5, 4])), float(grng.choice([1.0, 1.0, 1.6])))
-        rng = np.random.default_rng([seed, k])
-        img, a = render_still(rng, size, label=int(order[k % STILL_GROUP]), colour=colour, shape=shape)
-        images.append(img)
-        attrs.append(a)
-        captions.append(caption(a, rng))
-    return np.stack(images), attrs, captions
-
-
-def make_stills(n: int, size=32, seed=0, workers=None, progress=True) -> tuple[np.ndarray, list, list]:
-    """n captioned stills -> (uint8 (n, size, size, 3), [attributes], [captions]). Deterministic in `seed`."""
-    import multiprocessing as mp
-    from tqdm import tqdm
-    chunk = 500
-    jobs = [(seed, s, min(chunk, n - s), size) for s in range(0, n, chunk)]
-    workers = workers or min(len(os.sched_getaffinity(0)), 8)
-    images, attrs, captions = [], [], []
-    with mp.get_context("fork").Pool(workers) as pool:
-        for im, a, c in tqdm(pool.imap(_stills_chunk, jobs), total=len(jobs), desc="captioned stills",
-                             unit="chunk", disable=not progress):
-            images.append(im)
-            attrs += a
-            captions += c
-    return np.concatenate(images), attrs, captions
 
 
 def write_video(path, frames: np.ndarray, fps=16, codec="libx264", options=None, container_options=None):
@@ -1260,27 +1169,26 @@ def write_video(path, frames: np.ndarray, fps=16, codec="libx264", options=None,
 
 
 def _write_synthetic_one(job):
-    path, label, seed, size, frames, fps, nuisance, trail, context, clutter, noise = job
+    path, label, seed, w = job
     rng = np.random.default_rng(seed)
-    write_video(path, render_synthetic_video(label, rng, size, frames, nuisance, trail, context, clutter, noise), fps,
+    write_video(path, render_synthetic_video(label, rng, w.video_size, w.video_frames, w.nuisance, w.trail, w.context,
+                                             w.clutter, w.noise), w.fps,
                 options={"crf": "18", "threads": "1", "preset": "veryfast"})
 
 
-def make_synthetic(out, train_per_class=60, test_per_class=50, size=64, frames=48, fps=16, nuisance=0.0, seed=0,
-                   workers=None, progress=True, trail=0.0, context=0.0, clutter=0.0, noise=0.0):
+def make_synthetic(out, world: SyntheticWorld = SyntheticWorld(), workers=None, progress=True):
     """Write the synthetic dataset: out/{train,test}/<class>/<class>_NNNN.mp4, train.txt / test.txt
-    (`<relative path> <label>`), classes.txt. Deterministic in `seed` (each video has its own seed)."""
+    (`<relative path> <label>`), classes.txt. Deterministic in the world's seed (each video has its own seed)."""
     import multiprocessing as mp
-    from tqdm import tqdm
     out = Path(out)
     jobs, lists = [], {"train": [], "test": []}
-    for split, n, sid in (("train", train_per_class, 0), ("test", test_per_class, 1)):
+    for split, n, sid in (("train", world.train_per_class, 0), ("test", world.test_per_class, 1)):
         for c, name in enumerate(SYNTHETIC_CLASSES):
             (out / split / name).mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 rel = f"{split}/{name}/{name}_{i:04d}.mp4"
-                vseed = int(np.random.SeedSequence([seed, sid, c, i]).generate_state(1)[0])
-                jobs.append((str(out / rel), c, vseed, size, frames, fps, nuisance, trail, context, clutter, noise))
+                vseed = int(np.random.SeedSequence([world.world_seed, sid, c, i]).generate_state(1)[0])
+                jobs.append((str(out / rel), c, vseed, world))
                 lists[split].append(f"{rel} {c}")
     workers = workers or min(len(os.sched_getaffinity(0)), 8)
     with mp.get_context("fork").Pool(workers) as pool:
@@ -1297,19 +1205,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("NANOVIDEOSSL_CACHE", Path.home() / ".cache" / "nanovideossl"))
 
 
-def ensure_synthetic(root=None, train_per_class=60, test_per_class=50, size=64, frames=48, fps=16, nuisance=0.0,
-                     seed=0, trail=0.0, context=0.0, clutter=0.0, noise=0.0) -> str:
+def synthetic_tag(w: SyntheticWorld) -> str:
+    """The cache folder's name: every knob, so changing one never reuses stale videos. A knob at 0 adds nothing,
+    so the folders (and videos) of before each knob existed keep their names."""
+    tag = (f"synthetic-v1-s{w.video_size}-f{w.video_frames}-fps{w.fps}-n{w.nuisance:g}-{w.train_per_class}x"
+           f"{w.test_per_class}-seed{w.world_seed}")
+    for name in ("trail", "context", "clutter", "noise"):
+        tag += f"-{name}{getattr(w, name):g}" if getattr(w, name) else ""
+    return tag
+
+
+def ensure_synthetic(root=None, world: SyntheticWorld = SyntheticWorld()) -> str:
     """The synthetic dataset's folder, generated once. Without `root` it lives in the cache dir under a name that
-    encodes every knob, so changing a knob never reuses stale videos. Generation goes to a temporary folder that is
-    renamed into place: concurrent processes (torchrun ranks) cannot see a half-written dataset."""
-    if root is None:
-        tag = f"synthetic-v1-s{size}-f{frames}-fps{fps}-n{nuisance:g}-{train_per_class}x{test_per_class}-seed{seed}"
-        tag += f"-trail{trail:g}" if trail else ""  # trail 0: the name (and the videos) of before the knob existed
-        tag += f"-context{context:g}" if context else ""  # likewise the scene's and the camera's knobs
-        tag += f"-clutter{clutter:g}" if clutter else ""
-        tag += f"-noise{noise:g}" if noise else ""
-        root = cache_dir() / tag
-    root = Path(root)
+    encodes every knob (synthetic_tag). Generation goes to a temporary folder that is renamed into place:
+    concurrent processes (torchrun ranks) cannot see a half-written dataset."""
+    root = Path(root) if root is not None else cache_dir() / synthetic_tag(world)
     if (root / "classes.txt").exists():
         return str(root)
     if root.is_dir() and any(root.iterdir()):  # someone's folder: never generate next to it or into it
@@ -1319,8 +1229,7 @@ def ensure_synthetic(root=None, train_per_class=60, test_per_class=50, size=64, 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp", dir=root.parent))
     print(f"generating the synthetic dataset once into {root} ...", file=sys.stderr)
-    make_synthetic(tmp, train_per_class, test_per_class, size, frames, fps, nuisance, seed, trail=trail,
-                   context=context, clutter=clutter, noise=noise)
+    make_synthetic(tmp, world)
     try:
         os.rename(tmp, root)
     except OSError:  # another process finished first (same seed, same content) or root exists and is not ours
@@ -1795,314 +1704,7 @@ def to_bcthw(video: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# 7. run management shared by cvrl.py, lss.py and eval_linear.py (config flags, torchrun, checkpoints)
-# ----------------------------------------------------------------------------------------------------------------------
-
-def field_helps(config_cls) -> dict:
-    """{field: the comment after it} from a config dataclass's source: each field's one-line help, written once."""
-    import inspect
-    return dict(re.findall(r"^\s+(\w+): .*?#\s*(.*)$", inspect.getsource(config_cls), re.M))
-
-
-def parse_config(config_cls, argv=None, description=""):
-    """A kebab-case flag for every field of a config dataclass (--batch-size 64), with the help text taken from the
-    field's trailing comment, so the dataclass stays the one place where a setting is defined and explained."""
-    import dataclasses
-    helps = field_helps(config_cls)
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in dataclasses.fields(config_cls):
-        flag, default, h = "--" + f.name.replace("_", "-"), f.default, helps.get(f.name, "")
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=h)
-        elif isinstance(default, tuple):
-            p.add_argument(flag, type=type(default[0]), nargs=len(default), default=default, help=h)
-        else:
-            p.add_argument(flag, type=type(default) if default is not None else str, default=default, help=h)
-    a = p.parse_args(argv)
-    return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(a).items()})
-
-
-def resolve_device(flag: str) -> torch.device:
-    """--device auto | cpu | cuda -> a torch.device: auto is the GPU when one is visible; cuda without one is an
-    error that says so."""
-    if flag == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if flag == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no GPU is visible (torch.cuda.is_available() is False)")
-    return torch.device(flag)
-
-
-def setup_distributed(device_flag: str):
-    """-> (rank, world_size, device). torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; plain `python` runs one process with
-    no process group. gloo on CPU (tests, laptops), NCCL on GPUs."""
-    import torch.distributed as dist
-    device_flag = resolve_device(device_flag).type
-    if "RANK" not in os.environ:
-        return 0, 1, torch.device(device_flag)
-    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-    if device_flag == "cuda":
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-        dist.init_process_group("nccl", device_id=device)
-    else:
-        device = torch.device("cpu")
-        dist.init_process_group("gloo")
-    return rank, world, device
-
-
-def save_checkpoint(path, state: dict):
-    """Write to a temporary file, fsync, then rename: a crash or SIGKILL mid-write leaves the previous checkpoint.
-    The temporary name carries the process id, so two processes writing the same file (two evaluations filling one
-    feature cache) never write into each other's. A Ctrl-C that arrives during the write is held until the file is
-    whole and renamed, then raised as KeyboardInterrupt: the training loop's own Ctrl-C handler then saves and exits
-    130 as usual, instead of torch.save dying half-way with a zip error (signal handlers can only be set from the
-    main thread; elsewhere the write is not shielded)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    held: list[int] = []
-    shield = threading.current_thread() is threading.main_thread()
-    if shield:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    finally:
-        if shield:  # None: a handler set outside Python; the default one is the closest we can restore
-            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
-    if held:
-        raise KeyboardInterrupt
-
-
-def load_checkpoint(path) -> dict:
-    """weights_only=True: a checkpoint is tensors and plain containers; a pickle that wants to run code is refused."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- any failure here means "not a checkpoint we can read"
-        lines = str(e).splitlines() or [""]
-        # torch's weights_only refusal is a long text; the line naming the refused object is the useful one
-        why = next((ln.strip() for ln in lines if "Unsupported global" in ln), lines[0])
-        raise SystemExit(f"error: cannot read checkpoint {path}: {type(e).__name__}: {why}\n"
-                         f"It is corrupt or not a nanovideossl checkpoint (only tensors and plain containers are "
-                         f"accepted: torch.load(weights_only=True)). Move it away to start fresh.")
-
-
-def state_dict_sha1(sd: dict) -> str:
-    """Content identity of a state dict (feature caches, concept caches): names, dtypes, shapes and raw bytes of
-    every tensor, in key order."""
-    h = hashlib.sha1()
-    for k in sorted(sd):
-        t = sd[k].detach().cpu().contiguous()
-        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # bytes of any dtype (bf16 has no numpy type)
-    return h.hexdigest()
-
-
-HARMLESS_KEYS = {"workers", "log_every", "device", "out", "compile", "max_steps", "data", "annotations"}
-
-
-def check_resume_config(saved: dict, cfg, arch_keys):
-    """Refuse a resume that would change the network (`arch_keys`); warn about other changed settings."""
-    from dataclasses import asdict
-    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731 -- json/tuple round trip
-    changed = {k: (saved.get(k), v) for k, v in asdict(cfg).items() if k in saved and norm(saved[k]) != norm(v)}
-    arch = {k: c for k, c in changed.items() if k in arch_keys}
-    if arch:
-        raise SystemExit("error: the checkpoint in --out was trained with a different network: " +
-                         ", ".join(f"--{k.replace('_', '-')} {a!r} (checkpoint) vs {b!r} (now)" for k, (a, b) in arch.items()) +
-                         ". Use another --out, or the checkpoint's settings.")
-    for k, (a, b) in changed.items():
-        if k not in HARMLESS_KEYS:
-            print(f"warning: resuming with --{k.replace('_', '-')} {b!r} (checkpoint had {a!r})", file=sys.stderr)
-
-
-def unwrap(model):
-    """The plain module under DDP / torch.compile wrappers, so state-dict keys carry no 'module.'/'_orig_mod.'."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# 7b. pictures: what the model sees (python data.py show), and a grid of images with text for scripts/neighbours.py
-# ----------------------------------------------------------------------------------------------------------------------
-# Drawn with Pillow (a dependency of torchvision, declared in pyproject.toml), not matplotlib: a few rows of frames with
-# a line of text above each is all it takes, and the main scripts stay free of plotting libraries.
-
-def image_grid(rows, pad: int = 4, background=(255, 255, 255)):
-    """rows: [(text, [uint8 (H, W, 3) images], [captions] or None)] -> a PIL image: for each row a line of text, then
-    its images side by side (top-aligned), each with its caption under it (lines split at '\n', each cut to the
-    image's width). A row may have text only (a header)."""
-    from PIL import Image, ImageDraw, ImageFont
-    font = ImageFont.load_default()
-    line = font.getbbox("Ag")[3] + 3  # text line height in pixels
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-
-    def fit(text, width):  # cut a caption line to the image's width, marking the cut
-        while len(text) > 1 and measure.textlength(text, font=font) > width:
-            text = text[:-2] + "~"
-        return text
-
-    def caption_lines(captions):
-        return max(c.count("\n") + 1 for c in captions) if captions else 0
-
-    width, height = 0, pad
-    for text, images, captions in rows:
-        row_w = pad + sum(im.shape[1] + pad for im in images)
-        width = max(width, row_w, 2 * pad + int(measure.textlength(text, font=font)))
-        height += line + (max(im.shape[0] for im in images) + pad if images else 0) + line * caption_lines(captions)
-    canvas = Image.new("RGB", (width, height + pad), background)
-    draw = ImageDraw.Draw(canvas)
-    y = pad
-    for text, images, captions in rows:
-        draw.text((pad, y), text, fill=(0, 0, 0), font=font)
-        y += line
-        x = pad
-        for k, im in enumerate(images):
-            canvas.paste(Image.fromarray(np.ascontiguousarray(im)), (x, y))
-            for j, cap in enumerate(captions[k].split("\n") if captions else []):
-                draw.text((x, y + im.shape[0] + 1 + j * line), fit(cap, im.shape[1]), fill=(0, 0, 0), font=font)
-            x += im.shape[1] + pad
-        if images:
-            y += max(im.shape[0] for im in images) + pad + line * caption_lines(captions)
-    return canvas
-
-
-def _upscale(img: np.ndarray, factor: float) -> np.ndarray:
-    """uint8 (H, W, 3) -> nearest-neighbour scaled by `factor` (pixels stay visible as pixels)."""
-    H, W = img.shape[:2]
-    ys = np.minimum((np.arange(max(1, round(H * factor))) / factor).astype(int), H - 1)
-    xs = np.minimum((np.arange(max(1, round(W * factor))) / factor).astype(int), W - 1)
-    return img[ys][:, xs]
-
-
-def _to_images(x: torch.Tensor, factor: float) -> list:
-    """float (C, T, H, W) in [0, 1] -> T uint8 (H, W, 3) images, scaled by `factor`."""
-    frames = (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()  # (T, H, W, 3)
-    return [_upscale(f, factor) for f in frames]
-
-
-def _aug_text(a: AugmentConfig) -> str:
-    return (f"crop area {a.area[0]:g}-{a.area[1]:g}, flip p {a.flip_p:g}, colour jitter p {a.jitter_p:g}, "
-            f"gray p {a.gray_p:g}, blur p {a.blur_p:g}, solarize p {a.solarize_p:g}"
-            + (", drawn per frame" if a.per_frame else ""))
-
-
-class _RecordingSampler:
-    """Wraps a sampler and keeps what it chose last (the video's frame count and fps, the clips' frame indices),
-    so `show` can write the start frames under the pictures. VideoDataset calls the sampler once per attempt; the
-    last call is the video that was decoded."""
-
-    def __init__(self, sampler):
-        self.sampler, self.last = sampler, None
-
-    def __call__(self, num_frames, fps, rng):
-        clips = self.sampler(num_frames, fps, rng)
-        self.last = (num_frames, fps, [np.asarray(c) for c in clips])
-        return clips
-
-
-def _frames_text(idx) -> str:
-    """'frames 8..22 every 2', or every index when they are not evenly spaced (a clip that wraps around the end)."""
-    step = int(idx[1] - idx[0]) if len(idx) > 1 else 0
-    if step > 0 and np.all(np.diff(idx) == step):
-        return f"frames {idx[0]}..{idx[-1]} every {step}"
-    return "frames " + " ".join(str(int(i)) for i in idx)
-
-
-def show(method: str, method_argv, out, num_videos: int = 3, tile: int = 64) -> Path:
-    """A PNG of what `method` (cvrl | lss) trains on, for a few videos of its training data: the clips as decoded
-    (the canvas) and the augmented views the network is fed, with their frame numbers. `method_argv` are the
-    method's own flags (--data, --dataset, --frames, --size, --seed, ...): the picture shows exactly the views that
-    command would train on (the same samplers and augmentation code), chosen by --seed. Global views are drawn
-    `tile` pixels wide per frame; everything else at the same scale (a 16-px local view is a quarter of a 32-px one)."""
-    import importlib
-    module = importlib.import_module(method)  # imported here: cvrl.py and lss.py import data.py
-    cfg = module.parse_args(list(method_argv))
-    videos = load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train",
-                        synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail))
-    if method == "cvrl":
-        sampler = module.PairSampler(cfg.frames, cfg.stride, cfg.interval, cfg.power)
-    else:
-        sampler = module.MultiViewSampler(cfg.frames, cfg.stride, cfg.local_views, cfg.local_stride)
-    recorder = _RecordingSampler(sampler)
-    dataset = VideoDataset(videos, recorder, canvas=cfg.canvas, resample=False, min_frames=cfg.frames)
-    items, picks = [], []
-    for i in np.random.default_rng(cfg.seed).permutation(len(videos)):  # as in training, each video's own generator
-        item = dataset[(int(i), cfg.seed)]
-        for b in item["bad"]:
-            print(f"skipped unreadable video: {b}", file=sys.stderr)
-        if item["ok"]:
-            items.append(item)
-            picks.append(recorder.last)
-        if len(items) == num_videos:
-            break
-    if not items:
-        raise DatasetError(f"none of the {len(videos)} videos of {videos.name} could be decoded")
-    video = torch.stack([it["video"] for it in items])  # (N, V, T, H, W, 3) uint8: V clips per video
-    g = torch.Generator().manual_seed(cfg.seed)
-    f = tile / cfg.size  # display scale: a network-input pixel is f screen pixels
-    rows = []
-
-    def header(n, item):
-        path = videos.paths[item["index"]]
-        info = probe(path)
-        name = os.path.relpath(path, cfg.data) if cfg.data else os.path.basename(path)
-        rows.append((f"{n + 1}. {name}: {info.num_frames} frames at {info.fps:.3g} fps, {info.width}x{info.height} "
-                     f"| decoded to a {cfg.canvas[0]}x{cfg.canvas[1]} canvas (scaled to cover, centre crop)", [], None))
-
-    def decoded(n, v):  # clip v of video n as decoded: the canvas, before any augmentation
-        return _to_images(video[n, v].permute(3, 0, 1, 2).float() / 255, f)  # (T, H, W, 3) -> (C, T, H, W)
-
-    if method == "cvrl":
-        aug1, aug2 = module.augment_configs(cfg)
-        x1 = augment(to_bcthw(video[:, 0]), cfg.size, aug1, g)  # (N, C, T, S, S) in [0, 1], as cvrl.train does
-        x2 = augment(to_bcthw(video[:, 1]), cfg.size, aug2, g)
-        for n, (item, (_, fps, (a, b))) in enumerate(zip(items, picks)):
-            header(n, item)
-            dt = int(b[0]) - int(a[0])  # the interval between the two clips' start frames
-            rows += [(f"clip 1 as decoded: {_frames_text(a)}, starts at {a[0] / fps:.2f} s", decoded(n, 0), None),
-                     (f"view 1, the network's input ({cfg.size}px): {_aug_text(aug1)}", _to_images(x1[n], f), None),
-                     (f"clip 2 as decoded: {_frames_text(b)}, starts {dt:+d} frames ({dt / fps:+.2f} s) from clip 1",
-                      decoded(n, 1), None),
-                     (f"view 2 ({cfg.size}px): {_aug_text(aug2)}", _to_images(x2[n], f), None)]
-    else:
-        aug_global, aug_local = module.view_augmentations(cfg)
-        groups = module.make_views(video, cfg, aug_global, aug_local, g)  # CLIP-normalised, (views*N, T, C, H, W)
-        mean = torch.tensor(module.CLIP_MEAN).view(1, 1, 3, 1, 1)
-        std = torch.tensor(module.CLIP_STD).view(1, 1, 3, 1, 1)
-        groups = [(x * std + mean).permute(0, 2, 1, 3, 4) for x in groups]  # back to [0, 1], (views*N, C, T, H, W)
-        N = len(items)
-        local_idx = module.local_frame_index(cfg.frames, cfg.local_frames).numpy()
-        for n, (item, (_, fps, views)) in enumerate(zip(items, picks)):
-            header(n, item)
-            g1, g2 = views[0], views[1]
-            span = (len(g1) - 1) * cfg.stride / fps
-            rows += [(f"global 1 as decoded: {_frames_text(g1)} (spans {span:.2f} s), starts at {g1[0] / fps:.2f} s",
-                      decoded(n, 0), None),
-                     (f"global view 1 ({cfg.size}px): {_aug_text(aug_global)}", _to_images(groups[0][n], f), None),
-                     (f"global view 2 ({cfg.size}px): {_frames_text(g2)}, shifted by {int(g2[0]) - int(g1[0])} frames",
-                      _to_images(groups[0][N + n], f), None)]
-            for k in range(cfg.local_views):  # view-major: local view k of video n is row k * N + n
-                shown = views[2 + k][local_idx]
-                rows.append((f"local view {k + 1} ({cfg.local_size}px, {cfg.local_frames} frames): "
-                             f"{_frames_text(shown)}, starts at {shown[0] / fps:.2f} s"
-                             + (f"; {_aug_text(aug_local)}" if k == 0 else ""),
-                             _to_images(groups[1][k * N + n], f), None))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(rows).save(out)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# 8. CLI
+# 7. CLI
 # ----------------------------------------------------------------------------------------------------------------------
 
 def add_data_args(p: argparse.ArgumentParser):
@@ -2116,7 +1718,8 @@ def add_data_args(p: argparse.ArgumentParser):
     return p
 
 
-def _check_one(path):
+def check_video(path):
+    """(path, None) when the first, middle and last frames decode; (path, reason) otherwise."""
     try:
         info = probe(path)
         read_frames(path, sorted({0, info.num_frames // 2, info.num_frames - 1}))
@@ -2130,10 +1733,9 @@ def _check_one(path):
 def check_dataset(videos: Sequence[str], workers=2, progress=True):
     """Probe every video and decode its first, middle and last frame. Returns [(path, reason)] of broken ones."""
     import multiprocessing as mp
-    from tqdm import tqdm
     bad = []
     with mp.get_context("spawn").Pool(max(1, workers)) as pool:
-        for path, reason in tqdm(pool.imap(_check_one, videos, chunksize=4), total=len(videos), desc="checking",
+        for path, reason in tqdm(pool.imap(check_video, videos, chunksize=4), total=len(videos), desc="checking",
                                  unit="video", disable=not progress):
             if reason:
                 bad.append((path, reason))
@@ -2162,290 +1764,33 @@ def check_dataset(videos: Sequence[str], workers=2, progress=True):
 # names), so the container follows the name where it can hold the codec; where it cannot (WebM allows only
 # VP8/VP9/AV1, Ogg no H.264, MPEG-PS/ASF only badly, FLV and 3GP no MJPEG) the file is written as Matroska under its
 # old name. FFmpeg, and so PyAV and read_frames, detects the container from the content, not from the name.
-REENCODE_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".flv": "flv",
-                    ".3gp": "3gp"}
-# The codecs reencode_video writes: name -> (PyAV encoder, pixel format, containers that hold it). MJPEG is
-# full-range YUV (yuvj420p), the JPEG convention; read_frames converts either range to the same RGB.
-REENCODE_CODECS = {
-    "h264": ("libx264", "yuv420p", {"mp4", "mov", "matroska", "avi", "flv", "3gp"}),
-    "mpeg4": ("mpeg4", "yuv420p", {"mp4", "mov", "matroska", "avi", "3gp"}),   # MPEG-4 Part 2 (the XviD/DivX codec)
-    "mjpeg": ("mjpeg", "yuvj420p", {"mp4", "mov", "matroska", "avi"}),          # every frame a JPEG: all-intra
-}
-REENCODE_COPY = (".txt", ".csv", ".json")  # split files and annotations next to the videos are copied as they are
-
-
-def _reencode_size(w, h, short_side):
-    """(w, h) scaled so the short side is `short_side` (None/0: unchanged), both rounded to even numbers
-    (yuv420p subsamples chroma by 2)."""
-    s = short_side / min(w, h) if short_side else 1.0
-    even = lambda v: max(2, int(round(v * s / 2)) * 2)  # noqa: E731
-    return even(w), even(h)
-
-
-def _encoder_settings(codec, fmt, gop, crf, preset, tune, qscale) -> tuple[str, str, dict]:
-    """(PyAV encoder name, pixel format, encoder options) for reencode_video. One thread per encoder: reencode_dataset
-    runs one process per core."""
-    if codec not in REENCODE_CODECS:
-        raise ValueError(f"unknown codec {codec!r}: choose one of {', '.join(REENCODE_CODECS)}")
-    encoder, pix_fmt, _ = REENCODE_CODECS[codec]
-    opts = {"threads": "1"}
-    if codec == "h264":
-        opts.update(crf=str(crf), g=str(gop), preset=preset)
-        if tune and tune != "none":
-            opts["tune"] = tune
-        if fmt == "avi":
-            opts["bf"] = "0"  # AVI stores no presentation times: B-frames would need guessing
-    else:
-        # A constant quantizer (2 = best .. 31 = worst): FFmpeg's `-q:v` sets it per frame, which PyAV cannot, so
-        # rate control is pinned to it by qmin = qmax instead. MJPEG has no inter frames; `gop` is MPEG-4's keyint.
-        opts.update(qmin=str(qscale), qmax=str(qscale))
-        if codec == "mpeg4":
-            opts["g"] = str(gop)
-    return encoder, pix_fmt, opts
-
-
-def check_reencode_settings(codec="h264", gop=16, crf=23, preset="medium", tune="fastdecode", qscale=4):
-    """Encode two tiny frames in memory with these settings, so a misspelt --preset or --tune fails once, up front,
-    instead of once per video inside the workers. Raises ValueError."""
-    import io
-    encoder, pix_fmt, opts = _encoder_settings(codec, "matroska", gop, crf, preset, tune, qscale)
-    try:
-        with av.open(io.BytesIO(), "w", format="matroska") as out:
-            s = out.add_stream(encoder, rate=25)
-            s.width, s.height, s.pix_fmt, s.options = 64, 64, pix_fmt, opts
-            for i in range(2):
-                f = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
-                f = f.reformat(format=pix_fmt)
-                f.pts = i
-                for p in s.encode(f):
-                    out.mux(p)
-            for p in s.encode():
-                out.mux(p)
-    except (av.error.FFmpegError, ValueError) as e:
-        raise ValueError(f"{encoder} refuses these settings ({', '.join(f'{k}={v}' for k, v in opts.items())}): "
-                         f"{type(e).__name__} (the encoder's own message is printed above)") from e
-
-
-def reencode_video(src, dst, short_side: int | None = 256, gop: int = 16, crf: int = 23, preset: str = "medium", *,
-                   codec: str = "h264", tune: str | None = "fastdecode", qscale: int = 4) -> dict:
-    """Re-encode one video for fast random access: `codec` "h264" (the default: libx264 at `crf` with x264's
-    `preset` and `tune`, fastdecode unless tune is None or "none"), "mpeg4" (MPEG-4 Part 2) or "mjpeg" (both at the
-    constant quantizer `qscale`, 2 = best .. 31); a keyframe at least every `gop` frames (MJPEG: every frame);
-    short side scaled to `short_side` (even dims), the source's average frame rate as a constant rate (every decoded
-    frame is kept, in order: the frame count is preserved; a variable-rate source becomes constant-rate), audio
-    dropped. A display rotation (phone videos) is applied to the pixels and not written, so read_frames returns the
-    same upright frames from the output as from the source (short side measured as displayed).
-    Written to a temporary file in dst's folder and renamed into place, so an interrupted run never leaves a
-    half-written dst. Raises VideoError for an unreadable source. Returns {"frames", "width", "height", "fps",
-    "truncated"}: truncated is True when the source's tail could not be decoded (the decodable part is kept, as
-    read_frames would see it)."""
-    src, dst = str(src), str(dst)
-    if os.path.exists(dst) and os.path.samefile(src, dst):
-        raise ValueError(f"refusing to overwrite the source {src}")
-    if codec not in REENCODE_CODECS:
-        raise ValueError(f"unknown codec {codec!r}: choose one of {', '.join(REENCODE_CODECS)}")
-    fmt = REENCODE_FORMATS.get(os.path.splitext(dst)[1].lower(), "matroska")
-    if fmt not in REENCODE_CODECS[codec][2]:
-        fmt = "matroska"  # the name's container cannot hold this codec (see REENCODE_FORMATS)
-    encoder, pix_fmt, opts = _encoder_settings(codec, fmt, gop, crf, preset, tune, qscale)
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(dst)), f".{os.path.basename(dst)}.{os.getpid()}.partial")
-    n, truncated = 0, False
-    try:
-        with _open(src) as inp:
-            ist = inp.streams.video[0]
-            ist.thread_count = 1
-            rate = ist.average_rate or ist.guessed_rate or ist.base_rate
-            if not rate or float(rate) <= 0:
-                raise VideoError(src, "has no frame rate in its header")
-            rate = Fraction(rate).limit_denominator(100000)
-            with av.open(tmp, "w", format=fmt) as out:
-                ost, to_rgb, to_yuv = None, VideoReformatter(), VideoReformatter()  # reused: see _to_rgb
-                try:
-                    for frame in inp.decode(ist):
-                        k = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # as _to_rgb: turn upright
-                        if k:
-                            frame = av.VideoFrame.from_ndarray(
-                                np.ascontiguousarray(np.rot90(to_rgb.reformat(frame, format="rgb24").to_ndarray(), k)),
-                                format="rgb24")
-                        if ost is None:
-                            W, H = _reencode_size(frame.width, frame.height, short_side)
-                            ost = out.add_stream(encoder, rate=rate)
-                            ost.width, ost.height, ost.pix_fmt = W, H, pix_fmt
-                            ost.codec_context.time_base = 1 / rate
-                            ost.options = opts
-                        scale = (frame.width, frame.height) != (ost.width, ost.height)
-                        f = to_yuv.reformat(frame, width=ost.width, height=ost.height, format=pix_fmt,
-                                            interpolation="AREA" if scale and ost.width < frame.width else None)
-                        f.pts, f.time_base = n, ost.codec_context.time_base
-                        n += 1
-                        for p in ost.encode(f):
-                            out.mux(p)
-                except av.error.FFmpegError as e:
-                    if n == 0:
-                        raise VideoError(src, f"no frame could be decoded ({type(e).__name__}: {e})") from e
-                    truncated = True  # a corrupt tail: keep what decoded, as read_frames does
-                if ost is None:
-                    raise VideoError(src, "contains no decodable frame")
-                for p in ost.encode():
-                    out.mux(p)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return {"frames": n, "width": ost.width, "height": ost.height, "fps": float(rate), "truncated": truncated}
-
-
-def _reencode_one(job):
-    src, dst, short_side, gop, crf, preset, settings = job
-    if os.path.exists(dst) and _check_one(dst)[1] is None:
-        return src, "exists", None  # resumable: a finished output that decodes is kept
-    try:
-        r = reencode_video(src, dst, short_side, gop, crf, preset, **settings)
-        return src, "truncated" if r["truncated"] else "ok", None
-    except VideoError as e:
-        return src, "failed", e.reason
-    except Exception as e:  # noqa: BLE001 -- one odd file must not stop a dataset-sized conversion
-        return src, "failed", f"{type(e).__name__}: {e}"
-
-
-def reencode_dataset(src_root, dst_root, short_side=256, gop=16, crf=23, workers=2, preset="medium", progress=True, *,
-                     codec="h264", tune="fastdecode", qscale=4):
-    """Re-encode every video under src_root into the same relative path under dst_root (see reencode_video for
-    codec, tune and qscale), in `workers` processes (one encoder thread each). Copies split/annotation files (.txt
-    .csv .json). Never writes under src_root; skips outputs that already exist and decode (resumable: an existing
-    output is kept whatever settings wrote it). Returns {status: [paths]} with statuses ok, truncated, exists,
-    failed, and "reasons": {path: reason} for the failed ones. Raises DatasetError for settings the encoder refuses,
-    before any video is touched."""
-    import multiprocessing as mp
-    from tqdm import tqdm
-    src_root, dst_root = Path(src_root).resolve(), Path(dst_root).resolve()
-    if not src_root.is_dir():
-        raise DatasetError(f"--src {src_root} is not a folder")
-    if dst_root == src_root or src_root in dst_root.parents or dst_root in src_root.parents:
-        raise DatasetError(f"--dst {dst_root} must be outside --src {src_root} (and not contain it): the source is "
-                           f"never overwritten, and outputs inside it would be picked up as sources next time")
-    try:
-        check_reencode_settings(codec, gop, crf, preset, tune, qscale)
-    except ValueError as e:
-        raise DatasetError(str(e)) from e
-    settings = dict(codec=codec, tune=tune, qscale=qscale)
-    videos = _find_videos(src_root)
-    jobs = [(str(p), str(dst_root / p.relative_to(src_root)), short_side, gop, crf, preset, settings) for p in videos]
-    for p in sorted(src_root.rglob("*")):
-        if p.is_file() and p.suffix.lower() in REENCODE_COPY:
-            q = dst_root / p.relative_to(src_root)
-            if not q.exists():
-                q.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(p, q)
-    result = {"ok": [], "truncated": [], "exists": [], "failed": [], "reasons": {}}
-    bar = tqdm(total=len(jobs), desc=f"re-encoding -> {dst_root}", unit="video", disable=not progress)
-    if workers <= 1:
-        results = map(_reencode_one, jobs)
-        pool = None
-    else:
-        pool = mp.get_context("spawn").Pool(workers)
-        results = pool.imap_unordered(_reencode_one, jobs, chunksize=1)
-    try:
-        for src, status, reason in results:
-            result[status].append(src)
-            if reason:
-                result["reasons"][src] = reason
-            bar.update(1)
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.close()
-            pool.join()
-    return result
+# synthetic's flags are the world's fields; three keep the short names they had before the world was a dataclass
+WORLD_FLAG_ALIASES = {"video_size": "--size", "video_frames": "--frames", "world_seed": "--seed"}
 
 
 def main(argv=None):
+    from training import field_helps  # the flags' help, from SyntheticWorld's comments
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("synthetic", help="write the synthetic action dataset with train/test split files")
+    s = sub.add_parser("synthetic", help="write the synthetic action dataset with train/test split files",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("--out", required=True)
-    s.add_argument("--train-per-class", type=int, default=60)
-    s.add_argument("--test-per-class", type=int, default=50)
-    s.add_argument("--size", type=int, default=64, help="frame side in pixels")
-    s.add_argument("--frames", type=int, default=48, help="frames per video")
-    s.add_argument("--fps", type=int, default=16)
-    s.add_argument("--nuisance", type=float, default=0.0, help="appearance nuisance 0..1 (texture, colour, distractor, pan)")
-    s.add_argument("--trail", type=float, default=0.0, help="motion trail 0..1: faded earlier positions in every frame")
-    s.add_argument("--seed", type=int, default=0)
+    helps = field_helps(SyntheticWorld)
+    for f in dataclasses.fields(SyntheticWorld):
+        flags = ["--" + f.name.replace("_", "-")] + ([WORLD_FLAG_ALIASES[f.name]] if f.name in WORLD_FLAG_ALIASES else [])
+        s.add_argument(*flags, dest=f.name, type=type(f.default), default=f.default, help=helps.get(f.name))
     c = add_data_args(sub.add_parser("check", help="scan a dataset and list unreadable videos"))
     c.add_argument("--split", default="both", choices=["train", "test", "both"])
     c.add_argument("--workers", type=int, default=min(len(os.sched_getaffinity(0)), 8))
-    r = sub.add_parser("reencode", help="re-encode a dataset for fast random access: H.264 (x264 tune fastdecode), "
-                                        "a keyframe every --gop frames, short side --short-side; same relative paths "
-                                        "and file names",
-                       description="Re-encode every video under --src for fast random access (same relative paths and "
-                                   "file names under --dst; resumable). The default, H.264 with x264's fastdecode "
-                                   "tuning, a keyframe every 16 frames and a 256-pixel short side, is the choice of "
-                                   "scripts/bench.py's re-encode section (BENCHMARKS.md): of the formats that decode "
-                                   "16-frame clips fast enough for 16 cores to feed a GPU at 720 clips/s, the one "
-                                   "with the smallest files at x264's default quality (CRF 23). fastdecode turns off "
-                                   "CABAC and the deblocking filter: a little more disk, much cheaper decoding.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    r.add_argument("--src", required=True, help="dataset root to read (never written)")
-    r.add_argument("--dst", required=True, help="output root (same layout and names; must be outside --src)")
-    r.add_argument("--short-side", type=int, default=256, help="scale so the short side is this (0: keep the size)")
-    r.add_argument("--codec", default="h264", choices=list(REENCODE_CODECS),
-                   help="h264: libx264 (--crf, --preset, --tune); mpeg4: MPEG-4 Part 2 (--gop, --qscale): more "
-                        "clips/s per core for larger files and a lower PSNR, when cores are short and disk is not; "
-                        "mjpeg: every frame a JPEG (--qscale): many times larger, no faster than h264 fastdecode, "
-                        "for comparisons (scripts/bench.py, BENCHMARKS.md)")
-    r.add_argument("--gop", type=int, default=16, help="keyframe interval in frames (x264/mpeg4 keyint; 1: "
-                                                        "all-intra; ignored by mjpeg, which is all-intra)")
-    r.add_argument("--crf", type=int, default=23, help="h264: x264 constant rate factor (lower = better quality, "
-                                                        "larger)")
-    r.add_argument("--preset", default="medium", help="h264: x264 preset (encoding speed vs file size)")
-    r.add_argument("--tune", default="fastdecode",
-                   help="h264: x264 tune. fastdecode: no CABAC, no deblocking, no weighted prediction (slightly "
-                        "larger files, much faster decoding); 'none': x264's default tools (the smallest files, what "
-                        "`reencode` wrote before); or any other x264 tune, e.g. film")
-    r.add_argument("--qscale", type=int, default=4, help="mpeg4/mjpeg: constant quantizer, 2 (best) .. 31")
-    r.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="parallel processes")
-    w = sub.add_parser("show", allow_abbrev=False, help="a PNG of what cvrl.py or lss.py trains on: the clips and "
-                                                         "augmented views of a few videos",
-                       description="A PNG of the clips and augmented views that `python METHOD.py FLAGS` would train "
-                                   "on. Every flag not listed here is the method's own (--data, --dataset, --seed, "
-                                   "--frames, --stride, --size, --canvas, ...) and goes to its parser.")
-    w.add_argument("--method", required=True, choices=["cvrl", "lss"])
-    w.add_argument("--out", required=True, help="the PNG to write")
-    w.add_argument("--videos", type=int, default=3, help="how many videos (chosen by the method's --seed)")
-    w.add_argument("--tile", type=int, default=64, help="pixels per frame of a network-size view")
-    a, rest = ap.parse_known_args(argv)
-    if rest and a.cmd != "show":
-        ap.error(f"unrecognized arguments: {' '.join(rest)}")
-    if a.cmd == "show":
-        try:
-            out = show(a.method, rest, a.out, a.videos, a.tile)
-        except DatasetError as e:
-            sys.exit(f"error: {e}")
-        print(f"wrote {out}")
-        return 0
-    if a.cmd == "reencode":
-        try:
-            res = reencode_dataset(a.src, a.dst, a.short_side or None, a.gop, a.crf, a.workers, a.preset,
-                                   codec=a.codec, tune=a.tune, qscale=a.qscale)
-        except DatasetError as e:
-            sys.exit(f"error: {e}")
-        print(f"{len(res['ok'])} re-encoded, {len(res['exists'])} already done (kept), "
-              f"{len(res['truncated'])} with an undecodable tail (decodable part kept), {len(res['failed'])} unreadable")
-        for p in sorted(res["truncated"]):
-            print(f"  TRUNCATED  {p}")
-        for p in sorted(res["failed"]):
-            print(f"  BROKEN     {p}: {res['reasons'][p]}")
-        return 1 if res["failed"] else 0
+    a = ap.parse_args(argv)
     if a.cmd == "synthetic":
         out = Path(a.out)
         if (out / "classes.txt").exists():
             sys.exit(f"{out} already holds a synthetic dataset; remove it first or choose another --out")
-        make_synthetic(out, a.train_per_class, a.test_per_class, a.size, a.frames, a.fps, a.nuisance, a.seed,
-                       trail=a.trail)
-        print(f"wrote {out}: {len(SYNTHETIC_CLASSES)} classes, {a.train_per_class}/{a.test_per_class} videos per class "
-              f"(train/test), split files {out}/train.txt {out}/test.txt")
+        world = SyntheticWorld(**{f.name: getattr(a, f.name) for f in dataclasses.fields(SyntheticWorld)})
+        make_synthetic(out, world)
+        print(f"wrote {out}: {len(SYNTHETIC_CLASSES)} classes, {world.train_per_class}/{world.test_per_class} videos "
+              f"per class (train/test), split files {out}/train.txt {out}/test.txt")
         return 0
     total_bad = 0
     try:

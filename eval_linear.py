@@ -46,7 +46,7 @@ Output: a table (top-1, top-5, counts, per-class accuracy, skipped files) and, w
      "ckpt": path, "method": "cvrl" | "lss", "arch": str, "step": int | null, "feature_dim": int,
      "views": {frames, stride, size, test_size, canvas, train_views, test_clips, crops, train_crop_area, ...},
      "classifier": {lr, weight_decay, epochs, batch_size, heldout_videos, sweep: [...]},
-     "dataset": {dataset, data, annotations, fold, nuisance}, "seconds": {extract_train, extract_test, classifier}}
+     "dataset": {dataset, data, annotations, fold, synthetic}, "seconds": {extract_train, extract_test, classifier}}
 top1/top5/per_class are percentages (0-100) over test VIDEOS; num_* count videos whose features were computed.
 
 The backbone comes from the method's own file: `importlib.import_module(method).build_backbone(config)` returns an
@@ -63,7 +63,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+from data import SyntheticWorld
+import training
 
 # checkpoint "method" -> the module that defines build_backbone(config). A plain dict: two methods, two files.
 METHODS = {"cvrl": "cvrl", "lss": "lss"}
@@ -95,8 +97,7 @@ class Config:
     data: str | None = None         # dataset root
     annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
     fold: int | None = None         # UCF101/HMDB51 split number
-    nuisance: float | None = None   # synthetic only: appearance nuisance 0..1
-    trail: float | None = None      # synthetic only: motion trail 0..1
+    synthetic: SyntheticWorld = field(default_factory=SyntheticWorld)  # each knob: the checkpoint's unless given
     # views (None: the checkpoint's value)
     frames: int | None = None       # frames per clip (CVRL evaluates at 32 after pretraining at 16)
     stride: int | None = None       # frames between sampled frames
@@ -127,22 +128,29 @@ class Config:
 
 FOLDER_KINDS = ("synthetic", "folder", "unlabeled", "auto")  # datasets whose kind the folder alone decides
 DATA_FIELDS = ("dataset", "data", "annotations", "fold")  # flags owned by data.add_data_args (shared with cvrl.py)
-NONE_TYPES = {"frames": int, "stride": int, "size": int, "test_size": int, "nuisance": float, "trail": float, "lr": float,
-              "cache": str, "json": str}  # fields whose default None hides their type
+NONE_TYPES = {"frames": int, "stride": int, "size": int, "test_size": int, "lr": float, "cache": str,
+              "json": str}  # fields whose default None hides their type
 CHOICES = {"crops": [1, 3], "device": ["auto", "cpu", "cuda"]}
 
 
 def add_config_args(p: argparse.ArgumentParser, config_cls, none_types: dict, choices: dict, required=()):
     """Kebab-case flags (--train-views 2) for every field of `config_cls`, help from each field's comment; the data
     flags come from data.add_data_args, with dataset and fold defaulting to None ("not given": take the checkpoint's;
-    data.py's defaults would silently pick synthetic, fold 1). Not data.parse_config: here most settings default to
+    data.py's defaults would silently pick synthetic, fold 1). Not training.parse_config: here most settings default to
     "whatever the checkpoint says" (None), which needs explicit types (`none_types`), and the data flags must know
     whether they were given at all. scripts/finetune.py builds its flags with this too."""
-    helps = data.field_helps(config_cls)
+    helps = training.field_helps(config_cls)
     data.add_data_args(p)
     p.set_defaults(dataset=None, fold=None)
     for f in fields(config_cls):
         if f.name in DATA_FIELDS:
+            continue
+        inner = training.nested(f)
+        if inner is not None:  # the synthetic world: each knob a flag of its own, None = the checkpoint's
+            inner_helps = training.field_helps(type(inner))
+            for g in fields(inner):
+                p.add_argument("--" + g.name.replace("_", "-"), type=type(g.default), default=None,
+                               help=f"{inner_helps.get(g.name, '')} (default: the checkpoint's)")
             continue
         flag, default, h = "--" + f.name.replace("_", "-"), f.default, helps.get(f.name, "")
         if isinstance(default, bool):
@@ -155,6 +163,17 @@ def add_config_args(p: argparse.ArgumentParser, config_cls, none_types: dict, ch
     return p
 
 
+def gather_nested(config_cls, values: dict) -> dict:
+    """The parsed flags of add_config_args -> the fields of config_cls: a settings dataclass's flags gathered into
+    the dict of those given (the checkpoint's settings fill in the rest, in resolve_config)."""
+    for f in fields(config_cls):
+        inner = training.nested(f)
+        if inner is not None:
+            given = {g.name: values.pop(g.name) for g in fields(inner)}
+            values[f.name] = {k: v for k, v in given.items() if v is not None}
+    return values
+
+
 def parse_args(argv=None) -> Config:
     """The command line -> Config (see add_config_args); refuses values that cannot work."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
@@ -164,7 +183,7 @@ def parse_args(argv=None) -> Config:
                                        "checkpoint's.")
     add_config_args(p, Config, NONE_TYPES, CHOICES, required=("ckpt",))
     a = p.parse_args(argv)
-    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(a).items()})
+    cfg = Config(**gather_nested(Config, {k: tuple(v) if isinstance(v, list) else v for k, v in vars(a).items()}))
     for name in ("train_views", "test_clips", "epochs", "batch_size", "clf_batch_size", "knn_k"):
         if getattr(cfg, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -191,12 +210,10 @@ def resolve_config(cfg: Config, ckpt_cfg: dict) -> Config:
         cfg = replace(cfg, dataset=ckpt_cfg.get("dataset", "synthetic"),
                       data=cfg.data if cfg.data is not None else ckpt_cfg.get("data"),
                       annotations=cfg.annotations if cfg.annotations is not None else ckpt_cfg.get("annotations"),
-                      fold=cfg.fold if cfg.fold is not None else ckpt_cfg.get("fold", 1),
-                      nuisance=cfg.nuisance if cfg.nuisance is not None else ckpt_cfg.get("nuisance", 0.0),
-                      trail=cfg.trail if cfg.trail is not None else ckpt_cfg.get("trail", 0.0))
+                      fold=cfg.fold if cfg.fold is not None else ckpt_cfg.get("fold", 1))
     else:
-        cfg = replace(cfg, fold=1 if cfg.fold is None else cfg.fold, nuisance=cfg.nuisance or 0.0,
-                      trail=cfg.trail or 0.0)
+        cfg = replace(cfg, fold=1 if cfg.fold is None else cfg.fold)
+    cfg = replace(cfg, synthetic=replace(data.synthetic_world(ckpt_cfg), **cfg.synthetic))  # the checkpoint's world
     try:
         dataset, why = data.resolve_dataset(cfg.dataset, cfg.data)  # --dataset auto: from the folder
     except data.DatasetError as e:
@@ -219,8 +236,8 @@ def resolve_config(cfg: Config, ckpt_cfg: dict) -> Config:
 # ----------------------------------------------------------------------------- the frozen backbone
 
 def load_checkpoint(path) -> dict:
-    """data.load_checkpoint (weights_only=True: a pickle that would run code is refused), then: is it ours?"""
-    ckpt = data.load_checkpoint(path)
+    """training.load_checkpoint (weights_only=True: a pickle that would run code is refused), then: is it ours?"""
+    ckpt = training.load_checkpoint(path)
     if not isinstance(ckpt, dict) or not {"method", "config", "backbone"} <= set(ckpt):
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise SystemExit(f"error: {path} is not a cvrl.py/lss.py checkpoint: it needs 'method', 'config' and "
@@ -360,11 +377,10 @@ def cache_key_fields(cfg: Config, split: str, backbone_sha1: str, method: str, a
         "method": method, "arch": arch,
         "dataset": cfg.dataset, "data": os.path.abspath(cfg.data) if cfg.data else None,
         "annotations": os.path.abspath(cfg.annotations) if cfg.annotations else None, "fold": cfg.fold,
-        "nuisance": cfg.nuisance if cfg.dataset == "synthetic" else None,
-        "trail": cfg.trail if cfg.dataset == "synthetic" else None, "videos_sha1": listing,
+        "synthetic": asdict(cfg.synthetic) if cfg.dataset == "synthetic" else None, "videos_sha1": listing,
         "num_videos": len(videos),
         "frames": cfg.frames, "stride": cfg.stride, "canvas": list(cfg.canvas), "seed": cfg.seed,
-        "precision": "bf16" if resolve_device(cfg.device).type == "cuda" else "fp32",
+        "precision": "bf16" if training.resolve_device(cfg.device).type == "cuda" else "fp32",
     }
     if split == "train":
         aug = train_augment_config()
@@ -395,7 +411,7 @@ def cached_features(path: Path, key_fields: dict, compute):
     feats["key_fields"] = key_fields
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        data.save_checkpoint(path, feats)  # atomic, as every checkpoint
+        training.save_checkpoint(path, feats)  # atomic, as every checkpoint
         print(f"cached features in {path}")
     except OSError as e:
         print(f"warning: cannot write the feature cache {path} ({e}); continuing without it", file=sys.stderr)
@@ -601,7 +617,6 @@ def choose_hyperparameters(feats, labels, num_classes, cfg: Config, device):
 
 # ----------------------------------------------------------------------------- main
 
-resolve_device = data.resolve_device  # scripts/supervised.py and neighbours.py import it from here
 
 
 def main(argv=None) -> dict:
@@ -611,7 +626,7 @@ def main(argv=None) -> dict:
     method, ckpt_cfg = ckpt["method"], dict(ckpt["config"])
     module = import_method(method)
     cfg = resolve_config(cfg, ckpt_cfg)
-    device = resolve_device(cfg.device)
+    device = training.resolve_device(cfg.device)
     if cfg.network == "student":  # LSS's other network: its weights under the backbone's keys
         if not hasattr(module, "student_backbone_state") or "student" not in ckpt:
             raise SystemExit(f"error: --network student: {cfg.ckpt} ({method}) has no student network")
@@ -619,7 +634,7 @@ def main(argv=None) -> dict:
     elif cfg.network != "backbone":
         raise SystemExit(f"error: --network must be backbone or student, got {cfg.network!r}")
     backbone = build_frozen_backbone(module, ckpt, cfg.random_init, cfg.seed).to(device)
-    sha = data.state_dict_sha1(backbone.state_dict())
+    sha = training.state_dict_sha1(backbone.state_dict())
     arch = ckpt_cfg.get("arch")
     what = (f"RANDOM-INIT BASELINE: {method} {arch} with fresh weights (seed {cfg.seed}), checkpoint weights NOT "
             f"loaded" if cfg.random_init else f"{method} {arch} from {cfg.ckpt} (step {ckpt.get('step')}"
@@ -631,8 +646,7 @@ def main(argv=None) -> dict:
         data.require_labels(cfg.dataset, cfg.data, "the linear probe",
                             f"Pass --data with such a ROOT. Without labels, `python scripts/neighbours.py --ckpt "
                             f"{cfg.ckpt}` shows which videos the features find similar.")
-        synthetic_kwargs = dict(nuisance=cfg.nuisance, trail=cfg.trail) if cfg.dataset == "synthetic" else None
-        splits = {s: data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, s, synthetic_kwargs)
+        splits = {s: data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, s, cfg.synthetic)
                   for s in ("train", "test")}
     except data.DatasetError as e:
         raise SystemExit(f"error: {e}")
@@ -694,8 +708,7 @@ def main(argv=None) -> dict:
                        "weight_decay": cfg.weight_decay, "epochs": cfg.epochs, "batch_size": cfg.clf_batch_size,
                        "heldout_videos": n_held, "sweep": sweep},
         "dataset": {"dataset": cfg.dataset, "data": cfg.data, "annotations": cfg.annotations, "fold": cfg.fold,
-                    "nuisance": cfg.nuisance if cfg.dataset == "synthetic" else None,
-                    "trail": cfg.trail if cfg.dataset == "synthetic" else None},
+                    "synthetic": asdict(cfg.synthetic) if cfg.dataset == "synthetic" else None},
         "seconds": {**seconds, "total": round(time.perf_counter() - t0, 2)},
     }
     print_report(result, classes, yte)

@@ -62,11 +62,12 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 import warnings
 import zipfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -81,6 +82,8 @@ from einops import rearrange
 from tqdm import tqdm
 
 import data
+from data import SyntheticWorld
+import training
 
 
 CLIP_LOGIT_SCALE = 100.0  # OpenAI's exp(logit_scale): similarities x 100 before the softmax
@@ -401,13 +404,6 @@ class VideoViT(nn.Module):
 # text tower is kept only to build concept vectors and is frozen; it travels in the checkpoint so that zero-shot
 # evaluation can embed any dataset's class names later.
 
-def clip_config_from_flags(cfg: Config) -> CLIPConfig:
-    """The CLIP that --init random builds. Heads = width // 64 (at least 1): the rule load_clip infers them by."""
-    return CLIPConfig(embed_dim=cfg.embed_dim, image_resolution=cfg.size, vision_layers=cfg.layers,
-                      vision_width=cfg.width, vision_patch_size=cfg.patch, vision_heads=max(1, cfg.width // 64),
-                      text_width=cfg.text_width, text_heads=max(1, cfg.text_width // 64), text_layers=cfg.text_layers)
-
-
 class MultiView(nn.Module):
     """One backbone pass per view shape (DINO's MultiCropWrapper): [(N_i, T_i, 3, H_i, W_i)] -> [(N_i, embed_dim)].
     A module of its own so that DDP sees one forward per step, however many view shapes there are."""
@@ -598,7 +594,7 @@ def run_concepts(cfg: Config, text: CLIP, names, out: Path, device, rank: int, w
         key_fields = {"version": 1, "names": list(names), "concepts": cfg.concepts,
                       "templates": TEMPLATES[cfg.templates], "desc_template": cfg.desc_template,
                       "descriptions": hashlib.sha1(json.dumps(desc, sort_keys=True).encode()).hexdigest(),
-                      "text_sha1": data.state_dict_sha1(text.state_dict())}
+                      "text_sha1": training.state_dict_sha1(text.state_dict())}
         path = out / f"concepts-{hashlib.sha1(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:16]}.pt"
         try:
             cached = torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
@@ -613,7 +609,7 @@ def run_concepts(cfg: Config, text: CLIP, names, out: Path, device, rank: int, w
                                       cfg.desc_template, cfg.bpe)
             text.cpu()
             concepts = {k: v.cpu() for k, v in concepts.items()}
-            data.save_checkpoint(path, {**concepts, "key_fields": key_fields})
+            training.save_checkpoint(path, {**concepts, "key_fields": key_fields})
             print0(f"built {K} category and {M} description vectors in {time.perf_counter() - t0:.1f}s -> {path}")
         concepts = {k: v.to(device) for k, v in concepts.items()}
     else:
@@ -633,6 +629,169 @@ def class_vectors(text: CLIP, classes, how: str, templates, desc_template="{desc
                        desc_template, bpe)["C_cat"]
     text.cpu()
     return c.to(device)
+
+
+# ----------------------------------------------------------------------------- config
+# Defaults are a CPU-sized run on the built-in synthetic videos (`python lss.py`: ~5 minutes on 2 cores, plus ~8 the
+# first time): LSS adapts an image CLIP, and where no OpenAI weights are at hand it adapts a tiny one (ViT width 128,
+# 4 blocks, patch 8, 32 px; text width 128, 4 blocks) that scripts/pretrain_clip.py pretrains once on captioned
+# synthetic stills and caches (--init tiny). The videos carry a faint motion trail (--trail 1), so that one frame
+# hints at its motion as a real frame does and the frozen CLIP names the videos above chance, far from perfectly.
+# The paper's setting (OpenAI CLIP ViT-B/16 weights, Kinetics-400, 224 px, SVT's views and schedule) is a command
+# line in the module docstring. "(SVT: x)" marks SVT's value where ours differs; LSS's own values are unknown
+# (lss.md section 5). --init random builds the CLIP from the --width ... --text-layers flags with random weights.
+# --lr 1e-3 (at 256 videos), 4x below the rate that suited random weights: adaptation must keep what the CLIP knows
+# (at 4e-3 its zero-shot fell during training; docs/results.md).
+
+@dataclass
+class Config:
+    # data
+    dataset: str = "auto"           # auto (from --data) | synthetic | folder | unlabeled | ucf101 | hmdb51 | kinetics
+    data: str | None = None         # any folder of videos; none: the synthetic videos, made once in the cache
+    annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
+    fold: int = 1                   # UCF101/HMDB51 split number (1-3)
+    data_fraction: float = 1.0      # use this class-stratified fraction of the training videos
+    synthetic: SyntheticWorld = field(default_factory=lambda: SyntheticWorld(
+        trail=1.0, context=0.35, clutter=0.5, noise=0.1))  # the synthetic videos: trails, scenes, a camera (see above)
+    canvas: tuple = (32, 32)        # decode size (H, W): frames are scaled to cover it, then centre-cropped
+    # views: SVT's multi-view recipe (lss.md section 4; see MultiViewSampler)
+    frames: int = 8                 # frames decoded per view; a global view uses all of them (SVT: 8)
+    stride: int = 4                 # frames between a global view's frames (SVT: 32, an 8.5 s window at 30 fps)
+    local_views: int = 4            # local views per video (SVT: 8)
+    local_frames: int = 4           # frames per local view, subsampled on the device from --frames (SVT: 8)
+    local_stride: int = 1           # frames between a local view's decoded frames (SVT: a window 1/8 of the global one)
+    size: int = 32                  # global view side in pixels, a multiple of the patch size (SVT: 224)
+    local_size: int = 16            # local view side, a multiple of the patch size (SVT: 96)
+    global_area: tuple = (0.4, 1.0)  # random resized crop area range of the global views (SVT/DINO: 0.4-1)
+    local_area: tuple = (0.05, 0.4)  # random resized crop area range of the local views (SVT/DINO: 0.05-0.4)
+    # model
+    init: str = "tiny"              # tiny (a CLIP pretrained once on captioned stills, cached) | random (the flags below) | clip (--clip)
+    clip: str | None = None         # OpenAI-layout CLIP weights (state dict or OpenAI's JIT .pt); needed by --init clip
+    width: int = 96                 # --init random: ViT width; heads = width // 64 (at least 1), as OpenAI (ViT-B: 768)
+    layers: int = 3                 # --init random: ViT blocks (ViT-B: 12)
+    patch: int = 8                  # --init random: patch side in pixels (ViT-B/16: 16)
+    embed_dim: int = 64             # --init random: joint image-text space (ViT-B/16: 512)
+    text_width: int = 64            # --init random: text transformer width (ViT-B/16: 512)
+    text_layers: int = 2            # --init random: text transformer blocks (ViT-B/16: 12)
+    cls_mode: str = "per_frame"     # per_frame (a CLS token per frame; step 0 = frame-averaged CLIP) | shared (SVT's)
+    drop_path: float = 0.1          # stochastic depth of the student (SVT: 0.1); the teacher has none
+    probe_feature: str = "cls"      # feature eval_linear.py sees: cls (ln_post CLS, width-d, as SVT) | proj (embed_dim)
+    # concept spaces (lss.md sections 3.1-3.3)
+    concepts: str = "auto"          # category space: auto (union if unlabeled, else dataset) | dataset | union | descriptions
+    templates: str = "auto"         # prompts per class name: auto (by --dataset) | kinetics | ucf101 | synthetic | single
+    desc_template: str = "{desc}"   # text embedded per description; may use {cls} and {desc}
+    bpe: str | None = None          # CLIP's BPE vocabulary file (default: the copy inside the clip-anytorch package)
+    # losses (lss.md section 3.5; all reconstructions)
+    lambda_ca: float = 1.0          # weight of concept alignment L_CA (0 = off)
+    lambda_up: float = 1.0          # weight of the uniform prior L_UP (0 = off)
+    ca_target: str = "class"        # class (student's description mass summed per class) | description
+    up_scope: str = "global"        # global (p-bar over the batch of all processes) | local (per process)
+    up_average: str = "auto"        # p-bar of L_UP: auto (MUST: moving average when K >= 512, else the batch) | batch | ema
+    tau_s: float = 0.0              # student temperature; 0 = auto: the CLIP's 1/exp(logit_scale) (OpenAI: 0.01), 0.1 with --init random
+    tau_t: float = 0.0              # teacher temperature; 0 = auto: 0.4 tau_s (OpenAI: 0.004), 0.04 with --init random
+    tau_t_warmup: float = 0.0       # teacher temperature at step 0, linear to --tau-t over the next flag (0 = off)
+    tau_t_warmup_epochs: float = 0.0  # length of that warmup (DINO: 30 epochs from 0.04; SVT: none)
+    center_momentum: float = 0.9    # EMA momentum of the teacher centre (DINO/SVT: 0.9; 1 = no centring)
+    # controls (labelled videos only; off for LSS itself)
+    targets: str = "teacher"        # teacher (LSS) | oracle (control: the true class as the target of --oracle-fraction of the videos)
+    oracle_fraction: float = 1.0    # --targets oracle: fraction of training videos (a fixed random subset) given the true class
+    # optimisation
+    epochs: int = 15                # passes over the training videos (SVT: 20 on Kinetics-400)
+    batch_size: int = 32            # videos per process per step; global batch = batch_size x processes (SVT: 8 x 4)
+    lr: float = 1e-3                # AdamW peak lr at a global batch of 256 videos, scaled linearly (SVT: 5e-4)
+    new_lr_scale: float = 1.0       # lr multiplier of the parameters CLIP does not have: temporal attention, time embedding
+    min_lr: float = 1e-6            # lr at the end of the cosine (SVT: 1e-6)
+    warmup_epochs: float = 1.0      # linear lr warmup from 0 (SVT: 10 of 20 epochs)
+    weight_decay: float = 0.04      # start of the cosine weight-decay schedule; none on biases/1-d params (SVT: 0.04)
+    weight_decay_end: float = 0.4   # end of that schedule (SVT: 0.4)
+    momentum_teacher: float = 0.996  # teacher EMA momentum at step 0 (at most), cosine to 1 (SVT; DINO: higher for small batches)
+    ema_horizon: float = 0.0        # the teacher averages over this fraction of the run: start momentum min(--momentum-teacher, 1 - 1/(horizon x steps)); 0 = off
+    clip_grad: float = 3.0          # per-parameter gradient-norm clip, as DINO/SVT (0 = off)
+    # machinery
+    device: str = "auto"            # auto | cpu | cuda
+    workers: int = 2                # DataLoader worker processes per process (decode on the CPU)
+    amp: str = "auto"               # auto (bf16 on GPU, off on CPU) | bf16 | off
+    compile: bool = False           # torch.compile student and teacher (GPU: faster after a minute of compiling)
+    seed: int = 0
+    out: str = "runs/lss"           # output dir: checkpoint.pt, config.json, log.jsonl, concepts-*.pt, skipped.txt
+    log_every: int = 10             # steps between log lines
+    max_steps: int = 0              # stop after this many steps in total (0 = no limit; for tests and quick looks)
+    zero_shot_eval: bool = True     # zero-shot top-1 on the dataset's test split with its class names, at start and end
+    test_clips: int = 4             # zero-shot: uniformly spaced clips per test video (1 centre crop each)
+
+
+# Changing these between a checkpoint and a resume would load weights into a different network or change the
+# concept space under the centre: refused. (The CLIP architecture itself is checked separately, "clip_arch".)
+ARCH_KEYS = ("init", "width", "layers", "patch", "embed_dim", "text_width", "text_layers", "frames", "cls_mode",
+             "concepts", "templates", "desc_template")
+
+TEMPLATES = {"kinetics": KINETICS_TEMPLATES, "ucf101": UCF101_TEMPLATES, "synthetic": SYNTHETIC_TEMPLATES,
+             "single": DEFAULT_TEMPLATES}
+DATASET_TEMPLATES = {"kinetics": "kinetics", "ucf101": "ucf101", "hmdb51": "ucf101", "synthetic": "synthetic",
+                     "folder": "kinetics", "unlabeled": "kinetics"}  # --templates auto
+CHOICES = {"init": ("tiny", "random", "clip"), "cls_mode": ("per_frame", "shared"), "probe_feature": ("cls", "proj"),
+           "concepts": ("auto", "dataset", "union", "descriptions"), "templates": ("auto",) + tuple(TEMPLATES),
+           "ca_target": ("class", "description"), "up_scope": ("global", "local"),
+           "up_average": ("auto", "batch", "ema"), "amp": ("auto", "bf16", "off"), "targets": ("teacher", "oracle")}
+
+# Temperatures by initialisation (lss.md section 3.5). The logits are cosine similarities divided by tau. A trained
+# CLIP's image-text cosines sit in a narrow band (~0.15-0.35 for OpenAI's), so DINO's tau_s = 0.1 would give nearly
+# uniform distributions: use the CLIP's own scale, tau_s = 1/exp(logit_scale) (OpenAI's: 1/100; the tiny CLIP
+# learns its own), and DINO's teacher/student ratio 0.4 for the teacher (OpenAI's: 0.004). From random weights
+# nothing confines the cosines to a band (the student can turn its feature onto a concept vector, cosine -> 1), so
+# DINO's 0.1 / 0.04 apply.
+RANDOM_TAU = (0.1, 0.04)
+TEACHER_STUDENT_TAU_RATIO = 0.4
+
+
+def resolve_temperatures(cfg: Config, clip: "CLIP | None") -> Config:
+    """--tau-s/--tau-t 0 (auto) -> the values for this start; the checkpoint records the values used."""
+    if clip is None:
+        tau_s, tau_t = RANDOM_TAU
+    else:
+        tau_s = 1 / clip.logit_scale.exp().item()
+        tau_t = TEACHER_STUDENT_TAU_RATIO * tau_s
+    return replace(cfg, tau_s=cfg.tau_s or tau_s, tau_t=cfg.tau_t or tau_t)
+
+
+def parse_args(argv=None) -> Config:
+    desc = ("LSS pretraining. Zero-shot evaluation: `python lss.py zero-shot --help`. "
+            + __doc__.strip().split("\n\n")[0])
+    cfg = training.parse_config(Config, argv, desc)
+    cfg = data.decide_dataset(cfg)  # --dataset auto: synthetic, a labelled folder or unlabeled videos, from --data
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be one of {list(allowed)}, "
+                             f"got {getattr(cfg, name)!r}")
+    if cfg.init == "clip" and not cfg.clip:
+        raise SystemExit("error: --init clip needs --clip PATH (OpenAI-layout CLIP weights, e.g. ViT-B-16.pt)")
+    if cfg.init != "clip" and cfg.clip:
+        raise SystemExit(f"error: --clip is only used with --init clip (--init {cfg.init} makes its own CLIP)")
+    if not 1 <= cfg.local_frames <= cfg.frames:
+        raise SystemExit(f"error: --local-frames must be in 1..--frames ({cfg.frames}), got {cfg.local_frames}")
+    if cfg.local_views < 0 or cfg.frames < 1 or cfg.stride < 1 or cfg.local_stride < 1:
+        raise SystemExit("error: --local-views must be >= 0 and --frames, --stride, --local-stride >= 1")
+    if cfg.targets == "oracle" and cfg.dataset == "unlabeled":
+        raise SystemExit(f"error: --targets oracle needs labelled videos (the true class is the target), and "
+                         f"{cfg.data} holds unlabeled ones")
+    if not 0.0 <= cfg.oracle_fraction <= 1.0:
+        raise SystemExit(f"error: --oracle-fraction must be in 0..1, got {cfg.oracle_fraction}")
+    if cfg.templates == "auto":
+        cfg = replace(cfg, templates=DATASET_TEMPLATES[cfg.dataset])  # the checkpoint records the list used
+    # Unlabeled videos have no class names to build a category space from: the union of the label sets we ship
+    # (UCF101, HMDB51, Kinetics-400 names) stands in, as for a Kinetics-pretrained model that transfers.
+    if cfg.dataset == "unlabeled":
+        if cfg.concepts in ("dataset", "descriptions"):
+            raise SystemExit(f"error: --concepts {cfg.concepts} needs the dataset's class names, and {cfg.data} holds "
+                             f"unlabeled videos: use --concepts union (the default for unlabeled videos)")
+        if cfg.concepts == "auto" and os.environ.get("RANK", "0") == "0":
+            print(f"concepts: the videos have no labels, so the category space is --concepts union: "
+                  f"{len(category_names('union', []))} action names of UCF101, HMDB51 and Kinetics-400")
+    if cfg.concepts == "auto":
+        cfg = replace(cfg, concepts="union" if cfg.dataset == "unlabeled" else "dataset")
+    if cfg.init == "random":  # a pretrained CLIP's temperatures are read off its weights, in train()
+        cfg = resolve_temperatures(cfg, None)
+    return cfg
 
 
 # ----------------------------------------------------------------------------- losses
@@ -966,7 +1125,7 @@ def clip_gradients(params, clip: float) -> torch.Tensor:
 
 def step_seed(cfg: Config, step: int, rank: int, salt: int = 0) -> int:
     """The seed of one step's random draws on one process: a function of (seed, step, rank), so resuming at any
-    step reproduces them, and processes draw different augmentations and drop-path masks. As data.step_seed, with
+    step reproduces them, and processes draw different augmentations and drop-path masks. As training.step_seed, with
     a salt: LSS draws two independent streams per step (views, drop-path), hence numpy's SeedSequence, which mixes
     (seed, step, rank, salt) without collisions."""
     return int(np.random.SeedSequence([cfg.seed, step, rank, salt]).generate_state(1)[0])
@@ -979,7 +1138,7 @@ def train_step(cfg: Config, student: nn.Module, teacher: VideoViT, lss_loss: LSS
     MultiView wrapper (inside DDP under torchrun), `teacher` the EMA VideoViT. labels: (B,) the concept index of each
     video's true class, or None (unlabeled videos): never used by LSS itself, only to measure how often the
     teacher's target is right and, for the videos where `oracle` (B,) bool is set, to replace it (the control).
-    Returns log values (averaged over processes). L = L_CD + lambda_ca L_CA + lambda_up L_UP (lss.md section 3.5):
+    Returns log values (averaged over processes, tensors). L = L_CD + lambda_ca L_CA + lambda_up L_UP (lss.md 3.5):
       P_t^i = softmax((s_t^i - c) / tau_t)      teacher, global views i = 1, 2, category space, no gradient
       P_s^v = softmax(s_s^v / tau_s)            student, all 2 + L views v
       L_CD = mean_{i, v != i} H(P_t^i, P_s^v)
@@ -1023,190 +1182,31 @@ def train_step(cfg: Config, student: nn.Module, teacher: VideoViT, lss_loss: LSS
         packed = torch.cat([torch.stack(list(scalars.values())), P.mean(0)])  # one all-reduce for all of them
         if distributed:
             dist.all_reduce(packed, op=dist.ReduceOp.AVG)
-        stats = dict(zip(scalars, packed[:len(scalars)].tolist()))
+        stats = dict(zip(scalars, packed[:len(scalars)]))  # every process the same values, still on the device
         p_mean = packed[len(scalars):]  # (K,) batch-mean teacher distribution
-    # every process sees the same averaged loss, so a non-finite loss stops all of them at the same step
-    if not math.isfinite(stats["loss"]):
-        raise FloatingPointError(f"loss is {stats['loss']} at step {step}; stopping (the last checkpoint is kept). "
-                                 f"Try a lower --lr, higher --tau-s/--tau-t, or --amp off.")
+        h_mean = -(p_mean * p_mean.clamp_min(1e-12).log()).sum()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = clip_gradients(list(student_vit.parameters()), cfg.clip_grad)
     optimizer.step()
     ema_update(teacher, student_vit, m)  # teacher <- m teacher + (1 - m) student
     lss_loss.update_center(t_cat)  # c <- m_c c + (1 - m_c) mean s_t, after the loss used the old one (DINO/SVT)
-    h_mean = -(p_mean * p_mean.clamp_min(1e-12).log()).sum().item()
-    return dict(**stats, t_batch_entropy=h_mean, t_mi=h_mean - stats["t_entropy"],
-                lr=lr, wd=wd, momentum=m, tau_t=tau_t, grad_norm=grad_norm.item())
-
-
-# ----------------------------------------------------------------------------- config
-# Defaults are a CPU-sized run on the built-in synthetic videos (`python lss.py`: ~5 minutes on 2 cores, plus ~8 the
-# first time): LSS adapts an image CLIP, and where no OpenAI weights are at hand it adapts a tiny one (ViT width 128,
-# 4 blocks, patch 8, 32 px; text width 128, 4 blocks) that scripts/pretrain_clip.py pretrains once on captioned
-# synthetic stills and caches (--init tiny). The videos carry a faint motion trail (--trail 1), so that one frame
-# hints at its motion as a real frame does and the frozen CLIP names the videos above chance, far from perfectly.
-# The paper's setting (OpenAI CLIP ViT-B/16 weights, Kinetics-400, 224 px, SVT's views and schedule) is a command
-# line in the module docstring. "(SVT: x)" marks SVT's value where ours differs; LSS's own values are unknown
-# (lss.md section 5). --init random builds the CLIP from the --width ... --text-layers flags with random weights.
-# --lr 1e-3 (at 256 videos), 4x below the rate that suited random weights: adaptation must keep what the CLIP knows
-# (at 4e-3 its zero-shot fell during training; docs/results.md).
-
-@dataclass
-class Config:
-    # data
-    dataset: str = "auto"           # auto (from --data) | synthetic | folder | unlabeled | ucf101 | hmdb51 | kinetics
-    data: str | None = None         # any folder of videos; none: the synthetic videos, made once in the cache
-    annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
-    fold: int = 1                   # UCF101/HMDB51 split number (1-3)
-    data_fraction: float = 1.0      # use this class-stratified fraction of the training videos
-    nuisance: float = 0.0           # synthetic only: appearance nuisance 0..1 (texture, colour, distractor, pan)
-    trail: float = 1.0              # synthetic only: motion trail 0..2, faded earlier positions in every frame
-    context: float = 0.0            # synthetic only: share of videos filmed in their action's usual scene (a ground in the class's hue)
-    clutter: float = 0.0            # synthetic only: the camera's textured background, per-video strength U(0, clutter)
-    noise: float = 0.0              # synthetic only: the camera's sensor noise, per-video std U(0, noise)
-    canvas: tuple = (32, 32)        # decode size (H, W): frames are scaled to cover it, then centre-cropped
-    # views: SVT's multi-view recipe (lss.md section 4; see MultiViewSampler)
-    frames: int = 8                 # frames decoded per view; a global view uses all of them (SVT: 8)
-    stride: int = 4                 # frames between a global view's frames (SVT: 32, an 8.5 s window at 30 fps)
-    local_views: int = 4            # local views per video (SVT: 8)
-    local_frames: int = 4           # frames per local view, subsampled on the device from --frames (SVT: 8)
-    local_stride: int = 1           # frames between a local view's decoded frames (SVT: a window 1/8 of the global one)
-    size: int = 32                  # global view side in pixels, a multiple of the patch size (SVT: 224)
-    local_size: int = 16            # local view side, a multiple of the patch size (SVT: 96)
-    global_area: tuple = (0.4, 1.0)  # random resized crop area range of the global views (SVT/DINO: 0.4-1)
-    local_area: tuple = (0.05, 0.4)  # random resized crop area range of the local views (SVT/DINO: 0.05-0.4)
-    # model
-    init: str = "tiny"              # tiny (a CLIP pretrained once on captioned stills, cached) | random (the flags below) | clip (--clip)
-    clip: str | None = None         # OpenAI-layout CLIP weights (state dict or OpenAI's JIT .pt); needed by --init clip
-    width: int = 96                 # --init random: ViT width; heads = width // 64 (at least 1), as OpenAI (ViT-B: 768)
-    layers: int = 3                 # --init random: ViT blocks (ViT-B: 12)
-    patch: int = 8                  # --init random: patch side in pixels (ViT-B/16: 16)
-    embed_dim: int = 64             # --init random: joint image-text space (ViT-B/16: 512)
-    text_width: int = 64            # --init random: text transformer width (ViT-B/16: 512)
-    text_layers: int = 2            # --init random: text transformer blocks (ViT-B/16: 12)
-    cls_mode: str = "per_frame"     # per_frame (a CLS token per frame; step 0 = frame-averaged CLIP) | shared (SVT's)
-    drop_path: float = 0.1          # stochastic depth of the student (SVT: 0.1); the teacher has none
-    probe_feature: str = "cls"      # feature eval_linear.py sees: cls (ln_post CLS, width-d, as SVT) | proj (embed_dim)
-    # concept spaces (lss.md sections 3.1-3.3)
-    concepts: str = "auto"          # category space: auto (union if unlabeled, else dataset) | dataset | union | descriptions
-    templates: str = "auto"         # prompts per class name: auto (by --dataset) | kinetics | ucf101 | synthetic | single
-    desc_template: str = "{desc}"   # text embedded per description; may use {cls} and {desc}
-    bpe: str | None = None          # CLIP's BPE vocabulary file (default: the copy inside the clip-anytorch package)
-    # losses (lss.md section 3.5; all reconstructions)
-    lambda_ca: float = 1.0          # weight of concept alignment L_CA (0 = off)
-    lambda_up: float = 1.0          # weight of the uniform prior L_UP (0 = off)
-    ca_target: str = "class"        # class (student's description mass summed per class) | description
-    up_scope: str = "global"        # global (p-bar over the batch of all processes) | local (per process)
-    up_average: str = "auto"        # p-bar of L_UP: auto (MUST: moving average when K >= 512, else the batch) | batch | ema
-    tau_s: float = 0.0              # student temperature; 0 = auto: the CLIP's 1/exp(logit_scale) (OpenAI: 0.01), 0.1 with --init random
-    tau_t: float = 0.0              # teacher temperature; 0 = auto: 0.4 tau_s (OpenAI: 0.004), 0.04 with --init random
-    tau_t_warmup: float = 0.0       # teacher temperature at step 0, linear to --tau-t over the next flag (0 = off)
-    tau_t_warmup_epochs: float = 0.0  # length of that warmup (DINO: 30 epochs from 0.04; SVT: none)
-    center_momentum: float = 0.9    # EMA momentum of the teacher centre (DINO/SVT: 0.9; 1 = no centring)
-    # controls (labelled videos only; off for LSS itself)
-    targets: str = "teacher"        # teacher (LSS) | oracle (control: the true class as the target of --oracle-fraction of the videos)
-    oracle_fraction: float = 1.0    # --targets oracle: fraction of training videos (a fixed random subset) given the true class
-    # optimisation
-    epochs: int = 15                # passes over the training videos (SVT: 20 on Kinetics-400)
-    batch_size: int = 32            # videos per process per step; global batch = batch_size x processes (SVT: 8 x 4)
-    lr: float = 1e-3                # AdamW peak lr at a global batch of 256 videos, scaled linearly (SVT: 5e-4)
-    new_lr_scale: float = 1.0       # lr multiplier of the parameters CLIP does not have: temporal attention, time embedding
-    min_lr: float = 1e-6            # lr at the end of the cosine (SVT: 1e-6)
-    warmup_epochs: float = 1.0      # linear lr warmup from 0 (SVT: 10 of 20 epochs)
-    weight_decay: float = 0.04      # start of the cosine weight-decay schedule; none on biases/1-d params (SVT: 0.04)
-    weight_decay_end: float = 0.4   # end of that schedule (SVT: 0.4)
-    momentum_teacher: float = 0.996  # teacher EMA momentum at step 0 (at most), cosine to 1 (SVT; DINO: higher for small batches)
-    ema_horizon: float = 0.0        # the teacher averages over this fraction of the run: start momentum min(--momentum-teacher, 1 - 1/(horizon x steps)); 0 = off
-    clip_grad: float = 3.0          # per-parameter gradient-norm clip, as DINO/SVT (0 = off)
-    # machinery
-    device: str = "auto"            # auto | cpu | cuda
-    workers: int = 2                # DataLoader worker processes per process (decode on the CPU)
-    amp: str = "auto"               # auto (bf16 on GPU, off on CPU) | bf16 | off
-    compile: bool = False           # torch.compile student and teacher (GPU: faster after a minute of compiling)
-    seed: int = 0
-    out: str = "runs/lss"           # output dir: checkpoint.pt, config.json, log.jsonl, concepts-*.pt, skipped.txt
-    log_every: int = 10             # steps between log lines
-    max_steps: int = 0              # stop after this many steps in total (0 = no limit; for tests and quick looks)
-    zero_shot_eval: bool = True     # zero-shot top-1 on the dataset's test split with its class names, at start and end
-    test_clips: int = 4             # zero-shot: uniformly spaced clips per test video (1 centre crop each)
-
-
-# Changing these between a checkpoint and a resume would load weights into a different network or change the
-# concept space under the centre: refused. (The CLIP architecture itself is checked separately, "clip_arch".)
-ARCH_KEYS = ("init", "width", "layers", "patch", "embed_dim", "text_width", "text_layers", "frames", "cls_mode",
-             "concepts", "templates", "desc_template")
-
-TEMPLATES = {"kinetics": KINETICS_TEMPLATES, "ucf101": UCF101_TEMPLATES, "synthetic": SYNTHETIC_TEMPLATES,
-             "single": DEFAULT_TEMPLATES}
-DATASET_TEMPLATES = {"kinetics": "kinetics", "ucf101": "ucf101", "hmdb51": "ucf101", "synthetic": "synthetic",
-                     "folder": "kinetics", "unlabeled": "kinetics"}  # --templates auto
-CHOICES = {"init": ("tiny", "random", "clip"), "cls_mode": ("per_frame", "shared"), "probe_feature": ("cls", "proj"),
-           "concepts": ("auto", "dataset", "union", "descriptions"), "templates": ("auto",) + tuple(TEMPLATES),
-           "ca_target": ("class", "description"), "up_scope": ("global", "local"),
-           "up_average": ("auto", "batch", "ema"), "amp": ("auto", "bf16", "off"), "targets": ("teacher", "oracle")}
-
-# Temperatures by initialisation (lss.md section 3.5). The logits are cosine similarities divided by tau. A trained
-# CLIP's image-text cosines sit in a narrow band (~0.15-0.35 for OpenAI's), so DINO's tau_s = 0.1 would give nearly
-# uniform distributions: use the CLIP's own scale, tau_s = 1/exp(logit_scale) (OpenAI's: 1/100; the tiny CLIP
-# learns its own), and DINO's teacher/student ratio 0.4 for the teacher (OpenAI's: 0.004). From random weights
-# nothing confines the cosines to a band (the student can turn its feature onto a concept vector, cosine -> 1), so
-# DINO's 0.1 / 0.04 apply.
-RANDOM_TAU = (0.1, 0.04)
-TEACHER_STUDENT_TAU_RATIO = 0.4
-
-
-def resolve_temperatures(cfg: Config, clip: "CLIP | None") -> Config:
-    """--tau-s/--tau-t 0 (auto) -> the values for this start; the checkpoint records the values used."""
-    if clip is None:
-        tau_s, tau_t = RANDOM_TAU
-    else:
-        tau_s = 1 / clip.logit_scale.exp().item()
-        tau_t = TEACHER_STUDENT_TAU_RATIO * tau_s
-    return replace(cfg, tau_s=cfg.tau_s or tau_s, tau_t=cfg.tau_t or tau_t)
-
-
-def parse_args(argv=None) -> Config:
-    desc = ("LSS pretraining. Zero-shot evaluation: `python lss.py zero-shot --help`. "
-            + __doc__.strip().split("\n\n")[0])
-    cfg = data.parse_config(Config, argv, desc)
-    cfg = data.decide_dataset(cfg)  # --dataset auto: synthetic, a labelled folder or unlabeled videos, from --data
-    for name, allowed in CHOICES.items():
-        if getattr(cfg, name) not in allowed:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be one of {list(allowed)}, "
-                             f"got {getattr(cfg, name)!r}")
-    if cfg.init == "clip" and not cfg.clip:
-        raise SystemExit("error: --init clip needs --clip PATH (OpenAI-layout CLIP weights, e.g. ViT-B-16.pt)")
-    if cfg.init != "clip" and cfg.clip:
-        raise SystemExit(f"error: --clip is only used with --init clip (--init {cfg.init} makes its own CLIP)")
-    if not 1 <= cfg.local_frames <= cfg.frames:
-        raise SystemExit(f"error: --local-frames must be in 1..--frames ({cfg.frames}), got {cfg.local_frames}")
-    if cfg.local_views < 0 or cfg.frames < 1 or cfg.stride < 1 or cfg.local_stride < 1:
-        raise SystemExit("error: --local-views must be >= 0 and --frames, --stride, --local-stride >= 1")
-    if cfg.targets == "oracle" and cfg.dataset == "unlabeled":
-        raise SystemExit(f"error: --targets oracle needs labelled videos (the true class is the target), and "
-                         f"{cfg.data} holds unlabeled ones")
-    if not 0.0 <= cfg.oracle_fraction <= 1.0:
-        raise SystemExit(f"error: --oracle-fraction must be in 0..1, got {cfg.oracle_fraction}")
-    if cfg.templates == "auto":
-        cfg = replace(cfg, templates=DATASET_TEMPLATES[cfg.dataset])  # the checkpoint records the list used
-    # Unlabeled videos have no class names to build a category space from: the union of the label sets we ship
-    # (UCF101, HMDB51, Kinetics-400 names) stands in, as for a Kinetics-pretrained model that transfers.
-    if cfg.dataset == "unlabeled":
-        if cfg.concepts in ("dataset", "descriptions"):
-            raise SystemExit(f"error: --concepts {cfg.concepts} needs the dataset's class names, and {cfg.data} holds "
-                             f"unlabeled videos: use --concepts union (the default for unlabeled videos)")
-        if cfg.concepts == "auto" and os.environ.get("RANK", "0") == "0":
-            print(f"concepts: the videos have no labels, so the category space is --concepts union: "
-                  f"{len(category_names('union', []))} action names of UCF101, HMDB51 and Kinetics-400")
-    if cfg.concepts == "auto":
-        cfg = replace(cfg, concepts="union" if cfg.dataset == "unlabeled" else "dataset")
-    if cfg.init == "random":  # a pretrained CLIP's temperatures are read off its weights, in train()
-        cfg = resolve_temperatures(cfg, None)
-    return cfg
+    # log values as tensors on the device (the loop reads them every --log-every steps: no step waits for the GPU)
+    return dict(**stats, t_batch_entropy=h_mean, t_mi=h_mean.double() - stats["t_entropy"].double(),
+                grad_norm=grad_norm)
 
 
 # ----------------------------------------------------------------------------- training
+# The loop reads like DINO's main_dino.py: the start (the CLIP), the data, the networks, the concept spaces and the
+# loss on them, the optimizer and its schedules, then one train_step per batch. The plumbing every training run
+# shares (processes, resuming, log lines, checkpoints, Ctrl-C and SIGTERM) is in training.py.
+
+def clip_config_from_flags(cfg: Config) -> CLIPConfig:
+    """The CLIP that --init random builds. Heads = width // 64 (at least 1): the rule load_clip infers them by."""
+    return CLIPConfig(embed_dim=cfg.embed_dim, image_resolution=cfg.size, vision_layers=cfg.layers,
+                      vision_width=cfg.width, vision_patch_size=cfg.patch, vision_heads=max(1, cfg.width // 64),
+                      text_width=cfg.text_width, text_heads=max(1, cfg.text_width // 64), text_layers=cfg.text_layers)
+
 
 def build_networks(cfg: Config, clip: CLIP, device, print0) -> tuple[VideoViT, VideoViT, CLIP]:
     """The student (a VideoViT from the CLIP's visual tower), the teacher (its copy, no gradient: the EMA of the
@@ -1223,133 +1223,124 @@ def build_networks(cfg: Config, clip: CLIP, device, print0) -> tuple[VideoViT, V
     return student, teacher, text_tower(clip)
 
 
-def tiny_clip(print0) -> str:
-    """--init tiny: the tiny CLIP pretrained on captioned stills by scripts/pretrain_clip.py (its defaults), made
-    once (minutes) and then read from the cache."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
-    import pretrain_clip
-    return pretrain_clip.ensure(log=print0)
+def tiny_clip(run) -> str:
+    """--init tiny: the tiny CLIP that scripts/pretrain_clip.py pretrains on captioned stills (its defaults), made
+    once (minutes, its progress bar on the console) and then read from the cache. It runs as a separate process:
+    lss.py imports nothing from scripts/."""
+    script = Path(__file__).resolve().parent / "scripts" / "pretrain_clip.py"
+    r = subprocess.run([sys.executable, str(script), "--path-only"], stdout=subprocess.PIPE, text=True)
+    if r.returncode != 0 or not r.stdout.strip():
+        raise SystemExit(f"error: pretraining the tiny CLIP failed (python {script} --path-only, exit {r.returncode}); "
+                         f"its messages are above")
+    return r.stdout.strip().splitlines()[-1]
 
 
-def train(cfg: Config):
-    rank, world, device = data.setup_distributed(cfg.device)
-    master = rank == 0
-    print0 = print if master else (lambda *a, **k: None)
-    out = Path(cfg.out)
-    ckpt_path = out / "checkpoint.pt"
-    if master:
-        out.mkdir(parents=True, exist_ok=True)
-    if world > 1:
-        dist.barrier()  # the out dir exists before any process looks into it
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    ckpt = None
-    if ckpt_path.exists():
-        ckpt = data.load_checkpoint(ckpt_path)
-        if ckpt.get("method") != "lss":
-            raise SystemExit(f"error: {ckpt_path} is a {ckpt.get('method')!r} checkpoint, not an lss.py one")
+def the_start(cfg: Config, run: training.Run, ckpt: dict | None) -> tuple[Config, CLIP | None]:
+    """The CLIP that LSS adapts (--init tiny: pretrained here once; clip: a file; random: none yet) and the
+    temperatures that go with it. A resumed run takes both from its checkpoint."""
+    if ckpt is not None:
         saved = ckpt["config"]  # auto temperatures and the tiny CLIP's path: the values the run started with
         cfg = replace(cfg, tau_s=cfg.tau_s or saved["tau_s"], tau_t=cfg.tau_t or saved["tau_t"],
                       clip=cfg.clip or saved.get("clip"))
-        data.check_resume_config(saved, cfg, ARCH_KEYS)
-    clip = None
-    if ckpt is None:
-        if cfg.init == "tiny":  # pretrained once (rank 0), then read from the cache by every process
-            cfg = replace(cfg, clip=tiny_clip(print0) if master else None)
-            if world > 1:
-                paths = [cfg.clip]
-                dist.broadcast_object_list(paths, src=0)
-                cfg = replace(cfg, clip=paths[0])
-        clip = load_clip(cfg.clip) if cfg.init != "random" else None
-        cfg = resolve_temperatures(cfg, clip)
-    # data: every video gives 2 global + L local views (MultiViewSampler), decoded in the loader's workers
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train",
-                             synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail, context=cfg.context, clutter=cfg.clutter, noise=cfg.noise))
-    if cfg.data_fraction < 1.0:
-        videos = videos.subset(cfg.data_fraction, seed=cfg.seed)
-    sampler = MultiViewSampler(cfg.frames, cfg.stride, cfg.local_views, cfg.local_stride)
-    dataset = data.VideoDataset(videos, sampler, canvas=cfg.canvas, resample=True, min_frames=cfg.frames)
-    loader = data.make_loader(dataset, cfg.batch_size, cfg.workers, shuffle=True, drop_last=True, seed=cfg.seed,
-                              rank=rank, world_size=world)
-    steps_per_epoch = len(loader)
-    total_steps = cfg.epochs * steps_per_epoch
-    # networks. The CLIP: from the file (--init clip / tiny), from the flags (--init random, seeded: the same on
-    # every process), or a skeleton that the checkpoint fills (its text tower is in it; its visual tower lives on
-    # as student and teacher)
-    if ckpt is not None:
-        clip = CLIP(CLIPConfig(**ckpt["config"]["clip_arch"]))
-    elif clip is None:
-        clip = CLIP(clip_config_from_flags(cfg))
-    student_vit, teacher, text = build_networks(cfg, clip, device, print0)
-    config = {**asdict(cfg), "clip_arch": asdict(clip.cfg)}  # what build_backbone / zero-shot rebuild them from
-    del clip
-    # concept spaces and the loss on them
-    names = category_names(cfg.concepts, videos.classes)
-    if ckpt is not None and list(ckpt["concept_names"]) != names:
-        raise SystemExit(f"error: the checkpoint in --out was trained with another category space "
-                         f"({len(ckpt['concept_names'])} names vs {len(names)} now): same --dataset/--concepts, "
-                         f"or another --out")
-    if ckpt is not None:
-        text.load_state_dict(ckpt["text"])
-    lss_loss = LSSLoss(run_concepts(cfg, text, names, out, device, rank, world, print0), cfg)
-    # labelled videos: each class's index in the category space, to measure the teacher's targets against the truth
-    # (never used by LSS itself) and for the oracle control, the fixed subset of videos whose target is the truth
+        training.check_resume_config(saved, cfg, ARCH_KEYS)
+        return cfg, None
+    if cfg.init == "tiny":  # pretrained once (first process), then read from the cache by every process
+        paths = [tiny_clip(run) if run.master else None]
+        if run.world > 1:
+            dist.broadcast_object_list(paths, src=0)
+        cfg = replace(cfg, clip=paths[0])
+    clip = load_clip(cfg.clip) if cfg.init != "random" else None
+    return resolve_temperatures(cfg, clip), clip
+
+
+def truth_of(cfg: Config, videos: data.VideoList, names: list, device) -> tuple:
+    """Labelled videos: each class's index in the category space (to measure how often the teacher's target is
+    right; LSS itself never sees it), and for --targets oracle the fixed subset of the videos whose target is the
+    true class. (None, None) for unlabeled videos."""
     concept_of, oracle_videos = None, None
     if videos.classes:
         texts = [class_to_text(n) for n in names]
         concept_of = torch.tensor([texts.index(class_to_text(c)) for c in videos.classes], device=device)
     if cfg.targets == "oracle":
-        n_true = round(cfg.oracle_fraction * len(videos))
+        chosen = np.random.default_rng([cfg.seed, 7]).permutation(len(videos))[:round(cfg.oracle_fraction * len(videos))]
         oracle_videos = torch.zeros(len(videos), dtype=torch.bool, device=device)
-        oracle_videos[torch.from_numpy(np.random.default_rng([cfg.seed, 7]).permutation(len(videos))[:n_true])] = True
+        oracle_videos[torch.from_numpy(chosen)] = True
+    return concept_of, oracle_videos
+
+
+def restore(ckpt: dict, student_vit, teacher, optimizer, lss_loss) -> tuple[int, list]:
+    """A resumed run's state: both networks, the optimizer, the centre and the prior's average; -> (step, skipped)."""
+    student_vit.load_state_dict(ckpt["student"])
+    teacher.load_state_dict(ckpt["teacher"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    lss_loss.center = ckpt["center"].to(lss_loss.C_cat.device)
+    lss_loss.p_bar_prev = ckpt["p_bar"].to(lss_loss.C_cat.device) if ckpt.get("p_bar") is not None else None
+    return ckpt["step"], list(ckpt.get("skipped", []))
+
+
+def train(cfg: Config):
+    run, ckpt = training.start(cfg, "lss")
+    device = run.device
+    cfg, clip = the_start(cfg, run, ckpt)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    # data: every video gives 2 global + L local views (MultiViewSampler), decoded in the loader's workers
+    videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train", cfg.synthetic)
+    if cfg.data_fraction < 1.0:
+        videos = videos.subset(cfg.data_fraction, seed=cfg.seed)
+    dataset = data.VideoDataset(videos, MultiViewSampler(cfg.frames, cfg.stride, cfg.local_views, cfg.local_stride),
+                                canvas=cfg.canvas, resample=True, min_frames=cfg.frames)
+    loader = data.make_loader(dataset, cfg.batch_size, cfg.workers, shuffle=True, drop_last=True, seed=cfg.seed,
+                              rank=run.rank, world_size=run.world)
+    steps_per_epoch = len(loader)
+    total_steps = cfg.epochs * steps_per_epoch
+    # networks: student, EMA teacher, frozen text tower. A resumed run's CLIP is a skeleton its checkpoint fills;
+    # --init random builds one from the flags (seeded: the same on every process)
+    if clip is None:
+        clip = CLIP(CLIPConfig(**ckpt["config"]["clip_arch"]) if ckpt is not None else clip_config_from_flags(cfg))
+    student_vit, teacher, text = build_networks(cfg, clip, device, run.print)
+    config = {**asdict(cfg), "clip_arch": asdict(clip.cfg)}  # what build_backbone / zero-shot rebuild them from
+    del clip
+    # the concept spaces and the loss on them
+    names = category_names(cfg.concepts, videos.classes)
+    if ckpt is not None:
+        if list(ckpt["concept_names"]) != names:
+            raise SystemExit(f"error: the checkpoint in --out was trained with another category space "
+                             f"({len(ckpt['concept_names'])} names vs {len(names)} now): same --dataset/--concepts, "
+                             f"or another --out")
+        text.load_state_dict(ckpt["text"])
+    lss_loss = LSSLoss(run_concepts(cfg, text, names, run.out, device, run.rank, run.world, run.print), cfg)
+    concept_of, oracle_videos = truth_of(cfg, videos, names, device)
     # optimizer and schedules (the lr scales linearly with the global batch, from 256 videos)
     optimizer = torch.optim.AdamW(param_groups(student_vit, cfg.new_lr_scale), lr=0.0, weight_decay=cfg.weight_decay)
-    peak_lr = cfg.lr * cfg.batch_size * world / 256
-    schedule = make_schedules(cfg, steps_per_epoch, peak_lr)
-    start_step, skipped = 0, []
+    global_batch = cfg.batch_size * run.world
+    schedule = make_schedules(cfg, steps_per_epoch, cfg.lr * global_batch / 256)
+    start_step, skipped = restore(ckpt, student_vit, teacher, optimizer, lss_loss) if ckpt is not None else (0, [])
     if ckpt is not None:
-        student_vit.load_state_dict(ckpt["student"])
-        teacher.load_state_dict(ckpt["teacher"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        lss_loss.center = ckpt["center"].to(device)
-        lss_loss.p_bar_prev = ckpt["p_bar"].to(device) if ckpt.get("p_bar") is not None else None
-        start_step, skipped = ckpt["step"], list(ckpt.get("skipped", []))
-        print0(f"resumed from {ckpt_path} at step {start_step} (epoch {start_step / steps_per_epoch:.2f})")
+        run.print(f"resumed from {run.checkpoint_path} at step {start_step} (epoch {start_step / steps_per_epoch:.2f})")
         del ckpt
-    if cfg.compile:
-        # in place (nn.Module.compile): state-dict keys, the EMA update and the checkpoint stay as without it.
-        # dynamic=False: one static graph per view shape (global, local, zero-shot), not a symbolic-shape graph
-        student_vit.compile(dynamic=False)
+    if cfg.compile:  # in place: state-dict keys, the EMA update and the checkpoint stay as without it; dynamic=False:
+        student_vit.compile(dynamic=False)  # one static graph per view shape (global, local, zero-shot)
         teacher.compile(dynamic=False)
     student = MultiView(student_vit)
-    if world > 1:
+    if run.world > 1:
         student = nn.parallel.DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda"
                                                       else None)
-    global_batch = cfg.batch_size * world
-    views_per_video = 2 + cfg.local_views
-    n_params = sum(p.numel() for p in student_vit.parameters())
-    print0(f"LSS | {videos.name}: {len(videos)} videos | {cfg.init} init, ViT {config['clip_arch']['vision_width']}w x "
-           f"{config['clip_arch']['vision_layers']} ({n_params / 1e6:.2f}M params), cls {cfg.cls_mode} | concepts "
-           f"'{cfg.concepts}': K={len(names)} (log K = {math.log(len(names)):.2f}), "
-           f"M={lss_loss.C_desc.shape[0]} descriptions | tau_s {cfg.tau_s:g}, tau_t {cfg.tau_t:g} | "
-           f"{world} process(es) on {device} | global batch {global_batch} videos x {views_per_video} views | "
-           f"lr {peak_lr:.3g} | {steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
-    if master:
-        (out / "config.json").write_text(json.dumps(config, indent=1))
-        print0(json.dumps(asdict(cfg)))
-    log = open(out / "log.jsonl", "a") if master else None
-
-    def write(rec):
-        if log:
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
+    run.print(f"LSS | {videos.name}: {len(videos)} videos | {cfg.init} init, ViT {config['clip_arch']['vision_width']}w"
+              f" x {config['clip_arch']['vision_layers']} ({sum(p.numel() for p in student_vit.parameters()) / 1e6:.2f}M"
+              f" params), cls {cfg.cls_mode} | concepts '{cfg.concepts}': K={len(names)} (log K = "
+              f"{math.log(len(names)):.2f}), M={lss_loss.C_desc.shape[0]} descriptions | tau_s {cfg.tau_s:g}, tau_t "
+              f"{cfg.tau_t:g} | {run.world} process(es) on {device} | global batch {global_batch} videos x "
+              f"{2 + cfg.local_views} views | lr {schedule['lr'].max():.3g} | {steps_per_epoch} steps/epoch x "
+              f"{cfg.epochs} epochs")
+    training.write_config(run, config)
+    advice = "a lower --lr, higher --tau-s/--tau-t, or --amp off"
 
     def checkpoint(step):
-        if master:
+        mean.check_finite(step, advice)  # never save weights that a NaN has reached
+        if run.master:
             t_sd = teacher.state_dict()  # shared storage: "backbone" and "teacher" are written once
-            data.save_checkpoint(ckpt_path, {
+            training.save_checkpoint(run.checkpoint_path, {
                 "method": "lss", "config": config, "step": step, "epoch": step / steps_per_epoch,
                 "backbone": {"vit." + k: v for k, v in t_sd.items()},  # build_backbone's keys: the TEACHER (SVT)
                 "student": student_vit.state_dict(), "teacher": t_sd, "optimizer": optimizer.state_dict(),
@@ -1357,107 +1348,78 @@ def train(cfg: Config):
                 "p_bar": None if lss_loss.p_bar_prev is None else lss_loss.p_bar_prev.cpu(),
                 "text": text.state_dict(), "concept_names": list(names),
                 "skipped": sorted(set(skipped)), "versions": {"torch": str(torch.__version__)}})
-        if world > 1:
-            dist.barrier()
+        run.barrier()
 
-    # zero-shot on the dataset's own test split with its class names: the teacher before and after training
-    zs = None
-    if cfg.zero_shot_eval and cfg.dataset == "unlabeled":
-        print0("note: no zero-shot evaluation: it needs labelled test videos, and the training folder has none "
-               "(python lss.py zero-shot --ckpt ... --data LABELLED_ROOT evaluates later)")
-    elif cfg.zero_shot_eval:
-        try:
-            test_videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "test",
-                                          synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail, context=cfg.context, clutter=cfg.clutter, noise=cfg.noise))
-            vectors = class_vectors(text, test_videos.classes, "names", TEMPLATES[cfg.templates],
-                                    cfg.desc_template, cfg.bpe, device)
-            zs = (test_videos, vectors)
-        except data.DatasetError as e:
-            print0(f"note: no zero-shot evaluation ({e})")
+    # zero-shot on the dataset's own test split with its class names: the teacher before training, both after
+    zs = zero_shot_during_training(cfg, text, config, run)
+    if zs and start_step == 0:
+        zs(0, teacher)
+    # the loop: a step per batch, a log line every --log-every steps, a checkpoint at every epoch's end
+    steps = training.Steps(loader, start_step, total_steps, steps_per_epoch, cfg.max_steps, cfg.batch_size)
+    mean = training.Mean(start_step)
+    student.train()
+    bar = tqdm(total=total_steps, initial=start_step, disable=not run.master, unit="step", dynamic_ncols=True)
+    with bar, training.interruptible(run, lambda: checkpoint(steps.step)):
+        for step, batch in steps:
+            training.report_bad(batch, skipped, run)
+            video = batch["video"].to(device, non_blocking=True)  # (B, 2+L, T, H, W, 3) uint8
+            labels = None if concept_of is None else concept_of[batch["label"].to(device)]  # (B,) never for LSS itself
+            oracle = None if oracle_videos is None else oracle_videos[batch["index"].to(device)]  # (B,) the control
+            mean.add(train_step(cfg, student, teacher, lss_loss, optimizer, schedule, video, step, labels, oracle))
+            bar.update(1)
+            if steps.log_due(cfg.log_every):
+                mean.check_finite(step + 1, advice)
+                n = mean.n
+                rec = dict(step=step + 1, epoch=round((step + 1) / steps_per_epoch, 3), **mean.read(),
+                           **steps.timing((2 + cfg.local_views) * global_batch, n), skipped=len(set(skipped)),
+                           **{k: float(schedule[k][step]) for k in ("lr", "wd", "momentum", "tau_t")})
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", cd=f"{rec['cd']:.2f}", up=f"{rec['up']:.3f}",
+                                H_t=f"{rec['t_entropy']:.2f}", clips_s=f"{rec['clips_per_s']:.0f}",
+                                wait=f"{rec['data_wait']:.0%}")
+                run.log(rec)
+            if steps.epoch_end:
+                checkpoint(step + 1)
+    if steps.step == 0 and not run.checkpoint_path.exists():
+        checkpoint(0)  # --epochs 0: the start itself, checkpointed for eval_linear.py (the frozen baseline)
+    if zs and steps.step > 0:
+        zs(steps.step, teacher)  # the teacher: the network SVT evaluates and the checkpoint's "backbone"
+        zs(steps.step, student_vit, "student")
+    flags = f" --dataset {cfg.dataset}" if cfg.dataset != "synthetic" else ""
+    training.finish(run, skipped, steps.step, (
+        f"look: python scripts/neighbours.py --ckpt {run.checkpoint_path} --out {run.out / 'neighbours.png'}"
+        if cfg.dataset == "unlabeled" else  # nothing to evaluate on: what the features find similar instead
+        f"evaluate: python eval_linear.py --ckpt {run.checkpoint_path}{flags}\n"
+        f"          python lss.py zero-shot --ckpt {run.checkpoint_path}{flags}"))
 
-    def evaluate_zero_shot(step, network="teacher"):
-        test_videos, vectors = zs
-        vit = teacher if network == "teacher" else student_vit
-        r = zero_shot_eval(Backbone(config, "proj", vit=vit).to(device), vectors, test_videos, cfg.frames, cfg.stride, cfg.size,
-                           cfg.canvas, cfg.test_clips, cfg.batch_size, cfg.workers, device, rank, world,
-                           progress=master)
-        print0(f"zero-shot ({network}, step {step}): top-1 {r['top1']}%  top-5 {r['top5']}%  on {r['num_test']} "
-               f"{test_videos.name} videos, {r['num_classes']} class names (chance {100 / r['num_classes']:.1f}%)")
-        prefix = "zero_shot" if network == "teacher" else "student_zero_shot"
-        write({"step": step, f"{prefix}_top1": r["top1"], f"{prefix}_top5": r["top5"],
-               f"{prefix}_num_test": r["num_test"]})
-        return r
 
-    if zs is not None and start_step == 0:
-        evaluate_zero_shot(0)
-    step = start_step
-    bar = tqdm(total=total_steps, initial=step, disable=not master, unit="step", dynamic_ncols=True)
-    sums, n, wait, busy = {}, 0, 0.0, 0.0
+def zero_shot_during_training(cfg: Config, text: CLIP, config: dict, run: training.Run):
+    """zs(step, vit, network="teacher"): zero-shot top-1 of `vit` on the dataset's test split by its class names,
+    printed and logged; None when there is nothing to evaluate on (unlabeled videos, no test split)."""
+    if not cfg.zero_shot_eval:
+        return None
+    if cfg.dataset == "unlabeled":
+        run.print("note: no zero-shot evaluation: it needs labelled test videos, and the training folder has none "
+                  "(python lss.py zero-shot --ckpt ... --data LABELLED_ROOT evaluates later)")
+        return None
     try:
-        while step < total_steps and (cfg.max_steps == 0 or step < cfg.max_steps):
-            epoch, offset = divmod(step, steps_per_epoch)
-            loader.sampler.set_epoch(epoch, skip=offset * cfg.batch_size)  # mid-epoch resume: same order, rest of it
-            student.train()
-            t_ready = time.perf_counter()
-            for batch in loader:
-                t_batch = time.perf_counter()
-                if batch["bad"]:
-                    skipped += batch["bad"]
-                    for b in batch["bad"]:
-                        tqdm.write(f"skipped unreadable video: {b}") if master else None
-                video = batch["video"].to(device, non_blocking=True)  # (B, 2+L, T, H, W, 3) uint8
-                labels = None if concept_of is None else concept_of[batch["label"].to(device)]  # (B,)
-                oracle = None if oracle_videos is None else oracle_videos[batch["index"].to(device)]  # (B,)
-                metrics = train_step(cfg, student, teacher, lss_loss, optimizer, schedule, video, step, labels, oracle)
-                step += 1
-                t_done = time.perf_counter()
-                wait, busy, n = wait + t_batch - t_ready, busy + t_done - t_batch, n + 1
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                t_ready = t_done
-                bar.update(1)
-                if step % cfg.log_every == 0 or step == total_steps:
-                    rec = dict(step=step, epoch=round(step / steps_per_epoch, 3),
-                               **{k: v / n for k, v in sums.items()},
-                               clips_per_s=views_per_video * global_batch * n / (wait + busy),
-                               data_wait=wait / (wait + busy), skipped=len(set(skipped)))
-                    for k in ("lr", "wd", "momentum", "tau_t"):  # schedules: the value at the last step
-                        rec[k] = metrics[k]
-                    bar.set_postfix(loss=f"{rec['loss']:.3f}", cd=f"{rec['cd']:.2f}", up=f"{rec['up']:.3f}",
-                                    H_t=f"{rec['t_entropy']:.2f}", clips_s=f"{rec['clips_per_s']:.0f}",
-                                    wait=f"{rec['data_wait']:.0%}")
-                    write(rec)
-                    sums, n, wait, busy = {}, 0, 0.0, 0.0
-                if step % steps_per_epoch == 0 or step == total_steps or step == cfg.max_steps:
-                    checkpoint(step)
-                    break
-    except KeyboardInterrupt:
-        print0(f"\ninterrupted: saving {ckpt_path} at step {step}; run the same command to resume")
-        checkpoint(step)
-        raise SystemExit(130)
-    finally:
-        bar.close()
-    if step == 0 and not ckpt_path.exists():
-        checkpoint(step)  # --epochs 0: the start itself, checkpointed for eval_linear.py (the frozen baseline)
-    if zs is not None and step > 0:
-        evaluate_zero_shot(step)  # the teacher: the network SVT evaluates and the checkpoint's "backbone"
-        evaluate_zero_shot(step, "student")
-    if master:
-        if skipped:
-            (out / "skipped.txt").write_text("\n".join(sorted(set(skipped))) + "\n")
-            print0(f"{len(set(skipped))} unreadable videos were skipped (listed in {out / 'skipped.txt'})")
-        data_flags = f" --dataset {cfg.dataset}" if cfg.dataset != "synthetic" else ""
-        if cfg.dataset == "unlabeled":  # nothing to evaluate on: look at what the features find similar instead
-            print0(f"done: {step} steps; checkpoint {ckpt_path}\n"
-                   f"look: python scripts/neighbours.py --ckpt {ckpt_path} --out {out / 'neighbours.png'}")
-        else:
-            print0(f"done: {step} steps; checkpoint {ckpt_path}\n"
-                   f"evaluate: python eval_linear.py --ckpt {ckpt_path}{data_flags}\n"
-                   f"          python lss.py zero-shot --ckpt {ckpt_path}{data_flags}")
-    if log:
-        log.close()
-    if world > 1:
-        dist.destroy_process_group()
+        test_videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "test", cfg.synthetic)
+    except data.DatasetError as e:
+        run.print(f"note: no zero-shot evaluation ({e})")
+        return None
+    vectors = class_vectors(text, test_videos.classes, "names", TEMPLATES[cfg.templates], cfg.desc_template, cfg.bpe,
+                            run.device)
+
+    def zs(step, vit, network="teacher"):
+        r = zero_shot_eval(Backbone(config, "proj", vit=vit).to(run.device), vectors, test_videos, cfg.frames,
+                           cfg.stride, cfg.size, cfg.canvas, cfg.test_clips, cfg.batch_size, cfg.workers, run.device,
+                           run.rank, run.world, progress=run.master)
+        run.print(f"zero-shot ({network}, step {step}): top-1 {r['top1']}%  top-5 {r['top5']}%  on {r['num_test']} "
+                  f"{test_videos.name} videos, {r['num_classes']} class names (chance {100 / r['num_classes']:.1f}%)")
+        prefix = "zero_shot" if network == "teacher" else "student_zero_shot"
+        run.log({"step": step, f"{prefix}_top1": r["top1"], f"{prefix}_top5": r["top5"],
+                 f"{prefix}_num_test": r["num_test"]})
+        return r
+    return zs
 
 
 # ----------------------------------------------------------------------------- zero-shot evaluation
@@ -1587,7 +1549,7 @@ def name_videos_command(zc, backbone, text, videos, templates, frames, stride, s
                         list(frames_), None))
     if picture:
         Path(zc.picture).parent.mkdir(parents=True, exist_ok=True)
-        data.image_grid(picture).save(zc.picture)
+        training.image_grid(picture).save(zc.picture)
     for s_ in skipped:
         print(f"  SKIPPED {s_['path']}: {s_['reason']}")
     print(f"named {len(rows)} videos ({len(skipped)} skipped): wrote {zc.csv}" + (f" and {zc.picture}" if picture else ""))
@@ -1605,8 +1567,7 @@ class ZeroShotConfig:
     data: str | None = None         # dataset root
     annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
     fold: int = 0                   # UCF101/HMDB51 split; 0: the checkpoint's (or 1)
-    nuisance: float = -1.0          # synthetic only; -1: the checkpoint's (or 0)
-    trail: float = -1.0             # synthetic only: motion trail 0..1; -1: the checkpoint's (or 0)
+    synthetic: SyntheticWorld = field(default_factory=SyntheticWorld)  # each knob: the checkpoint's unless given (--clip: lss.py's)
     split: str = "test"             # which split to classify: test | train
     frames: int = 0                 # frames per clip; 0: the checkpoint's --frames (--clip: 8)
     stride: int = 0                 # frames between a clip's frames; 0: the checkpoint's --stride (--clip: 4)
@@ -1634,10 +1595,10 @@ def zero_shot(zc: ZeroShotConfig) -> dict:
         raise SystemExit("error: give exactly one of --ckpt (an lss.py checkpoint) or --clip (frozen CLIP weights)")
     if zc.class_vectors not in ("names", "descriptions") or zc.split not in ("train", "test"):
         raise SystemExit("error: --class-vectors must be names|descriptions and --split train|test")
-    device = data.resolve_device(zc.device)
+    device = training.resolve_device(zc.device)
     t0 = time.perf_counter()
     if zc.ckpt:
-        ckpt = data.load_checkpoint(zc.ckpt)
+        ckpt = training.load_checkpoint(zc.ckpt)
         if ckpt.get("method") != "lss" or "text" not in ckpt:
             raise SystemExit(f"error: {zc.ckpt} is not an lss.py checkpoint (method {ckpt.get('method')!r})")
         tcfg = dict(ckpt["config"])
@@ -1663,11 +1624,10 @@ def zero_shot(zc: ZeroShotConfig) -> dict:
     if zc.dataset is None:
         dataset, root, ann = tcfg.get("dataset", "synthetic"), zc.data or tcfg.get("data"), \
             zc.annotations or tcfg.get("annotations")
-        fold, nuisance = zc.fold or tcfg.get("fold", 1), tcfg.get("nuisance", 0.0) if zc.nuisance < 0 else zc.nuisance
-        trail = tcfg.get("trail", 0.0) if zc.trail < 0 else zc.trail
+        fold = zc.fold or tcfg.get("fold", 1)
     else:
-        dataset, root, ann, fold, nuisance = zc.dataset, zc.data, zc.annotations, zc.fold or 1, max(0.0, zc.nuisance)
-        trail = max(0.0, zc.trail)
+        dataset, root, ann, fold = zc.dataset, zc.data, zc.annotations, zc.fold or 1
+    world = replace(data.synthetic_world(tcfg) if zc.ckpt else Config().synthetic, **zc.synthetic)
     frames, stride = zc.frames or tcfg["frames"], zc.stride or tcfg["stride"]
     size = zc.size or tcfg["size"]
     canvas = tuple(zc.canvas) if all(zc.canvas) else tuple(tcfg["canvas"])
@@ -1684,7 +1644,7 @@ def zero_shot(zc: ZeroShotConfig) -> dict:
         raise SystemExit(f"error: --templates must be one of {list(TEMPLATES)}")
     try:
         videos = data.load_split(dataset, root, ann, fold, "train" if dataset == "unlabeled" else zc.split,
-                                 synthetic_kwargs=dict(nuisance=nuisance, trail=trail) if dataset == "synthetic" else None)
+                                 world)
     except data.DatasetError as e:
         raise SystemExit(f"error: {e}")
     backbone.to(device)
@@ -1704,8 +1664,7 @@ def zero_shot(zc: ZeroShotConfig) -> dict:
               "skipped": missing + r["skipped"], "per_class": r["per_class"], "ckpt": zc.ckpt, "clip": zc.clip,
               "step": step, "method": "lss", "split": zc.split,
               "dataset": {"dataset": dataset, "data": root, "annotations": ann, "fold": fold,
-                          "nuisance": nuisance if dataset == "synthetic" else None,
-                          "trail": trail if dataset == "synthetic" else None},
+                          "synthetic": asdict(world) if dataset == "synthetic" else None},
               "views": {"frames": frames, "stride": stride, "size": size, "canvas": list(canvas),
                         "test_clips": zc.test_clips, "crops": 1, "average": "normalised features"},
               "class_vectors": zc.class_vectors, "templates": templates,
@@ -1906,8 +1865,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv[:1] == ["zero-shot"]:
-            return zero_shot(data.parse_config(ZeroShotConfig, argv[1:], "LSS zero-shot classification by class "
-                                               "names: an lss.py checkpoint (--ckpt) or frozen CLIP (--clip)."))
+            return zero_shot(training.parse_config(
+                ZeroShotConfig, argv[1:], "LSS zero-shot classification by class names (or naming any videos with "
+                "--names): an lss.py checkpoint (--ckpt) or frozen CLIP (--clip).", overrides=("synthetic",)))
         return train(parse_args(argv))
     except (data.DatasetError, FloatingPointError) as e:
         sys.exit(f"error: {e}")

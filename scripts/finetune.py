@@ -86,7 +86,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -100,6 +100,8 @@ sys.path.insert(0, str(ROOT))
 
 import cvrl  # noqa: E402  (lr_at: the same warmup + cosine schedule as pretraining)
 import data  # noqa: E402
+from data import SyntheticWorld  # noqa: E402
+import training  # noqa: E402
 import eval_linear as E  # noqa: E402  (checkpoint loading, backbone rebuild, view settings, test views, averaging)
 
 # Training augmentation: Model Garden's DataConfig defaults for classification (aug_min/max_area_ratio 0.49/1.0,
@@ -122,8 +124,7 @@ class Config:
     annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
     fold: int | None = None         # UCF101/HMDB51 split number
     data_fraction: float = 1.0      # fine-tune on this class-stratified fraction of the labelled training videos
-    nuisance: float | None = None   # synthetic only: appearance nuisance 0..1
-    trail: float | None = None      # synthetic only: motion trail 0..1
+    synthetic: SyntheticWorld = field(default_factory=SyntheticWorld)  # each knob: the checkpoint's unless given
     # views (None: the checkpoint's value)
     frames: int | None = None       # frames per clip (CVRL fine-tunes at 32)
     stride: int | None = None       # frames between sampled frames (MG: 2)
@@ -151,8 +152,8 @@ class Config:
     max_steps: int = 0              # stop after this many steps in total, then test (0 = no limit; tests, quick looks)
 
 
-NONE_TYPES = {"frames": int, "stride": int, "size": int, "test_size": int, "nuisance": float, "trail": float,
-              "out": str, "json": str}  # fields whose default None hides their type
+NONE_TYPES = {"frames": int, "stride": int, "size": int, "test_size": int, "out": str,
+              "json": str}  # fields whose default None hides their type
 CHOICES = {"crops": [1, 3], "device": ["auto", "cpu", "cuda"], "optimizer": ["sgd", "adamw"]}
 
 
@@ -166,7 +167,7 @@ def parse_args(argv=None) -> Config:
                                        "checkpoint's pretraining views.")
     E.add_config_args(p, Config, NONE_TYPES, CHOICES)
     a = p.parse_args(argv)
-    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(a).items()})
+    cfg = Config(**E.gather_nested(Config, {k: tuple(v) if isinstance(v, list) else v for k, v in vars(a).items()}))
     for name in ("epochs", "batch_size", "test_clips"):
         if getattr(cfg, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -263,7 +264,7 @@ def main(argv=None) -> dict | None:
     cfg = replace(cfg, out=cfg.out or default_out(cfg, src_cfg))
     cfg = replace(cfg, json=cfg.json or str(Path(cfg.out) / "finetune.json"))
 
-    rank, world, device = data.setup_distributed(cfg.device)
+    rank, world, device = training.setup_distributed(cfg.device)
     master = rank == 0
     print0 = print if master else (lambda *a, **k: None)
     out = Path(cfg.out)
@@ -275,8 +276,7 @@ def main(argv=None) -> dict | None:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     # data: the labelled training split (one random clip per video) and the test split (read after training)
-    synthetic_kwargs = dict(nuisance=cfg.nuisance, trail=cfg.trail) if cfg.dataset == "synthetic" else None
-    splits = {s: data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, s, synthetic_kwargs)
+    splits = {s: data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, s, cfg.synthetic)
               for s in ("train", "test")}
     if cfg.data_fraction < 1.0:  # fewer labels (the test split stays whole): where a pretrained start matters most
         splits["train"] = splits["train"].subset(cfg.data_fraction, seed=cfg.seed)
@@ -297,7 +297,7 @@ def main(argv=None) -> dict | None:
 
     # model: the checkpoint's backbone (or fresh weights), dropout, a new linear head
     model = build_model(module, src, len(classes), cfg)
-    init_sha1 = data.state_dict_sha1(model.backbone.state_dict())  # which weights this run starts from
+    init_sha1 = training.state_dict_sha1(model.backbone.state_dict())  # which weights this run starts from
     model.to(device)
     channels_last = device.type == "cuda" and method == "cvrl"  # 3D convs: faster in NDHWC on GPUs (cvrl.py)
     if channels_last:
@@ -307,7 +307,7 @@ def main(argv=None) -> dict | None:
     # resume
     step, skipped = 0, []
     if ckpt_path.exists():
-        ck = data.load_checkpoint(ckpt_path)
+        ck = training.load_checkpoint(ckpt_path)
         if ck.get("trained_by") != "scripts/finetune.py":
             raise SystemExit(f"error: {ckpt_path} was not written by scripts/finetune.py (it is a "
                              f"{ck.get('method', 'unknown')!r} checkpoint of {ck.get('trained_by', 'its method')}); "
@@ -318,7 +318,7 @@ def main(argv=None) -> dict | None:
         if ck["classes"] != classes:
             raise SystemExit(f"error: the run in {out} was trained on other classes ({len(ck['classes'])}); "
                              f"use another --out")
-        data.check_resume_config(ck["finetune"], cfg, ())  # warns about changed settings
+        training.check_resume_config(ck["finetune"], cfg, ())  # warns about changed settings
         model.backbone.load_state_dict(ck["backbone"])
         model.head.load_state_dict(ck["head"])
         optimizer.load_state_dict(ck["optimizer"])
@@ -346,7 +346,7 @@ def main(argv=None) -> dict | None:
     def checkpoint():
         every = gather_strings(skipped, world)  # a collective: every rank calls checkpoint() at the same step
         if master:
-            data.save_checkpoint(ckpt_path, {
+            training.save_checkpoint(ckpt_path, {
                 # "method" + "config" + "backbone" in build_backbone's layout: eval_linear.py reads this checkpoint
                 "method": method, "config": src_cfg, "trained_by": "scripts/finetune.py", "finetune": asdict(cfg),
                 "step": step, "epoch": step / steps_per_epoch, "backbone": model.backbone.state_dict(),
@@ -379,7 +379,7 @@ def main(argv=None) -> dict | None:
                 label = batch["label"].to(device)
                 # Every random draw of the step is a function of (seed, step, rank), so a resumed run repeats it:
                 # the augmentation from its own generator, dropout from the global one, re-seeded here.
-                step_seed = data.step_seed(cfg.seed, step, rank)
+                step_seed = training.step_seed(cfg.seed, step, rank)
                 torch.manual_seed(step_seed)
                 x = data.augment(data.to_bcthw(video), cfg.size, TRAIN_AUG,
                                  torch.Generator().manual_seed(step_seed))  # (B, C, T, S, S) in [0, 1]
@@ -482,8 +482,7 @@ def main(argv=None) -> dict | None:
                   "test_views": cfg.test_clips * cfg.crops, "test_average": "softmax probabilities"},
         "dataset": {"dataset": cfg.dataset, "data": cfg.data, "annotations": cfg.annotations, "fold": cfg.fold,
                     "data_fraction": cfg.data_fraction,
-                    "nuisance": cfg.nuisance if cfg.dataset == "synthetic" else None,
-                    "trail": cfg.trail if cfg.dataset == "synthetic" else None},
+                    "synthetic": asdict(cfg.synthetic) if cfg.dataset == "synthetic" else None},
         "world_size": world,
         "seconds": {"train": round(seconds_train, 1), "test": round(time.perf_counter() - t_test, 1),
                     "total": round(time.perf_counter() - t0, 1)},

@@ -47,7 +47,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -58,6 +58,8 @@ sys.path.insert(0, str(ROOT))
 
 import cvrl  # noqa: E402
 import data  # noqa: E402
+from data import SyntheticWorld  # noqa: E402
+import training  # noqa: E402
 import lss  # noqa: E402
 
 L, C = lss.Config, cvrl.Config  # view and network defaults are lss.py's, the clip pairs' are CVRL's
@@ -70,8 +72,7 @@ class Config:
     data: str | None = L.data       # dataset root (videos); synthetic: generated once into the cache if not given
     annotations: str | None = L.annotations  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
     fold: int = L.fold              # UCF101/HMDB51 split number (1-3)
-    nuisance: float = L.nuisance    # synthetic only: appearance nuisance 0..1
-    trail: float = 0.0              # synthetic only: motion trail 0..1 (0: the videos of the random-init study)
+    synthetic: SyntheticWorld = field(default_factory=SyntheticWorld)  # no trail: the random-init study's videos
     canvas: tuple = L.canvas        # decode size (H, W)
     # clips: lss.py's global view, two per video at a CVRL interval
     frames: int = L.frames          # frames per clip
@@ -130,7 +131,7 @@ def clip_features(visual: lss.VisionTransformer, x: torch.Tensor) -> torch.Tenso
 
 
 def train(cfg: Config):
-    device = data.setup_distributed(cfg.device)[2]  # one process: this is a start for lss.py, not a method
+    device = training.setup_distributed(cfg.device)[2]  # one process: this is a start for lss.py, not a method
     if cfg.size % cfg.patch:
         raise SystemExit(f"error: --size {cfg.size} is not a multiple of --patch {cfg.patch}")
     torch.manual_seed(cfg.seed)
@@ -138,7 +139,7 @@ def train(cfg: Config):
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, clip_path = out / "checkpoint.pt", out / "clip.pt"
     videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train",
-                             synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail))
+                             cfg.synthetic)
     dataset = data.VideoDataset(videos, cvrl.PairSampler(cfg.frames, cfg.stride, cfg.interval, cfg.power),
                                 canvas=cfg.canvas, resample=True, min_frames=cfg.frames)
     loader = data.make_loader(dataset, cfg.batch_size, cfg.workers, shuffle=True, drop_last=True, seed=cfg.seed)
@@ -162,10 +163,10 @@ def train(cfg: Config):
     optimizer = torch.optim.AdamW(lss.param_groups(model), lr=0.0, weight_decay=cfg.weight_decay)
     step = 0
     if ckpt_path.exists():
-        ckpt = data.load_checkpoint(ckpt_path)
+        ckpt = training.load_checkpoint(ckpt_path)
         if ckpt.get("trained_by") != "scripts/lss_start.py":
             raise SystemExit(f"error: {ckpt_path} was not written by scripts/lss_start.py; use another --out")
-        data.check_resume_config(ckpt["config"]["start_config"], cfg, (
+        training.check_resume_config(ckpt["config"]["start_config"], cfg, (
             "width", "layers", "patch", "embed_dim", "text_width", "text_layers", "head", "head_hidden", "head_layers",
             "head_out", "seed"))
         clip.load_state_dict(ckpt["clip"])  # both towers: the text tower's random draw is kept too
@@ -182,10 +183,10 @@ def train(cfg: Config):
 
     def checkpoint():
         clip_sd = {k: v.detach().cpu() for k, v in clip.state_dict().items()}
-        data.save_checkpoint(clip_path, clip_sd)  # what lss.py --init clip --clip loads
+        training.save_checkpoint(clip_path, clip_sd)  # what lss.py --init clip --clip loads
         # the VideoViT lss.py builds from clip.pt (temporal branch a no-op): what eval_linear.py probes
         vit = lss.VideoViT.from_clip(clip.visual, config["cls_mode"], cfg.frames)
-        data.save_checkpoint(ckpt_path, {
+        training.save_checkpoint(ckpt_path, {
             "method": "lss", "trained_by": "scripts/lss_start.py", "config": config, "step": step,
             "epoch": step / steps_per_epoch, "backbone": {"vit." + k: v.cpu() for k, v in vit.state_dict().items()},
             "clip": clip_sd, "head": head.state_dict(), "optimizer": optimizer.state_dict(),
@@ -202,7 +203,7 @@ def train(cfg: Config):
                 for b in batch["bad"]:  # data.py drops an unreadable video from the batch; say which
                     print(f"skipped unreadable video: {b}")
                 video = batch["video"].to(device, non_blocking=True)  # (B, 2, T, H, W, 3) uint8: two clips per video
-                g = torch.Generator().manual_seed(data.step_seed(cfg.seed, step))  # a function of the step
+                g = torch.Generator().manual_seed(training.step_seed(cfg.seed, step))  # a function of the step
                 x1 = data.augment(data.to_bcthw(video[:, 0]), cfg.size, aug1, g)  # (B, C, T, S, S) in [0, 1]
                 x2 = data.augment(data.to_bcthw(video[:, 1]), cfg.size, aug2, g)
                 lr = lss.lr_at(step, total_steps, warmup_steps, cfg.lr, cfg.min_lr)
@@ -246,6 +247,6 @@ def train(cfg: Config):
 
 if __name__ == "__main__":
     try:
-        train(data.decide_dataset(data.parse_config(Config, None, __doc__.strip().split("\n\n")[0])))
+        train(data.decide_dataset(training.parse_config(Config, None, __doc__.strip().split("\n\n")[0])))
     except data.DatasetError as e:
         sys.exit(f"error: {e}")

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import data  # noqa: E402
+from data import SyntheticWorld  # noqa: E402
+import training  # noqa: E402
 import lss  # noqa: E402
 
 
@@ -49,11 +51,7 @@ import lss  # noqa: E402
 class Config:
     clip: str | None = None         # CLIP weights; default: lss.py's tiny CLIP (pretrained once and cached)
     data: str | None = None         # a synthetic dataset folder; default: the one lss.py would use with these knobs
-    nuisance: float = lss.Config.nuisance  # the world's knobs (lss.py's defaults)
-    trail: float = lss.Config.trail
-    context: float = lss.Config.context
-    clutter: float = lss.Config.clutter
-    noise: float = lss.Config.noise
+    synthetic: SyntheticWorld = field(default_factory=lambda: lss.Config().synthetic)  # the world (lss.py's)
     frames: int = lss.Config.frames  # the global view: frames and stride (lss.py's)
     stride: int = lss.Config.stride
     canvas: int = 32                # decode side (lss.py's --canvas)
@@ -115,8 +113,7 @@ def diagnose(cfg: Config) -> dict:
     text = lss.text_tower(clip)
     vectors = lss.class_vectors(text, data.SYNTHETIC_CLASSES, "names", lss.SYNTHETIC_TEMPLATES)  # (K, E)
     K = len(data.SYNTHETIC_CLASSES)
-    videos = data.load_split("synthetic", cfg.data, split="train", synthetic_kwargs=dict(
-        nuisance=cfg.nuisance, trail=cfg.trail, context=cfg.context, clutter=cfg.clutter, noise=cfg.noise))
+    videos = data.load_split("synthetic", cfg.data, split="train", world=cfg.synthetic)
     labels = torch.tensor(videos.labels)
     # every frame of every training video, decoded as lss.py decodes them
     frames = [data.read_frames(p, range(data.probe(p).num_frames), size=(cfg.canvas, cfg.canvas))
@@ -210,7 +207,7 @@ def picture(r: dict, path: Path):
 
 
 def main(argv=None):
-    cfg = data.parse_config(Config, argv, __doc__.strip().split("\n\n")[0])
+    cfg = training.parse_config(Config, argv, __doc__.strip().split("\n\n")[0])
     r = diagnose(cfg)
     report(r)
     out = Path(cfg.out)

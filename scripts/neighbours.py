@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import data  # noqa: E402
+import training  # noqa: E402
 import eval_linear  # noqa: E402
 
 
@@ -72,7 +73,7 @@ def middle_frame(path) -> np.ndarray:
 
 
 def main(argv=None) -> dict:
-    cfg = data.parse_config(Config, argv, __doc__.strip().split("\n\n")[0])
+    cfg = training.parse_config(Config, argv, __doc__.strip().split("\n\n")[0])
     if not cfg.ckpt:
         raise SystemExit("error: --ckpt is required (a cvrl.py or lss.py checkpoint.pt)")
     if cfg.queries < 1 or cfg.k < 1:
@@ -85,11 +86,10 @@ def main(argv=None) -> dict:
         ckpt=cfg.ckpt, dataset=None if cfg.data is None else cfg.dataset, data=cfg.data, annotations=cfg.annotations,
         fold=None if cfg.data is None else cfg.fold, test_clips=cfg.clips, crops=1, batch_size=cfg.batch_size,
         workers=cfg.workers, device=cfg.device, seed=cfg.seed), ckpt["config"])
-    device = eval_linear.resolve_device(cfg.device)
+    device = training.resolve_device(cfg.device)
     backbone = eval_linear.build_frozen_backbone(module, ckpt, cfg.random_init, cfg.seed).to(device)
     try:
-        synthetic_kwargs = dict(nuisance=ecfg.nuisance, trail=ecfg.trail) if ecfg.dataset == "synthetic" else None
-        videos = data.load_split(ecfg.dataset, ecfg.data, ecfg.annotations, ecfg.fold, "train", synthetic_kwargs)
+        videos = data.load_split(ecfg.dataset, ecfg.data, ecfg.annotations, ecfg.fold, "train", ecfg.synthetic)
     except data.DatasetError as e:
         raise SystemExit(f"error: {e}")
     rng = np.random.default_rng(cfg.seed)
@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
                     [], None))
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    data.image_grid(rows).save(out)
+    training.image_grid(rows).save(out)
     for s in feats["skipped"]:
         print(f"  SKIPPED {s['path']}: {s['reason']}")
     print(f"wrote {out} ({time.perf_counter() - t0:.1f}s)")

@@ -24,6 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing as mp
+import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -39,7 +42,120 @@ sys.path.insert(0, str(ROOT))
 
 import data  # noqa: E402
 import lss  # noqa: E402
+import training  # noqa: E402
 
+
+# ----------------------------------------------------------------------------- the captioned stills
+# LSS adapts an image CLIP, which learned from web photos and their captions to name what a single frame shows. Our
+# stand-in for the web: single images drawn by the same renderer -- one shape of a random kind, colour, size and
+# position, with the full motion trail of its recent path -- each with a caption generated from what is drawn ("a
+# small red triangle rising near the top left"). Like CLIP's web images, they are not frames of the video dataset
+# and never see its labels; the caption's motion words are what lets the text tower name the video classes later.
+
+STILL_COLOURS = {"white": (1.0, 1.0, 1.0), "red": (1.0, 0.15, 0.15), "green": (0.2, 0.85, 0.2),
+                 "blue": (0.25, 0.4, 1.0), "yellow": (1.0, 0.9, 0.1), "cyan": (0.1, 0.9, 0.9),
+                 "magenta": (0.95, 0.2, 0.95), "orange": (1.0, 0.55, 0.1)}
+POSITIONS = [["top left", "top", "top right"], ["left", "centre", "right"], ["bottom left", "bottom", "bottom right"]]
+# Every caption says the motion, most also some of the shape's kind, size, colour and position, in a random template
+# and a random phrasing of the motion. (Captions that named only the motion and one other attribute taught the tiny
+# CLIP less motion: 34% zero-shot on held-out stills against 47%; docs/results.md.)
+CAPTION_TEMPLATES = ["a {size} {colour} {shape} {motion} {where}", "a {colour} {shape} {motion}",
+                     "{where}, a {size} {shape} {motion}", "a photo of a {shape} {motion}",
+                     "a {size} {shape} {motion}, {colour}, {where}"]
+
+
+def shape_word(sides: int, aspect: float) -> str:
+    base = {3: "triangle", 4: "square", 5: "pentagon"}[sides]
+    if aspect > 1:
+        return "bar" if sides == 4 else "long " + base
+    return base
+
+
+def still_attributes(p: dict, i: int, S: int) -> dict:
+    """What frame i of the motion `p` shows, in caption words: motion (class), shape, size, position."""
+    col = min(2, int(3 * p["cx"][i] / S))
+    row = min(2, int(3 * p["cy"][i] / S))
+    return dict(motion=data.SYNTHETIC_CLASSES[p["label"]], shape=shape_word(p["sides"], p["aspect"]),
+                size="small" if p["radius"][i] < 0.13 * S else "large", position=POSITIONS[row][col])
+
+
+def caption(attrs: dict, rng: np.random.Generator) -> str:
+    """A caption of a still from its attributes: a random template and a random phrasing of its motion."""
+    where = "in the centre" if attrs["position"] == "centre" else f"near the {attrs['position']}"
+    phrases = data.MOTION_PHRASES[attrs["motion"]]
+    template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
+    text = template.format(size=attrs["size"], colour=attrs["colour"], shape=attrs["shape"], where=where,
+                           motion=phrases[int(rng.integers(len(phrases)))])
+    return re.sub(r"\ba (?=[aeiou])", "an ", text)  # "an orange square"
+
+
+# The stills' own look, a little varied as web photos are: a faint textured background up to STILL_CLUTTER and
+# sensor noise up to STILL_NOISE (data.py's _camera). Videos may be filmed in far more clutter and noise (--clutter,
+# --noise): the gap between the two is what adapting the image CLIP to video has to bridge.
+STILL_CLUTTER, STILL_NOISE = 0.3, 0.03
+STILL_TRAIL = 1.0  # the trail's strength in the stills
+STILL_CONTEXT = (0.2, 0.5)  # the scene's tint in the stills: photos of an action show its usual scene
+
+
+def render_still(rng: np.random.Generator, size=32, frames=16, label=None, colour=None,
+                 shape=None) -> tuple[np.ndarray, dict]:
+    """One captioned still -> (uint8 (size, size, 3), attributes): one frame of a class's motion over `frames`
+    frames, any frame of it, drawn with the whole trail of its recent past (the motion starts one trail span before
+    the frames, as a video's does) in a named colour. A frame drawn anywhere in the motion reads the same way early
+    or late in a video: what carries the motion is the trail, not where the motion has led. The class, the colour
+    name and the shape (sides, aspect) are random unless given."""
+    step = data._trail_step(frames)
+    pre = data.TRAIL_GHOSTS * step
+    label = int(rng.integers(len(data.SYNTHETIC_CLASSES))) if label is None else label
+    p = data.synthetic_motion(label, rng, size, frames + pre)
+    if shape is not None:
+        p["sides"], p["aspect"] = shape
+    i = pre + int(rng.integers(frames))
+    name = list(STILL_COLOURS)[int(rng.integers(len(STILL_COLOURS)))] if colour is None else colour
+    mk = data._trail_mask(p, i, size, STILL_TRAIL, step)[..., None]
+    scene = data._context(label, rng, size, rng.uniform(*STILL_CONTEXT)) if STILL_CONTEXT[1] > 0 else 0.0
+    img = scene * (1 - mk) + mk * np.array(STILL_COLOURS[name], np.float32)
+    img = data._camera(img[None], rng, STILL_CLUTTER, STILL_NOISE)[0]
+    return (img.clip(0, 1) * 255 + 0.5).astype(np.uint8), {**still_attributes(p, i, size), "colour": name}
+
+
+STILL_GROUP = len(data.SYNTHETIC_CLASSES)
+
+
+def _stills_chunk(job):
+    seed, start, n, size = job
+    images, attrs, captions = [], [], []
+    for k in range(start, start + n):
+        # one generator per still (the corpus does not depend on chunking) and one per group of STILL_GROUP stills:
+        # a group shares its colour and shape and shows every motion once, in a random order (see make_stills)
+        grng = np.random.default_rng([seed, k // STILL_GROUP, 1])
+        order = grng.permutation(len(data.SYNTHETIC_CLASSES))
+        colour = list(STILL_COLOURS)[int(grng.integers(len(STILL_COLOURS)))]
+        shape = (int(grng.choice([3, 4, 5, 4])), float(grng.choice([1.0, 1.0, 1.6])))
+        rng = np.random.default_rng([seed, k])
+        img, a = render_still(rng, size, label=int(order[k % STILL_GROUP]), colour=colour, shape=shape)
+        images.append(img)
+        attrs.append(a)
+        captions.append(caption(a, rng))
+    return np.stack(images), attrs, captions
+
+
+def make_stills(n: int, size=32, seed=0, workers=None, progress=True) -> tuple[np.ndarray, list, list]:
+    """n captioned stills -> (uint8 (n, size, size, 3), [attributes], [captions]). Deterministic in `seed`."""
+    chunk = 500
+    jobs = [(seed, s, min(chunk, n - s), size) for s in range(0, n, chunk)]
+    workers = workers or min(len(os.sched_getaffinity(0)), 8)
+    images, attrs, captions = [], [], []
+    with mp.getdata._context("fork").Pool(workers) as pool:
+        for im, a, c in tqdm(pool.imap(_stills_chunk, jobs), total=len(jobs), desc="captioned stills",
+                             unit="chunk", disable=not progress):
+            images.append(im)
+            attrs += a
+            captions += c
+    return np.concatenate(images), attrs, captions
+
+
+# ----------------------------------------------------------------------------- pretraining
 
 @dataclass
 class Config:
@@ -66,6 +182,7 @@ class Config:
     out: str | None = None          # weights file; default: the cache, named by these settings (reused if present)
     threads: int = 0                # torch threads (0: torch's default)
     picture: str | None = None      # only write a PNG of a few stills with their captions here (README's docs/stills.png)
+    path_only: bool = False         # make sure the weights exist (pretraining them if not), then print only their path
 
 
 MODEL_KEYS = ("stills", "size", "embed_dim", "width", "layers", "patch", "text_width", "text_layers", "context",
@@ -110,9 +227,9 @@ def attribute_prompts() -> dict:
         "motion": {c: [t.format(data.SYNTHETIC_CLASS_TEXT[c]) for t in lss.SYNTHETIC_TEMPLATES]
                    for c in data.SYNTHETIC_CLASSES},  # the prompts lss.py's synthetic zero-shot ensembles
         "shape": {s: f"a photo of a {s}" for s in ("triangle", "square", "bar", "pentagon")},
-        "colour": {c: f"a {c} shape" for c in data.STILL_COLOURS},
+        "colour": {c: f"a {c} shape" for c in STILL_COLOURS},
         "size": {s: f"a {s} shape" for s in ("small", "large")},
-        "position": {p: f"a shape {where(p)}" for row in data.POSITIONS for p in row},
+        "position": {p: f"a shape {where(p)}" for row in POSITIONS for p in row},
     }
 
 
@@ -149,7 +266,7 @@ def pretrain(cfg: Config, log=print) -> dict:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    images, attrs, captions = data.make_stills(cfg.stills + cfg.heldout, cfg.size, cfg.seed)
+    images, attrs, captions = make_stills(cfg.stills + cfg.heldout, cfg.size, cfg.seed)
     x = to_input(images)                                     # (N, 3, S, S)
     tokens = lss.tokenize(captions, cfg.context)             # (N, context)
     x_train, t_train = x[:cfg.stills], tokens[:cfg.stills]
@@ -169,7 +286,7 @@ def pretrain(cfg: Config, log=print) -> dict:
     # batches of whole groups: the stills of a group share colour and shape and differ in their motion (data.py),
     # so telling a group's captions apart takes reading the motion; without them, colour, position and size tell
     # almost every pair of a batch apart and the motion is barely learnt
-    G = data.STILL_GROUP
+    G = STILL_GROUP
 
     def shuffled():
         return (torch.randperm(cfg.stills // G, generator=g)[:, None] * G + torch.arange(G)).flatten()
@@ -215,22 +332,34 @@ def report(m: dict, log=print):
 
 
 def ensure(cfg: Config | None = None, log=print) -> str:
-    """The tiny CLIP's weights file: pretrained once with `cfg`'s settings, then reused from the cache."""
+    """The tiny CLIP's weights file: pretrained once with `cfg`'s settings, then reused from the cache. One process
+    pretrains; any other started meanwhile (a parallel study job, a second lss.py) says whom it waits for, and waits
+    for the file."""
     import fcntl
     cfg = cfg or Config()
     path = Path(cfg.out) if cfg.out else default_path(cfg)
     if path.exists():
         return str(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # One process pretrains, any other started meanwhile (a parallel study job) waits for its file.
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(path.with_suffix(".lock"), "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            log(f"waiting for {holder}, which is pretraining the tiny CLIP into {path} (minutes; this process goes on "
+                f"when the file is there)")
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists():
             return str(path)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"process {os.getpid()} (started {time.strftime('%H:%M:%S')})")
+        lock.flush()
         log(f"pretraining the tiny CLIP once (cached as {path}) ...")
         res = pretrain(cfg, log)
         path.with_suffix(".json").write_text(json.dumps(res["metrics"], indent=1))
-        data.save_checkpoint(path, res["state_dict"])  # atomic; an OpenAI-layout state dict, as load_clip expects
+        training.save_checkpoint(path, res["state_dict"])  # atomic; an OpenAI-layout state dict, as load_clip expects
     report(res["metrics"], log)
     log(f"wrote {path} and {path.with_suffix('.json')}")
     return str(path)
@@ -239,7 +368,7 @@ def ensure(cfg: Config | None = None, log=print) -> str:
 def stills_picture(path: str, n: int = 8, seed: int = 0, scale: int = 4):
     """A PNG of the first n training stills (this --seed's corpus), each with its caption underneath."""
     from PIL import Image, ImageDraw
-    images, _, captions = data.make_stills(n, seed=seed, workers=1, progress=False)
+    images, _, captions = make_stills(n, seed=seed, workers=1, progress=False)
     S, cols, pad, text_h = images.shape[1] * scale, 4, 6, 28
     rows = -(-n // cols)
     cell_w = max(S, 150)
@@ -260,9 +389,12 @@ def stills_picture(path: str, n: int = 8, seed: int = 0, scale: int = 4):
 
 
 def main(argv=None):
-    cfg = data.parse_config(Config, argv, __doc__.strip().split("\n\n")[0])
+    cfg = training.parse_config(Config, argv, __doc__.strip().split("\n\n")[0])
     if cfg.picture:
         print(f"wrote {stills_picture(cfg.picture, seed=cfg.seed)}")
+        return 0
+    if cfg.path_only:  # lss.py's way in (it imports nothing from scripts/): the log on stderr, the path on stdout
+        print(ensure(cfg, log=lambda *a: print(*a, file=sys.stderr, flush=True)))
         return 0
     path = Path(cfg.out) if cfg.out else default_path(cfg)
     if path.exists():

@@ -22,7 +22,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,7 +34,9 @@ sys.path.insert(0, str(ROOT))
 
 import cvrl  # noqa: E402
 import data  # noqa: E402
-from eval_linear import resolve_device, train_augment_config  # noqa: E402
+from data import SyntheticWorld  # noqa: E402
+import training  # noqa: E402
+from eval_linear import train_augment_config  # noqa: E402
 
 C = cvrl.Config  # data, clip and network defaults are CVRL's own, so "the same encoder" cannot drift
 
@@ -46,8 +48,7 @@ class Config:
     data: str | None = C.data       # dataset root (videos); synthetic: generated once into the cache if not given
     annotations: str | None = C.annotations  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
     fold: int = C.fold              # UCF101/HMDB51 split number (1-3)
-    nuisance: float = C.nuisance    # synthetic only: appearance nuisance 0..1
-    trail: float = C.trail          # synthetic only: motion trail 0..1
+    synthetic: SyntheticWorld = field(default_factory=SyntheticWorld)  # the synthetic videos (cvrl.py's)
     canvas: tuple = C.canvas        # decode size (H, W)
     frames: int = C.frames          # frames per clip
     stride: int = C.stride          # frames between sampled frames
@@ -70,13 +71,13 @@ class Config:
 
 
 def train(cfg: Config):
-    device = resolve_device(cfg.device)
+    device = training.resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train",
-                             synthetic_kwargs=dict(nuisance=cfg.nuisance, trail=cfg.trail))
+                             cfg.synthetic)
     dataset = data.VideoDataset(videos, data.RandomClip(cfg.frames, cfg.stride), canvas=cfg.canvas, resample=True,
                                 min_frames=cfg.frames)
     loader = data.make_loader(dataset, cfg.batch_size, cfg.workers, shuffle=True, drop_last=True, seed=cfg.seed)
@@ -90,8 +91,8 @@ def train(cfg: Config):
     optimizer = cvrl.configure_optimizer(model, cfg.lr, cfg.weight_decay, cfg.momentum, "sgd")
     step = 0
     if ckpt_path.exists():
-        ckpt = data.load_checkpoint(ckpt_path)
-        data.check_resume_config(ckpt["config"], cfg, ("arch",))
+        ckpt = training.load_checkpoint(ckpt_path)
+        training.check_resume_config(ckpt["config"], cfg, ("arch",))
         encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in ckpt["backbone"].items()})
         classifier.load_state_dict(ckpt["classifier"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -103,7 +104,7 @@ def train(cfg: Config):
 
     def checkpoint():
         # cvrl.py's layout: eval_linear.py builds cvrl.build_backbone(config) and loads "backbone" into it
-        data.save_checkpoint(ckpt_path, {
+        training.save_checkpoint(ckpt_path, {
             "method": "cvrl", "trained_by": "scripts/supervised.py", "config": asdict(cfg), "step": step,
             "epoch": step / steps_per_epoch, "backbone": {"encoder." + k: v for k, v in encoder.state_dict().items()},
             "classifier": classifier.state_dict(), "optimizer": optimizer.state_dict(),
@@ -119,7 +120,7 @@ def train(cfg: Config):
             for batch in loader:
                 video = batch["video"].to(device, non_blocking=True)[:, 0]  # (B, T, H, W, 3) uint8: one clip per video
                 label = batch["label"].to(device)
-                g = torch.Generator().manual_seed(data.step_seed(cfg.seed, step))  # a function of the step
+                g = torch.Generator().manual_seed(training.step_seed(cfg.seed, step))  # a function of the step
                 x = data.augment(data.to_bcthw(video), cfg.size, aug, g)         # (B, C, T, S, S) in [0, 1]
                 for group in optimizer.param_groups:
                     group["lr"] = cvrl.lr_at(step, total_steps, warmup_steps, cfg.lr)
@@ -158,7 +159,7 @@ def train(cfg: Config):
 
 if __name__ == "__main__":
     try:
-        cfg = data.decide_dataset(data.parse_config(Config, None, __doc__.strip().split("\n\n")[0]))
+        cfg = data.decide_dataset(training.parse_config(Config, None, __doc__.strip().split("\n\n")[0]))
         data.require_labels(cfg.dataset, cfg.data, "supervised training")
         train(cfg)
     except data.DatasetError as e:

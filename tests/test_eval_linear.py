@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 import cvrl
 import data
+import training
 import eval_linear as E
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +144,7 @@ def test_random_init_really_reinitialises(tmp_path):
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in sd_r.items())  # seeded: the same baseline each time
     for net in (loaded, fresh):
         assert not net.training and not any(p.requires_grad for p in net.parameters())
-    assert data.state_dict_sha1(sd_r) != data.state_dict_sha1(sd_ck)
+    assert training.state_dict_sha1(sd_r) != training.state_dict_sha1(sd_ck)
 
 
 def test_cache_key_tracks_weights_and_views_not_classifier(tmp_path):
@@ -151,7 +152,7 @@ def test_cache_key_tracks_weights_and_views_not_classifier(tmp_path):
     cfg = E.Config(ckpt="c.pt", dataset="folder", data="/d", fold=1, nuisance=0.0, frames=8, stride=2, size=48,
                    test_size=48, canvas=(64, 64), device="cpu")
     sd = cvrl.build_backbone(asdict(cvrl.Config(arch="tiny"))).state_dict()
-    sha = data.state_dict_sha1(sd)
+    sha = training.state_dict_sha1(sd)
 
     def key(c=cfg, split="train", sha=sha, vids=videos):
         return E.cache_key(E.cache_key_fields(c, split, sha, "cvrl", "tiny", vids))
@@ -165,7 +166,7 @@ def test_cache_key_tracks_weights_and_views_not_classifier(tmp_path):
         # the weights: one changed number is another checkpoint
         sd2 = {k: v.clone() for k, v in sd.items()}
         sd2["encoder.stem.0.weight"].view(-1)[0] += 1e-3
-        assert key(split=split, sha=data.state_dict_sha1(sd2)) != base
+        assert key(split=split, sha=training.state_dict_sha1(sd2)) != base
         assert key(replace(cfg, random_init=True), split) != base
         # view settings and data identity
         for change in (dict(frames=16), dict(stride=4), dict(canvas=(64, 80)), dict(seed=1), dict(fold=2),

@@ -14,6 +14,7 @@ import torch
 
 import cvrl
 import data
+import training
 import eval_linear as E
 from conftest import ROOT
 
@@ -54,7 +55,7 @@ def cvrl_ckpt(tiny_synthetic, tmp_path_factory):
     torch.manual_seed(1234)
     backbone = cvrl.build_backbone(asdict(cfg))
     path = tmp_path_factory.mktemp("cvrl") / "checkpoint.pt"
-    data.save_checkpoint(path, {"method": "cvrl", "config": asdict(cfg), "step": 7, "backbone": backbone.state_dict()})
+    training.save_checkpoint(path, {"method": "cvrl", "config": asdict(cfg), "step": 7, "backbone": backbone.state_dict()})
     return path
 
 
@@ -87,7 +88,7 @@ def test_json_has_the_keys(cvrl_ckpt, full_run):
     assert 0 <= res["top5"] <= 100 and res["top1"] <= res["top5"]
     assert res["steps"] == res["total_steps"] == 8 and res["complete"] and not res["random_init"]
     assert res["method"] == "cvrl" and res["arch"] == "tiny" and res["source_step"] == 7
-    assert res["init_backbone_sha1"] == data.state_dict_sha1(load(cvrl_ckpt)["backbone"])  # started from the ckpt
+    assert res["init_backbone_sha1"] == training.state_dict_sha1(load(cvrl_ckpt)["backbone"])  # started from the ckpt
     assert res["recipe"]["optimizer"] == "sgd" and res["recipe"]["nesterov"] and res["recipe"]["dropout"] == 0.2
     assert res["recipe"]["lr"] == pytest.approx(0.8 * 8 / 64)  # the recipe's lr at 64, scaled to the batch of 8
     assert res["views"]["frames"] == 4 and res["dataset"]["dataset"] == "synthetic"  # the checkpoint's own settings
@@ -104,9 +105,9 @@ def test_random_init_starts_from_fresh_seeded_weights(cvrl_ckpt, tmp_path):
     src = load(cvrl_ckpt)
     # step 0: not the checkpoint's weights, but exactly build_backbone's init under --seed 3
     assert res[0]["random_init"] and res[0]["init_backbone_sha1"] == res[1]["init_backbone_sha1"]
-    assert res[0]["init_backbone_sha1"] != data.state_dict_sha1(src["backbone"])
+    assert res[0]["init_backbone_sha1"] != training.state_dict_sha1(src["backbone"])
     fresh = E.build_frozen_backbone(cvrl, src, random_init=True, seed=3)
-    assert res[0]["init_backbone_sha1"] == data.state_dict_sha1(fresh.state_dict())
+    assert res[0]["init_backbone_sha1"] == training.state_dict_sha1(fresh.state_dict())
     # and the two runs stay equal after training (same seeds for data, augmentation and dropout)
     a, b = (load(o / "checkpoint.pt") for o in outs)
     assert a["step"] == b["step"] == 2

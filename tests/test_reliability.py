@@ -14,6 +14,7 @@ import torch
 
 import cvrl
 import data
+import training
 from conftest import ROOT, textured_frames
 from test_cvrl_train import cvrl_args, load, run
 
@@ -190,9 +191,9 @@ def test_ctrl_c_during_a_checkpoint_write_is_held_until_the_file_is_whole(tmp_pa
 
     monkeypatch.setattr(torch, "save", save_interrupted)
     with pytest.raises(KeyboardInterrupt):
-        data.save_checkpoint(path, state)
+        training.save_checkpoint(path, state)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the usual Ctrl-C is back
-    loaded = data.load_checkpoint(path)  # whole and renamed, and no temporary file left beside it
+    loaded = training.load_checkpoint(path)  # whole and renamed, and no temporary file left beside it
     assert loaded["step"] == 7 and torch.equal(loaded["w"], state["w"])
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
     monkeypatch.setattr(torch, "save", real_save)
@@ -230,7 +231,7 @@ def test_corrupt_or_crafted_checkpoint_is_refused(tiny_synthetic, tmp_path):
     with open(out / "raw.pkl", "wb") as f:
         pickle.dump(Evil(), f)
     with pytest.raises(SystemExit):
-        data.load_checkpoint(out / "raw.pkl")
+        training.load_checkpoint(out / "raw.pkl")
     assert not marker.exists()
 
 

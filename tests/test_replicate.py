@@ -15,6 +15,7 @@ import pytest
 
 import cvrl
 import data
+import training
 import eval_linear
 import lss
 from conftest import ROOT
@@ -138,9 +139,9 @@ def parse(cmd):
     if script == "lss.py":
         return lss.parse_args(argv)
     if script == "scripts/supervised.py":
-        return data.parse_config(supervised.Config, argv)
+        return training.parse_config(supervised.Config, argv)
     if script == "scripts/lss_start.py":
-        return data.parse_config(lss_start.Config, argv)
+        return training.parse_config(lss_start.Config, argv)
     if script == "scripts/finetune.py":
         return finetune.parse_args(argv)
     assert script == "eval_linear.py"
