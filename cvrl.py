@@ -497,7 +497,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> tor
 # - Weight decay 1e-6 on conv and dense kernels only (official: 1e-6 * sum ||w||^2 / 2 over variables named
 #   'kernel'), i.e. tensors with ndim > 1. BN gammas/betas and biases are not decayed: decaying a BN gamma
 #   changes nothing about what the layer can represent but shrinks its scale for no reason.
-# - Linear warmup from 0 for 5 epochs, then cosine to 0 at the last step.
+# - Linear warmup from 0 for 5 epochs, then cosine to 0 at the last step (training.warmup_cosine).
 # Small differences from the TF code we accept: Keras SGD keeps lr inside the momentum buffer (v = m v - lr g),
 # PyTorch outside (v = m v + g, step -lr v), which differ only while the lr changes; and Model Garden's cosine runs
 # over the global step (so at the end of warmup the lr is already cos-decayed by ~0.2%), ours starts at the end
@@ -560,14 +560,6 @@ def configure_optimizer(model: nn.Module, lr: float, weight_decay: float = 1e-6,
                   dict(params=no_decay, weight_decay=0.0, lars_adapt=False)]
         return LARS(groups, lr=lr, momentum=momentum)
     raise ValueError(f"unknown optimizer {optimizer!r}, expected 'sgd' or 'lars'")
-
-
-def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
-    """Linear warmup from 0 to base_lr over warmup_steps, then cosine from base_lr to 0 at total_steps."""
-    if step < warmup_steps:
-        return base_lr * step / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))  # 0 -> 1
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 # ----------------------------------------------------------------------------- config
@@ -776,7 +768,7 @@ def train(cfg: Config):
         for step, batch in steps:
             training.report_bad(batch, skipped, run)
             video = batch["video"].to(device, non_blocking=True)  # (B, 2, T, H, W, 3) uint8: two clips per video
-            mean.add(train_step(cfg, ddp_model, optimizer, video, step, lr_at(step, total_steps, warmup_steps, lr),
+            mean.add(train_step(cfg, ddp_model, optimizer, video, step, training.warmup_cosine(step, total_steps, warmup_steps, lr),
                                 aug, run.rank))
             bar.update(1)
             if steps.log_due(cfg.log_every):

@@ -532,22 +532,14 @@ def _lines(path) -> list[str]:
         return [ln.strip() for ln in f if ln.strip()]
 
 
-# The folder index: every video file under a root, found once and kept in the cache dir.
-# A Kinetics-size folder holds ~240k files. Listing it costs at every start and resume: 240k empty files in 400
-# folders, warm page cache, 2-core VM: 4.5 s with Path.rglob + is_file (a stat per file), 0.16 s for os.walk's bare
-# walk (directory entries only), and on a cold disk or a network drive every directory read is a round trip. So
-# the folder is listed once with os.walk (1.5 s there, with the sorting and the writing of the index) and saved; a
-# later start checks that the listing still holds by stat-ing the 401 folders only, and reads it back: 0.05 s.
-# Why folder mtimes are enough: adding, removing or renaming a file changes the mtime of the folder that holds it,
-# so "every folder's mtime is what it was when we listed it" means "the listing is unchanged"; a new subfolder
-# changes its parent's mtime too. (A hash of the sorted listing would need the listing itself, the cost we avoid.)
-# Editing a file in place changes no folder, and needs no re-listing: files are opened (probed) only when a clip is
-# read, so a file that turned unreadable is skipped and reported then.
-# One caveat: some filesystems (FAT/exFAT on USB drives) keep mtimes to 2 s, so a file added within 2 s of the
-# listing could leave its folder's mtime unchanged. A folder modified less than INDEX_RACY_S before the listing
-# was made is therefore never trusted (git's "racily clean" rule): the next start lists again, and then it sticks.
-# Hidden files and folders (".DS_Store", macOS's "._IMG_0001.MOV" resource forks, ".thumbnails/") are skipped: the
-# resource forks carry a video extension but are not videos. Symbolic links to folders are not followed (cycles).
+# The folder index: every video file under a root, listed once (os.walk: directory entries only, no stat per file)
+# and kept in the cache dir; a later start re-uses it when no folder's mtime changed, which costs a stat per folder
+# instead of a listing (docs/data.md has the numbers for a Kinetics-size folder). Adding, removing or renaming a file
+# changes the mtime of its folder, and a new subfolder its parent's; editing a file in place changes none, and needs
+# no re-listing (files are opened only when a clip is read: one that turned unreadable is skipped then). Filesystems
+# that keep mtimes to 2 s (FAT, exFAT) could miss a file added within 2 s of the listing, so a folder modified less
+# than INDEX_RACY_S before the listing was made is never trusted (git's "racily clean" rule). Hidden files and folders
+# (".DS_Store", macOS's "._IMG_0001.MOV" resource forks) are skipped; links to folders are not followed (cycles).
 INDEX_VERSION = 1
 INDEX_RACY_S = 2.0
 
@@ -1137,19 +1129,6 @@ def _camera(frames: np.ndarray, rng: np.random.Generator, clutter: float, noise:
     return frames
 
 
-# Motion phrases per class, as captions say them. The first is the class's name in prompts (lss.py's zero-shot and
-# concept space use it for the synthetic dataset, as CLIP's notebooks rename each dataset's classes for prompts).
-MOTION_PHRASES = {
-    "static": ["standing still", "not moving", "resting motionless"],
-    "move_sideways": ["moving sideways", "sliding horizontally", "gliding left or right"],
-    "move_up": ["moving up", "rising", "climbing upward"],
-    "move_down": ["moving down", "falling", "sinking downward"],
-    "rotate": ["rotating", "spinning", "turning around"],
-    "grow": ["growing", "getting bigger", "expanding"],
-    "shrink": ["shrinking", "getting smaller", "contracting"],
-    "orbit": ["orbiting", "circling", "moving in a circle"],
-}
-SYNTHETIC_CLASS_TEXT = {name: phrases[0] for name, phrases in MOTION_PHRASES.items()}
 
 
 def write_video(path, frames: np.ndarray, fps=16, codec="libx264", options=None, container_options=None):
@@ -1742,28 +1721,6 @@ def check_dataset(videos: Sequence[str], workers=2, progress=True):
     return bad
 
 
-# Re-encoding a dataset for fast random access. Seeking lands on the keyframe before the wanted frame and decodes
-# forward from there, so a random clip costs about GOP/2 extra decoded frames: ~140 frames per 16-frame clip with
-# x264's default keyframe interval of 250 (Kinetics as downloaded) against ~40 with a keyframe every 16 frames
-# (mmaction2's "dense" encoding), 2.5-3x more clips/s per CPU core (docs/perf.md §4, BENCHMARKS.md).
-# Scaling the short side to 256 (the usual training input before 224 crops) cuts decode cost further for HD sources.
-#
-# What each decoded frame costs depends on the codec's tools, not only on how many frames are decoded. The default is
-# H.264 with x264's `tune=fastdecode`: no CABAC (the arithmetic entropy decoder, the serial part of H.264 decoding,
-# replaced by CAVLC), no in-loop deblocking filter and no weighted prediction. The files grow a little (CABAC
-# compresses better) and the picture is a little blockier at the same CRF, and decoding gets much cheaper per frame:
-# scripts/bench.py's "re-encode formats" section measures the trade-off against the other variants this function can
-# write (keyframe interval, all-intra, MPEG-4 Part 2, MJPEG); its table in BENCHMARKS.md has the numbers.
-# All-intra formats (gop=1, MJPEG) make every seek land on the wanted frame, but read_frames still decodes the
-# frames in between the wanted ones of a strided clip, and intra frames are the largest and slowest to decode: they
-# cost far more disk for no gain in clips/s over a keyframe every 16 frames. MPEG-4 Part 2 (--codec mpeg4) is the
-# other way to go: its decoder is simpler still, so it decodes more clips per core, at a larger file and a lower
-# PSNR than H.264 at CRF 23 -- the option to take when the cores, not the disk, are short.
-
-# Output container per file-name extension. The file NAME never changes (split files and Kinetics CSVs refer to
-# names), so the container follows the name where it can hold the codec; where it cannot (WebM allows only
-# VP8/VP9/AV1, Ogg no H.264, MPEG-PS/ASF only badly, FLV and 3GP no MJPEG) the file is written as Matroska under its
-# old name. FFmpeg, and so PyAV and read_frames, detects the container from the content, not from the name.
 # synthetic's flags are the world's fields; three keep the short names they had before the world was a dataclass
 WORLD_FLAG_ALIASES = {"video_size": "--size", "video_frames": "--frames", "world_seed": "--seed"}
 

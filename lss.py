@@ -472,8 +472,21 @@ UCF101_TEMPLATES = [f"{prefix} {who} {verb}" for prefix in ("a photo of", "a vid
                                                             "a demonstration of")
                     for who in ("a person", "the person")
                     for verb in ("{}.", "using {}.", "doing {}.", "during {}.", "performing {}.", "practicing {}.")]
+# The synthetic classes in words, as the stills' captions say their motions (scripts/pretrain_clip.py). The first
+# phrase is the class's name in prompts, as CLIP's notebooks rename each dataset's classes for its prompts.
+MOTION_PHRASES = {
+    "static": ["standing still", "not moving", "resting motionless"],
+    "move_sideways": ["moving sideways", "sliding horizontally", "gliding left or right"],
+    "move_up": ["moving up", "rising", "climbing upward"],
+    "move_down": ["moving down", "falling", "sinking downward"],
+    "rotate": ["rotating", "spinning", "turning around"],
+    "grow": ["growing", "getting bigger", "expanding"],
+    "shrink": ["shrinking", "getting smaller", "contracting"],
+    "orbit": ["orbiting", "circling", "moving in a circle"],
+}
+SYNTHETIC_CLASS_TEXT = {name: phrases[0] for name, phrases in MOTION_PHRASES.items()}
 # The synthetic videos show shapes, not people: prompts in the words of the captioned stills the tiny CLIP learned
-# from (data.CAPTION_TEMPLATES), one per shape kind, so the ensemble keeps the motion and averages the shape out.
+# from (scripts/pretrain_clip.py's CAPTION_TEMPLATES), one per shape kind, so the ensemble keeps the motion and averages the shape out.
 SYNTHETIC_TEMPLATES = [f"{prefix}{shape} {{}}" for prefix in ("a ", "a photo of a ")
                        for shape in ("triangle", "square", "bar", "pentagon")]
 
@@ -482,8 +495,8 @@ def class_to_text(name):
     """Dataset label -> prompt text: 'ApplyEyeMakeup' -> 'apply eye makeup', 'brush_hair' -> 'brush hair'. The
     synthetic classes are named as their captions say them ('move_up' -> 'moving up'), as CLIP's own zero-shot
     notebooks rename each dataset's classes for prompts."""
-    if name in data.SYNTHETIC_CLASS_TEXT:
-        return data.SYNTHETIC_CLASS_TEXT[name]
+    if name in SYNTHETIC_CLASS_TEXT:
+        return SYNTHETIC_CLASS_TEXT[name]
     name = regex.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", name.replace("_", " "))
     return " ".join(name.split()).lower()  # lower() changes nothing for CLIP (its tokenizer lowercases anyway)
 
@@ -1047,18 +1060,6 @@ def make_views(video: torch.Tensor, cfg: Config, aug_global, aug_local, generato
 
 # ----------------------------------------------------------------------------- schedules and optimizer
 
-def cosine(step: int, total: int, start: float, end: float) -> float:
-    """start -> end along half a cosine over `total` steps (DINO's cosine_scheduler without warmup)."""
-    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
-
-
-def lr_at(step: int, total: int, warmup: int, peak: float, min_lr: float) -> float:
-    """Linear warmup 0 -> peak over `warmup` steps, then cosine peak -> min_lr (DINO/SVT)."""
-    if step < warmup:
-        return peak * step / warmup
-    return cosine(step - warmup, total - warmup, peak, min_lr)
-
-
 def tau_t_at(step: int, warmup: int, cfg: Config) -> float:
     """Teacher temperature: linear from --tau-t-warmup to --tau-t over `warmup` steps (DINO), then constant."""
     if warmup <= 0 or cfg.tau_t_warmup <= 0 or step >= warmup:
@@ -1085,9 +1086,9 @@ def make_schedules(cfg: Config, steps_per_epoch: int, peak_lr: float) -> dict:
     total = cfg.epochs * steps_per_epoch
     warmup, tau_warmup = round(cfg.warmup_epochs * steps_per_epoch), round(cfg.tau_t_warmup_epochs * steps_per_epoch)
     steps = range(total + 1)
-    return dict(lr=np.array([lr_at(s, total, warmup, peak_lr, cfg.min_lr) for s in steps]),
-                wd=np.array([cosine(s, total, cfg.weight_decay, cfg.weight_decay_end) for s in steps]),
-                momentum=np.array([cosine(s, total, start_momentum(cfg, total), 1.0) for s in steps]),
+    return dict(lr=np.array([training.warmup_cosine(s, total, warmup, peak_lr, cfg.min_lr) for s in steps]),
+                wd=np.array([training.cosine(s, total, cfg.weight_decay, cfg.weight_decay_end) for s in steps]),
+                momentum=np.array([training.cosine(s, total, start_momentum(cfg, total), 1.0) for s in steps]),
                 tau_t=np.array([tau_t_at(s, tau_warmup, cfg) for s in steps]))
 
 
@@ -1123,12 +1124,12 @@ def clip_gradients(params, clip: float) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- one training step
 
-def step_seed(cfg: Config, step: int, rank: int, salt: int = 0) -> int:
-    """The seed of one step's random draws on one process: a function of (seed, step, rank), so resuming at any
-    step reproduces them, and processes draw different augmentations and drop-path masks. As training.step_seed, with
-    a salt: LSS draws two independent streams per step (views, drop-path), hence numpy's SeedSequence, which mixes
-    (seed, step, rank, salt) without collisions."""
-    return int(np.random.SeedSequence([cfg.seed, step, rank, salt]).generate_state(1)[0])
+def stream_seed(cfg: Config, step: int, rank: int, stream: int = 0) -> int:
+    """The seed of one of a step's random streams on one process (0: the views' augmentation, 1: drop-path): a
+    function of (seed, step, rank, stream), so resuming at any step reproduces them and processes draw differently.
+    training.step_seed gives one stream per step; LSS needs two, hence numpy's SeedSequence, which mixes the four
+    numbers without collisions."""
+    return int(np.random.SeedSequence([cfg.seed, step, rank, stream]).generate_state(1)[0])
 
 
 def train_step(cfg: Config, student: nn.Module, teacher: VideoViT, lss_loss: LSSLoss, optimizer, schedule: dict,
@@ -1155,9 +1156,9 @@ def train_step(cfg: Config, student: nn.Module, teacher: VideoViT, lss_loss: LSS
         if group.get("scheduled", i == 0):  # the decayed groups (param_groups); biases and 1-d params stay at 0
             group["weight_decay"] = wd
     # views: augmentation drawn from a generator seeded by the step (and rank), drop-path masks likewise
-    g = torch.Generator().manual_seed(step_seed(cfg, step, rank))
+    g = torch.Generator().manual_seed(stream_seed(cfg, step, rank))
     views = make_views(video, cfg, *view_augmentations(cfg), g)  # [(2B, T, 3, S, S), (L*B, T_l, 3, s, s)]
-    torch.manual_seed(step_seed(cfg, step, rank, salt=1))
+    torch.manual_seed(stream_seed(cfg, step, rank, stream=1))
     use_amp = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
         s_feats = torch.cat(student(views)).split(B)  # 2 + L views, each (B, E)

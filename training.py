@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
+import math
 import os
 import re
 import signal
@@ -133,6 +134,19 @@ def step_seed(seed: int, step: int, rank: int = 0) -> int:
     """The seed of one training step's random draws on one process (augmentation, dropout): a function of (seed,
     step, rank) alone, so a resumed run repeats them and every process draws its own."""
     return seed * 1_000_003 + step * 101 + rank
+
+
+def cosine(step: int, total: int, start: float, end: float) -> float:
+    """start -> end along half a cosine over `total` steps (DINO's cosine_scheduler without warmup)."""
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
+
+
+def warmup_cosine(step: int, total: int, warmup: int, peak: float, end: float = 0.0) -> float:
+    """The learning rate of both methods: linear from 0 to `peak` over `warmup` steps, then a cosine down to `end`
+    at step `total` (SimCLR/CVRL: end 0; DINO/SVT: a small min_lr)."""
+    if step < warmup:
+        return peak * step / warmup
+    return cosine(step - warmup, total - warmup, peak, end)
 
 
 def unwrap(model):

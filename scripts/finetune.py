@@ -82,7 +82,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -98,7 +97,6 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import cvrl  # noqa: E402  (lr_at: the same warmup + cosine schedule as pretraining)
 import data  # noqa: E402
 from data import SyntheticWorld  # noqa: E402
 import training  # noqa: E402
@@ -343,7 +341,8 @@ def main(argv=None) -> dict | None:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
         print0(json.dumps(asdict(cfg)))
 
-    def checkpoint():
+    def checkpoint(step):
+        mean.check_finite(step, "a lower --lr (ViTs: --optimizer adamw --lr 1e-4)")  # never save NaN weights
         every = gather_strings(skipped, world)  # a collective: every rank calls checkpoint() at the same step
         if master:
             training.save_checkpoint(ckpt_path, {
@@ -358,79 +357,52 @@ def main(argv=None) -> dict | None:
             dist.barrier()
 
     # ------------------------------------------------------------------------- training
-    log = open(out / "log.jsonl", "a") if master else None
-    bar = tqdm(total=total_steps, initial=step, disable=not master, unit="step", dynamic_ncols=True)
-    stats = dict(loss=0.0, acc=0.0, n=0, wait=0.0, busy=0.0)
+    run = training.Run(rank, world, device, out)  # the log and the console of this run (training.py's loop pieces)
+    steps = training.Steps(loader, step, total_steps, steps_per_epoch, cfg.max_steps, cfg.batch_size)
+    mean = training.Mean(step)
     last = {}
     t_train = time.perf_counter()
-    try:
-        while step < total_steps and (cfg.max_steps == 0 or step < cfg.max_steps):
-            epoch, offset = divmod(step, steps_per_epoch)
-            loader.sampler.set_epoch(epoch, skip=offset * cfg.batch_size)  # mid-epoch resume: same order, rest of it
-            model.train()  # BatchNorm on batch statistics (and updating its running ones), dropout on
-            t_ready = time.perf_counter()
-            for batch in loader:
-                t_batch = time.perf_counter()
-                for b in batch["bad"]:
-                    skipped.append(b)
-                    if master:
-                        tqdm.write(f"skipped unreadable training video (replaced by another): {b}")
-                video = batch["video"].to(device, non_blocking=True)[:, 0]  # (B, T, H, W, 3) uint8: one clip per video
-                label = batch["label"].to(device)
-                # Every random draw of the step is a function of (seed, step, rank), so a resumed run repeats it:
-                # the augmentation from its own generator, dropout from the global one, re-seeded here.
-                step_seed = training.step_seed(cfg.seed, step, rank)
-                torch.manual_seed(step_seed)
-                x = data.augment(data.to_bcthw(video), cfg.size, TRAIN_AUG,
-                                 torch.Generator().manual_seed(step_seed))  # (B, C, T, S, S) in [0, 1]
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last_3d)
-                for group in optimizer.param_groups:
-                    group["lr"] = cvrl.lr_at(step, total_steps, warmup_steps, lr)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    logits = ddp_model(x)  # (B, classes)
-                loss = F.cross_entropy(logits.float(), label)
-                loss_avg = loss.detach().clone()  # every rank sees the same value, so all stop at the same step
-                if world > 1:
-                    dist.all_reduce(loss_avg, op=dist.ReduceOp.AVG)
-                if not math.isfinite(loss_avg.item()):
-                    raise FloatingPointError(
-                        f"loss is {loss_avg.item()} at step {step} (epoch {epoch}); stopping. The last good "
-                        f"checkpoint ({ckpt_path}) is kept. Try a lower --lr (ViTs: --optimizer adamw --lr 1e-4).")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                t_done = time.perf_counter()
-                stats["wait"] += t_batch - t_ready
-                stats["busy"] += t_done - t_batch
-                stats["loss"] += loss_avg.item()
-                stats["acc"] += (logits.argmax(1) == label).float().mean().item()
-                stats["n"] += 1
-                t_ready = t_done
-                bar.update(1)
-                if step % cfg.log_every == 0 or step == total_steps or step == cfg.max_steps:
-                    n, elapsed = stats["n"], stats["wait"] + stats["busy"]
-                    last = dict(step=step, epoch=round(step / steps_per_epoch, 3), loss=stats["loss"] / n,
-                                acc=stats["acc"] / n, lr=optimizer.param_groups[0]["lr"],
-                                clips_per_s=global_batch * n / elapsed, data_wait=stats["wait"] / elapsed)
-                    bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['acc']:.2f}", lr=f"{last['lr']:.3g}",
-                                    clips_s=f"{last['clips_per_s']:.0f}", wait=f"{last['data_wait']:.0%}")
-                    if log:
-                        log.write(json.dumps(last) + "\n")
-                        log.flush()
-                    stats = dict(loss=0.0, acc=0.0, n=0, wait=0.0, busy=0.0)
-                if step % steps_per_epoch == 0 or step == total_steps or step == cfg.max_steps:
-                    checkpoint()
-                    break
-    except KeyboardInterrupt:
-        print0(f"\ninterrupted: saving {ckpt_path} at step {step}; run the same command to resume")
-        checkpoint()
-        raise SystemExit(130)
-    finally:
-        bar.close()
-        if log:
-            log.close()
+    model.train()  # BatchNorm on batch statistics (and updating its running ones), dropout on
+    bar = tqdm(total=total_steps, initial=step, disable=not master, unit="step", dynamic_ncols=True)
+    with bar, training.interruptible(run, lambda: checkpoint(steps.step)):
+        for step, batch in steps:
+            training.report_bad(batch, skipped, run, "skipped unreadable training video (replaced by another)")
+            video = batch["video"].to(device, non_blocking=True)[:, 0]  # (B, T, H, W, 3) uint8: one clip per video
+            label = batch["label"].to(device)
+            # Every random draw of the step is a function of (seed, step, rank), so a resumed run repeats it:
+            # the augmentation from its own generator, dropout from the global one, re-seeded here.
+            step_seed = training.step_seed(cfg.seed, step, rank)
+            torch.manual_seed(step_seed)
+            x = data.augment(data.to_bcthw(video), cfg.size, TRAIN_AUG,
+                             torch.Generator().manual_seed(step_seed))  # (B, C, T, S, S) in [0, 1]
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            for group in optimizer.param_groups:
+                group["lr"] = training.warmup_cosine(step, total_steps, warmup_steps, lr)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = ddp_model(x)  # (B, classes)
+            loss = F.cross_entropy(logits.float(), label)
+            loss_avg = loss.detach().clone()  # every rank sees the same value, so all stop at the same step
+            if world > 1:
+                dist.all_reduce(loss_avg, op=dist.ReduceOp.AVG)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            mean.add(dict(loss=loss_avg, acc=(logits.argmax(1) == label).float().mean()))
+            bar.update(1)
+            if steps.log_due(cfg.log_every):
+                mean.check_finite(step + 1, "a lower --lr (ViTs: --optimizer adamw --lr 1e-4)")
+                n = mean.n
+                last = dict(step=step + 1, epoch=round((step + 1) / steps_per_epoch, 3), **mean.read(),
+                            lr=optimizer.param_groups[0]["lr"], **steps.timing(global_batch, n))
+                bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['acc']:.2f}", lr=f"{last['lr']:.3g}",
+                                clips_s=f"{last['clips_per_s']:.0f}", wait=f"{last['data_wait']:.0%}")
+                run.log(last)
+            if steps.epoch_end:
+                checkpoint(step + 1)
+    step = steps.step
+    if run.log_file is not None:
+        run.log_file.close()
     seconds_train = time.perf_counter() - t_train
     skipped = gather_strings(skipped, world)
     if world > 1:

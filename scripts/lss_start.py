@@ -44,9 +44,7 @@ clip.pt. Temperatures: pass lss.py the random-init values (--tau-s 0.1 --tau-t 0
 text tower does not have.
 """
 import json
-import math
 import sys
-import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -131,13 +129,12 @@ def clip_features(visual: lss.VisionTransformer, x: torch.Tensor) -> torch.Tenso
 
 
 def train(cfg: Config):
-    device = training.setup_distributed(cfg.device)[2]  # one process: this is a start for lss.py, not a method
     if cfg.size % cfg.patch:
         raise SystemExit(f"error: --size {cfg.size} is not a multiple of --patch {cfg.patch}")
+    run, ckpt = training.start(cfg, "lss")  # one process: a start for lss.py, not a method
+    device = run.device
     torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, clip_path = out / "checkpoint.pt", out / "clip.pt"
+    ckpt_path, clip_path = run.checkpoint_path, run.out / "clip.pt"
     videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train",
                              cfg.synthetic)
     dataset = data.VideoDataset(videos, cvrl.PairSampler(cfg.frames, cfg.stride, cfg.interval, cfg.power),
@@ -161,9 +158,8 @@ def train(cfg: Config):
             else torch.nn.Identity()).to(device)
     model = torch.nn.ModuleDict(dict(visual=visual, head=head))
     optimizer = torch.optim.AdamW(lss.param_groups(model), lr=0.0, weight_decay=cfg.weight_decay)
-    step = 0
-    if ckpt_path.exists():
-        ckpt = training.load_checkpoint(ckpt_path)
+    start_step = 0
+    if ckpt is not None:
         if ckpt.get("trained_by") != "scripts/lss_start.py":
             raise SystemExit(f"error: {ckpt_path} was not written by scripts/lss_start.py; use another --out")
         training.check_resume_config(ckpt["config"]["start_config"], cfg, (
@@ -172,16 +168,17 @@ def train(cfg: Config):
         clip.load_state_dict(ckpt["clip"])  # both towers: the text tower's random draw is kept too
         head.load_state_dict(ckpt["head"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
-        print(f"resumed from {ckpt_path} at step {step}")
+        start_step = ckpt["step"]
+        run.print(f"resumed from {ckpt_path} at step {start_step}")
     n_params = sum(p.numel() for p in visual.parameters())
-    print(f"LSS start (InfoNCE) | {videos.name}: {len(videos)} videos | image tower {arch.vision_width}w x "
-          f"{arch.vision_layers} ({n_params / 1e6:.2f}M params), {cfg.frames} frames of {cfg.size} px | {device} | "
-          f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
+    run.print(f"LSS start (InfoNCE) | {videos.name}: {len(videos)} videos | image tower {arch.vision_width}w x "
+              f"{arch.vision_layers} ({n_params / 1e6:.2f}M params), {cfg.frames} frames of {cfg.size} px | {device} | "
+              f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
     config = lss_config(cfg, arch)
-    (out / "config.json").write_text(json.dumps(config, indent=1))
+    training.write_config(run, config)
 
-    def checkpoint():
+    def checkpoint(step):
+        mean.check_finite(step, "a lower --lr")
         clip_sd = {k: v.detach().cpu() for k, v in clip.state_dict().items()}
         training.save_checkpoint(clip_path, clip_sd)  # what lss.py --init clip --clip loads
         # the VideoViT lss.py builds from clip.pt (temporal branch a no-op): what eval_linear.py probes
@@ -192,61 +189,44 @@ def train(cfg: Config):
             "clip": clip_sd, "head": head.state_dict(), "optimizer": optimizer.state_dict(),
             "versions": {"torch": str(torch.__version__)}})
 
-    log = open(out / "log.jsonl", "a")
-    sums, t0 = dict(loss=0.0, n=0), time.perf_counter()
-    try:
-        while step < total_steps and (cfg.max_steps == 0 or step < cfg.max_steps):
-            epoch, offset = divmod(step, steps_per_epoch)
-            loader.sampler.set_epoch(epoch, skip=offset * cfg.batch_size)  # mid-epoch resume: same order, rest of it
-            model.train()
-            for batch in loader:
-                for b in batch["bad"]:  # data.py drops an unreadable video from the batch; say which
-                    print(f"skipped unreadable video: {b}")
-                video = batch["video"].to(device, non_blocking=True)  # (B, 2, T, H, W, 3) uint8: two clips per video
-                g = torch.Generator().manual_seed(training.step_seed(cfg.seed, step))  # a function of the step
-                x1 = data.augment(data.to_bcthw(video[:, 0]), cfg.size, aug1, g)  # (B, C, T, S, S) in [0, 1]
-                x2 = data.augment(data.to_bcthw(video[:, 1]), cfg.size, aug2, g)
-                lr = lss.lr_at(step, total_steps, warmup_steps, cfg.lr, cfg.min_lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    # one pass over both clips: the head's BatchNorm sees the batch of 2B clips, as in cvrl.py
-                    z = head(clip_features(visual, torch.cat([x1, x2])))  # (2B, head_out)
-                loss = cvrl.nt_xent(*z.float().chunk(2), cfg.temperature)  # (B, head_out) per clip -> scalar
-                if not math.isfinite(loss.item()):
-                    raise SystemExit(f"error: loss is {loss.item()} at step {step}; lower --lr "
-                                     f"(the last good checkpoint {ckpt_path} is kept)")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                sums["loss"] += loss.item()
-                sums["n"] += 1
-                if step % cfg.log_every == 0 or step == total_steps:
-                    n, dt = sums["n"], time.perf_counter() - t0
-                    rec = dict(step=step, epoch=round(step / steps_per_epoch, 3), loss=sums["loss"] / n, lr=lr,
-                               clips_per_s=2 * cfg.batch_size * n / dt)
-                    print(json.dumps(rec))
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
-                    sums, t0 = dict(loss=0.0, n=0), time.perf_counter()
-                if step % steps_per_epoch == 0 or step == total_steps or step == cfg.max_steps:
-                    checkpoint()
-                    break
-    except KeyboardInterrupt:  # Ctrl-C (also the study's): save, so the same command resumes here
-        print(f"\ninterrupted: saving {ckpt_path} at step {step}; run the same command to resume")
-        checkpoint()
-        raise SystemExit(130)
-    log.close()
+    steps = training.Steps(loader, start_step, total_steps, steps_per_epoch, cfg.max_steps, cfg.batch_size)
+    mean, skipped = training.Mean(start_step), []
+    model.train()
+    with training.interruptible(run, lambda: checkpoint(steps.step)):
+        for step, batch in steps:
+            training.report_bad(batch, skipped, run)
+            video = batch["video"].to(device, non_blocking=True)  # (B, 2, T, H, W, 3) uint8: two clips per video
+            g = torch.Generator().manual_seed(training.step_seed(cfg.seed, step))  # a function of the step
+            x1 = data.augment(data.to_bcthw(video[:, 0]), cfg.size, aug1, g)  # (B, C, T, S, S) in [0, 1]
+            x2 = data.augment(data.to_bcthw(video[:, 1]), cfg.size, aug2, g)
+            lr = training.warmup_cosine(step, total_steps, warmup_steps, cfg.lr, cfg.min_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                # one pass over both clips: the head's BatchNorm sees the batch of 2B clips, as in cvrl.py
+                z = head(clip_features(visual, torch.cat([x1, x2])))  # (2B, head_out)
+            loss = cvrl.nt_xent(*z.float().chunk(2), cfg.temperature)  # (B, head_out) per clip -> scalar
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            mean.add(dict(loss=loss.detach()))
+            if steps.log_due(cfg.log_every):
+                mean.check_finite(step + 1, "a lower --lr")
+                n = mean.n
+                rec = dict(step=step + 1, epoch=round((step + 1) / steps_per_epoch, 3), **mean.read(), lr=lr,
+                           **steps.timing(2 * cfg.batch_size, n))
+                run.print(json.dumps(rec))
+                run.log(rec)
+            if steps.epoch_end:
+                checkpoint(step + 1)
     if not clip_path.exists():  # --epochs 0: nothing trained, but the start (random weights) is still written
-        checkpoint()
-    print(f"done: {step} steps; start {clip_path}, checkpoint {ckpt_path}\n"
-          f"probe the start: python eval_linear.py --ckpt {ckpt_path}\n"
-          f"LSS from it:     python lss.py --init clip --clip {clip_path} --tau-s 0.1 --tau-t 0.04")
+        checkpoint(0)
+    training.finish(run, skipped, steps.step, f"start {clip_path}\nprobe the start: python eval_linear.py --ckpt "
+                    f"{ckpt_path}\nLSS from it:     python lss.py --init clip --clip {clip_path} --tau-s 0.1 --tau-t 0.04")
 
 
 if __name__ == "__main__":
     try:
         train(data.decide_dataset(training.parse_config(Config, None, __doc__.strip().split("\n\n")[0])))
-    except data.DatasetError as e:
+    except (data.DatasetError, FloatingPointError) as e:
         sys.exit(f"error: {e}")

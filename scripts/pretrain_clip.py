@@ -82,7 +82,7 @@ def still_attributes(p: dict, i: int, S: int) -> dict:
 def caption(attrs: dict, rng: np.random.Generator) -> str:
     """A caption of a still from its attributes: a random template and a random phrasing of its motion."""
     where = "in the centre" if attrs["position"] == "centre" else f"near the {attrs['position']}"
-    phrases = data.MOTION_PHRASES[attrs["motion"]]
+    phrases = lss.MOTION_PHRASES[attrs["motion"]]
     template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
     text = template.format(size=attrs["size"], colour=attrs["colour"], shape=attrs["shape"], where=where,
                            motion=phrases[int(rng.integers(len(phrases)))])
@@ -224,7 +224,7 @@ def clip_loss(model: lss.CLIP, images: torch.Tensor, tokens: torch.Tensor) -> tu
 def attribute_prompts() -> dict:
     where = lambda p: "in the centre" if p == "centre" else f"near the {p}"  # noqa: E731
     return {
-        "motion": {c: [t.format(data.SYNTHETIC_CLASS_TEXT[c]) for t in lss.SYNTHETIC_TEMPLATES]
+        "motion": {c: [t.format(lss.SYNTHETIC_CLASS_TEXT[c]) for t in lss.SYNTHETIC_TEMPLATES]
                    for c in data.SYNTHETIC_CLASSES},  # the prompts lss.py's synthetic zero-shot ensembles
         "shape": {s: f"a photo of a {s}" for s in ("triangle", "square", "bar", "pentagon")},
         "colour": {c: f"a {c} shape" for c in STILL_COLOURS},

@@ -26,6 +26,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import data  # noqa: E402
 
+# Re-encoding a dataset for fast random access. Seeking lands on the keyframe before the wanted frame and decodes
+# forward from there, so a random clip costs about GOP/2 extra decoded frames: ~140 frames per 16-frame clip with
+# x264's default keyframe interval of 250 (Kinetics as downloaded) against ~40 with a keyframe every 16 frames
+# (mmaction2's "dense" encoding), 2.5-3x more clips/s per CPU core (docs/perf.md §4, BENCHMARKS.md).
+# Scaling the short side to 256 (the usual training input before 224 crops) cuts decode cost further for HD sources.
+#
+# What each decoded frame costs depends on the codec's tools, not only on how many frames are decoded. The default is
+# H.264 with x264's `tune=fastdecode`: no CABAC (the arithmetic entropy decoder, the serial part of H.264 decoding,
+# replaced by CAVLC), no in-loop deblocking filter and no weighted prediction. The files grow a little (CABAC
+# compresses better) and the picture is a little blockier at the same CRF, and decoding gets much cheaper per frame:
+# scripts/bench.py's "re-encode formats" section measures the trade-off against the other variants this function can
+# write (keyframe interval, all-intra, MPEG-4 Part 2, MJPEG); its table in BENCHMARKS.md has the numbers.
+# All-intra formats (gop=1, MJPEG) make every seek land on the wanted frame, but read_frames still decodes the
+# frames in between the wanted ones of a strided clip, and intra frames are the largest and slowest to decode: they
+# cost far more disk for no gain in clips/s over a keyframe every 16 frames. MPEG-4 Part 2 (--codec mpeg4) is the
+# other way to go: its decoder is simpler still, so it decodes more clips per core, at a larger file and a lower
+# PSNR than H.264 at CRF 23 -- the option to take when the cores, not the disk, are short.
+
+# Output container per file-name extension. The file NAME never changes (split files and Kinetics CSVs refer to
+# names), so the container follows the name where it can hold the codec; where it cannot (WebM allows only
+# VP8/VP9/AV1, Ogg no H.264, MPEG-PS/ASF only badly, FLV and 3GP no MJPEG) the file is written as Matroska under its
+# old name. FFmpeg, and so PyAV and read_frames, detects the container from the content, not from the name.
 REENCODE_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".flv": "flv",
                     ".3gp": "3gp"}
 # The codecs reencode_video writes: name -> (PyAV encoder, pixel format, containers that hold it). MJPEG is

@@ -19,9 +19,7 @@ Re-running a command with the same --out resumes from OUT/checkpoint.pt (same sc
 Outputs in --out: checkpoint.pt, config.json, log.jsonl (step, epoch, loss, acc, lr, clips_per_s).
 """
 import json
-import math
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -71,13 +69,10 @@ class Config:
 
 
 def train(cfg: Config):
-    device = training.resolve_device(cfg.device)
+    run, ckpt = training.start(cfg, "cvrl")  # cvrl.py's checkpoint layout: eval_linear.py probes it as it does CVRL's
+    device = run.device
     torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
-    videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train",
-                             cfg.synthetic)
+    videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train", cfg.synthetic)
     dataset = data.VideoDataset(videos, data.RandomClip(cfg.frames, cfg.stride), canvas=cfg.canvas, resample=True,
                                 min_frames=cfg.frames)
     loader = data.make_loader(dataset, cfg.batch_size, cfg.workers, shuffle=True, drop_last=True, seed=cfg.seed)
@@ -89,72 +84,56 @@ def train(cfg: Config):
     classifier = nn.Linear(encoder.feature_dim, len(videos.classes))
     model = nn.Sequential(encoder, classifier).to(device)
     optimizer = cvrl.configure_optimizer(model, cfg.lr, cfg.weight_decay, cfg.momentum, "sgd")
-    step = 0
-    if ckpt_path.exists():
-        ckpt = training.load_checkpoint(ckpt_path)
+    start_step, skipped = 0, []
+    if ckpt is not None:
         training.check_resume_config(ckpt["config"], cfg, ("arch",))
         encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in ckpt["backbone"].items()})
         classifier.load_state_dict(ckpt["classifier"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        step = ckpt["step"]
-        print(f"resumed from {ckpt_path} at step {step}")
-    print(f"supervised | {videos.name}: {len(videos)} videos, {len(videos.classes)} classes | encoder {cfg.arch} | "
-          f"{device} | {steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        start_step, skipped = ckpt["step"], list(ckpt.get("skipped", []))
+        run.print(f"resumed from {run.checkpoint_path} at step {start_step}")
+    run.print(f"supervised | {videos.name}: {len(videos)} videos, {len(videos.classes)} classes | encoder {cfg.arch} | "
+              f"{device} | {steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
+    training.write_config(run, asdict(cfg))
 
-    def checkpoint():
+    def checkpoint(step):
+        mean.check_finite(step, "a lower --lr")
         # cvrl.py's layout: eval_linear.py builds cvrl.build_backbone(config) and loads "backbone" into it
-        training.save_checkpoint(ckpt_path, {
+        training.save_checkpoint(run.checkpoint_path, {
             "method": "cvrl", "trained_by": "scripts/supervised.py", "config": asdict(cfg), "step": step,
             "epoch": step / steps_per_epoch, "backbone": {"encoder." + k: v for k, v in encoder.state_dict().items()},
-            "classifier": classifier.state_dict(), "optimizer": optimizer.state_dict(),
+            "classifier": classifier.state_dict(), "optimizer": optimizer.state_dict(), "skipped": sorted(set(skipped)),
             "versions": {"torch": str(torch.__version__)}})
 
-    log = open(out / "log.jsonl", "a")
-    sums, t0 = dict(loss=0.0, acc=0.0, n=0), time.perf_counter()
-    try:
-        while step < total_steps and (cfg.max_steps == 0 or step < cfg.max_steps):
-            epoch, offset = divmod(step, steps_per_epoch)
-            loader.sampler.set_epoch(epoch, skip=offset * cfg.batch_size)  # mid-epoch resume: same order, rest of it
-            model.train()
-            for batch in loader:
-                video = batch["video"].to(device, non_blocking=True)[:, 0]  # (B, T, H, W, 3) uint8: one clip per video
-                label = batch["label"].to(device)
-                g = torch.Generator().manual_seed(training.step_seed(cfg.seed, step))  # a function of the step
-                x = data.augment(data.to_bcthw(video), cfg.size, aug, g)         # (B, C, T, S, S) in [0, 1]
-                for group in optimizer.param_groups:
-                    group["lr"] = cvrl.lr_at(step, total_steps, warmup_steps, cfg.lr)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    logits = model(x)                                            # (B, classes)
-                loss = F.cross_entropy(logits.float(), label)
-                if not math.isfinite(loss.item()):
-                    raise SystemExit(f"error: loss is {loss.item()} at step {step}; lower --lr "
-                                     f"(the last good checkpoint {ckpt_path} is kept)")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                sums["loss"] += loss.item()
-                sums["acc"] += (logits.argmax(1) == label).float().mean().item()
-                sums["n"] += 1
-                if step % cfg.log_every == 0 or step == total_steps:
-                    n, dt = sums["n"], time.perf_counter() - t0
-                    rec = dict(step=step, epoch=round(step / steps_per_epoch, 3), loss=sums["loss"] / n,
-                               acc=sums["acc"] / n, lr=optimizer.param_groups[0]["lr"],
-                               clips_per_s=cfg.batch_size * n / dt)
-                    print(json.dumps(rec))
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
-                    sums, t0 = dict(loss=0.0, acc=0.0, n=0), time.perf_counter()
-                if step % steps_per_epoch == 0 or step == total_steps or step == cfg.max_steps:
-                    checkpoint()
-                    break
-    except KeyboardInterrupt:  # Ctrl-C (also the study's): save, so the same command resumes here
-        print(f"\ninterrupted: saving {ckpt_path} at step {step}; run the same command to resume")
-        checkpoint()
-        raise SystemExit(130)
-    log.close()
-    print(f"done: {step} steps; checkpoint {ckpt_path}\nevaluate: python eval_linear.py --ckpt {ckpt_path}")
+    steps = training.Steps(loader, start_step, total_steps, steps_per_epoch, cfg.max_steps, cfg.batch_size)
+    mean = training.Mean(start_step)
+    model.train()
+    with training.interruptible(run, lambda: checkpoint(steps.step)):
+        for step, batch in steps:
+            training.report_bad(batch, skipped, run)
+            video = batch["video"].to(device, non_blocking=True)[:, 0]  # (B, T, H, W, 3) uint8: one clip per video
+            label = batch["label"].to(device)
+            g = torch.Generator().manual_seed(training.step_seed(cfg.seed, step))  # a function of the step
+            x = data.augment(data.to_bcthw(video), cfg.size, aug, g)            # (B, C, T, S, S) in [0, 1]
+            for group in optimizer.param_groups:
+                group["lr"] = training.warmup_cosine(step, total_steps, warmup_steps, cfg.lr)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(x)                                               # (B, classes)
+            loss = F.cross_entropy(logits.float(), label)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            mean.add(dict(loss=loss.detach(), acc=(logits.argmax(1) == label).float().mean()))
+            if steps.log_due(cfg.log_every):
+                mean.check_finite(step + 1, "a lower --lr")
+                n = mean.n
+                rec = dict(step=step + 1, epoch=round((step + 1) / steps_per_epoch, 3), **mean.read(),
+                           lr=optimizer.param_groups[0]["lr"], **steps.timing(cfg.batch_size, n))
+                run.print(json.dumps(rec))
+                run.log(rec)
+            if steps.epoch_end:
+                checkpoint(step + 1)
+    training.finish(run, skipped, steps.step, f"evaluate: python eval_linear.py --ckpt {run.checkpoint_path}")
 
 
 if __name__ == "__main__":
@@ -162,5 +141,5 @@ if __name__ == "__main__":
         cfg = data.decide_dataset(training.parse_config(Config, None, __doc__.strip().split("\n\n")[0]))
         data.require_labels(cfg.dataset, cfg.data, "supervised training")
         train(cfg)
-    except data.DatasetError as e:
+    except (data.DatasetError, FloatingPointError) as e:
         sys.exit(f"error: {e}")

@@ -9,6 +9,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))  # the tests import the tools too (bench, reencode, show, ...)
 
 import data  # noqa: E402
 
@@ -45,5 +46,6 @@ def textured_frames(n, h=48, w=64, seed=0):
 def tiny_synthetic(tmp_path_factory):
     """A tiny synthetic dataset (8 classes, 4 train / 2 test videos per class, 32 px, 24 frames)."""
     root = tmp_path_factory.mktemp("synthetic") / "syn"
-    data.make_synthetic(root, train_per_class=4, test_per_class=2, size=32, frames=24, fps=8, seed=0, progress=False)
+    data.make_synthetic(root, data.SyntheticWorld(train_per_class=4, test_per_class=2, video_size=32, video_frames=24,
+                                              fps=8), progress=False)
     return root

@@ -1,4 +1,4 @@
-"""scripts/bench.py (smoke run, FLOP counter) and `python data.py reencode`. No timing assertions: the numbers
+"""scripts/bench.py (smoke run, FLOP counter) and scripts/reencode.py. No timing assertions: the numbers
 depend on the machine and its load; only structure and exact counts are checked."""
 import json
 import subprocess
@@ -14,8 +14,8 @@ import cvrl
 import data
 from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "scripts"))
 import bench  # noqa: E402
+import reencode  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------------- bench.py
@@ -183,7 +183,7 @@ def source_tree(tmp_path):
 def test_reencode_cli(tmp_path, source_tree):
     dst = tmp_path / "dst"
     before = {p: p.read_bytes() for p in source_tree.rglob("*") if p.is_file()}
-    cmd = [sys.executable, str(ROOT / "data.py"), "reencode", "--src", str(source_tree), "--dst", str(dst),
+    cmd = [sys.executable, str(ROOT / "scripts" / "reencode.py"), "--src", str(source_tree), "--dst", str(dst),
            "--short-side", "64", "--gop", "8", "--workers", "1"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stdout + r.stderr  # one unreadable input -> status 1, listed with its path
@@ -225,23 +225,23 @@ def test_reencode_redoes_a_broken_output_and_refuses_dst_inside_src(tmp_path, so
     dst = tmp_path / "dst"
     (dst / "ClassA").mkdir(parents=True)
     (dst / "ClassA" / "v_a.mp4").write_bytes(b"half-written")  # e.g. a copy that was interrupted
-    res = data.reencode_dataset(source_tree, dst, short_side=64, gop=8, workers=1, progress=False)
+    res = reencode.reencode_dataset(source_tree, dst, short_side=64, gop=8, workers=1, progress=False)
     assert str(source_tree / "ClassA" / "v_a.mp4") in res["ok"]
     assert data.probe(dst / "ClassA" / "v_a.mp4").num_frames == 90
     assert [p.endswith("broken.mp4") for p in res["failed"]] == [True]
     assert not list(dst.rglob(".*partial"))  # no temporary files left behind
     with pytest.raises(data.DatasetError, match="outside"):
-        data.reencode_dataset(source_tree, source_tree / "out", workers=1, progress=False)
+        reencode.reencode_dataset(source_tree, source_tree / "out", workers=1, progress=False)
     with pytest.raises(data.DatasetError, match="outside"):
-        data.reencode_dataset(source_tree, source_tree, workers=1, progress=False)
+        reencode.reencode_dataset(source_tree, source_tree, workers=1, progress=False)
 
 
 def test_reencode_video_keeps_size_when_asked(tmp_path, source_tree):
     out = tmp_path / "same.mp4"
-    r = data.reencode_video(source_tree / "ClassA" / "v_a.mp4", out, short_side=None, gop=16)
+    r = reencode.reencode_video(source_tree / "ClassA" / "v_a.mp4", out, short_side=None, gop=16)
     assert (r["width"], r["height"], r["frames"]) == (128, 96, 90)
     with pytest.raises(data.VideoError):
-        data.reencode_video(source_tree / "ClassB" / "broken.mp4", tmp_path / "b.mp4")
+        reencode.reencode_video(source_tree / "ClassB" / "broken.mp4", tmp_path / "b.mp4")
     assert not (tmp_path / "b.mp4").exists()
 
 
@@ -259,7 +259,7 @@ def test_reencode_bakes_a_display_rotation_into_the_pixels(tmp_path):
     phone.write_bytes(bytes(b))
     assert data.probe(phone).rotation != 0
     out = tmp_path / "out.mp4"
-    r = data.reencode_video(phone, out, short_side=None, gop=8, crf=18)
+    r = reencode.reencode_video(phone, out, short_side=None, gop=8, crf=18)
     info = data.probe(out)
     assert info.rotation == 0 and (info.width, info.height) == (96, 64) == (r["width"], r["height"])
     got, ref = data.read_frames(out, [0, 29]).float(), data.read_frames(phone, [0, 29]).float()
@@ -278,7 +278,7 @@ def test_reencode_codecs_decode_exactly(tmp_path, source_tree, settings, ext, co
     """Every codec/tune reencode can write: frame count kept, keyframes as asked, and read_frames (seek + decode
     forward) bit-exact against a sequential decode of the output, including frames right after a keyframe."""
     out = tmp_path / f"out{ext}"
-    r = data.reencode_video(source_tree / "ClassA" / "v_a.mp4", out, short_side=64, **{"gop": 8, **settings})
+    r = reencode.reencode_video(source_tree / "ClassA" / "v_a.mp4", out, short_side=64, **{"gop": 8, **settings})
     assert (r["width"], r["height"], r["frames"]) == (86, 64, 90)
     with av.open(str(out)) as c:
         s = c.streams.video[0]
@@ -307,16 +307,16 @@ def test_reencode_fastdecode_drops_cabac(tmp_path, source_tree):
         return blob[i:blob.find(b"\x00", i)].decode("latin-1")
     for tune, cabac in (("fastdecode", "cabac=0"), ("none", "cabac=1")):
         out = tmp_path / f"{tune}.mp4"
-        data.reencode_video(source_tree / "ClassA" / "v_a.mp4", out, short_side=64, gop=8, tune=tune)
+        reencode.reencode_video(source_tree / "ClassA" / "v_a.mp4", out, short_side=64, gop=8, tune=tune)
         assert cabac in x264_settings(out) and ("deblock=0" in x264_settings(out)) == (tune == "fastdecode")
 
 
 def test_reencode_refuses_settings_the_encoder_refuses(tmp_path, source_tree):
     with pytest.raises(data.DatasetError, match="tune=fastdecod"):
-        data.reencode_dataset(source_tree, tmp_path / "dst", tune="fastdecod", workers=1, progress=False)
+        reencode.reencode_dataset(source_tree, tmp_path / "dst", tune="fastdecod", workers=1, progress=False)
     assert not (tmp_path / "dst").exists()  # refused before anything was written
     with pytest.raises(ValueError, match="unknown codec"):
-        data.reencode_video(source_tree / "ClassA" / "v_a.mp4", tmp_path / "x.mp4", codec="vp9")
-    r = subprocess.run([sys.executable, str(ROOT / "data.py"), "reencode", "--src", str(source_tree), "--dst",
+        reencode.reencode_video(source_tree / "ClassA" / "v_a.mp4", tmp_path / "x.mp4", codec="vp9")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "reencode.py"), "--src", str(source_tree), "--dst",
                         str(tmp_path / "dst"), "--preset", "medum"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "preset=medum" in r.stderr and not (tmp_path / "dst").exists()

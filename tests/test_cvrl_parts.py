@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import cvrl
+import training
 
 # ----------------------------------------------------------------------------- interval sampler
 
@@ -399,7 +400,7 @@ def test_lars_step_length():
 
 def test_lr_schedule():
     total, warmup, base = 1000, 100, 0.32
-    lrs = [cvrl.lr_at(s, total, warmup, base) for s in range(total + 1)]
+    lrs = [training.warmup_cosine(s, total, warmup, base) for s in range(total + 1)]
     assert lrs[0] == 0.0
     assert lrs[warmup // 2] == pytest.approx(base / 2)
     assert lrs[warmup] == pytest.approx(base)
@@ -407,4 +408,4 @@ def test_lr_schedule():
     assert lrs[(total + warmup) // 2] == pytest.approx(base / 2)  # cosine midpoint
     assert all(a < b for a, b in zip(lrs[:warmup], lrs[1:warmup + 1]))  # increasing during warmup
     assert all(a > b for a, b in zip(lrs[warmup:total], lrs[warmup + 1:]))  # strictly decreasing after
-    assert cvrl.lr_at(5, 10, 0, 1.0) == pytest.approx(0.5)  # no warmup
+    assert training.warmup_cosine(5, 10, 0, 1.0) == pytest.approx(0.5)  # no warmup

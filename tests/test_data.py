@@ -385,7 +385,8 @@ def test_synthetic_dataset_layout_and_determinism(tiny_synthetic, tmp_path):
     assert tr.classes == data.SYNTHETIC_CLASSES and len(tr) == 32 and len(te) == 16
     assert sorted(set(tr.labels)) == list(range(8))
     other = tmp_path / "again"
-    data.make_synthetic(other, train_per_class=4, test_per_class=2, size=32, frames=24, fps=8, seed=0, progress=False)
+    data.make_synthetic(other, data.SyntheticWorld(train_per_class=4, test_per_class=2, video_size=32, video_frames=24,
+                                               fps=8), progress=False)
     again = data.load_split("synthetic", str(other), split="train")
     # The rendering is exactly deterministic; the encoded files nearly so: one CI run (2026-11-27, other tests
     # running) decoded a regenerated video differently from the first, so the decoded frames are compared up to

@@ -149,7 +149,7 @@ def test_random_init_really_reinitialises(tmp_path):
 
 def test_cache_key_tracks_weights_and_views_not_classifier(tmp_path):
     videos = data.VideoList(["/d/a.mp4", "/d/b.mp4"], [0, 1], ["x", "y"])
-    cfg = E.Config(ckpt="c.pt", dataset="folder", data="/d", fold=1, nuisance=0.0, frames=8, stride=2, size=48,
+    cfg = E.Config(ckpt="c.pt", dataset="folder", data="/d", fold=1, frames=8, stride=2, size=48,
                    test_size=48, canvas=(64, 64), device="cpu")
     sd = cvrl.build_backbone(asdict(cvrl.Config(arch="tiny"))).state_dict()
     sha = training.state_dict_sha1(sd)

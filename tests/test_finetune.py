@@ -18,7 +18,6 @@ import training
 import eval_linear as E
 from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "scripts"))
 import finetune  # noqa: E402
 
 SCRIPT = str(ROOT / "scripts" / "finetune.py")

@@ -12,7 +12,6 @@ import torch
 import lss
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 import lss_start  # noqa: E402
 
 TINY = ["--width", "64", "--layers", "2", "--embed-dim", "32", "--text-width", "64", "--text-layers", "1",

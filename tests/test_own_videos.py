@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import data
+import show
 from conftest import ROOT, textured_frames
 
 # tiny networks and views, as tests/test_cvrl_train.py's and tests/test_lss_train.py's TINY; batch 5 = every video of
@@ -173,7 +174,8 @@ def test_synthetic_is_never_generated_into_a_users_folder(phone, tmp_path):
     with pytest.raises(data.DatasetError, match="refusing to generate"):
         data.load_split("synthetic", str(phone))
     assert snapshot(phone.parent) == before  # not even a temporary folder beside it
-    data.ensure_synthetic(tmp_path / "new", train_per_class=1, test_per_class=1, size=32, frames=16)  # asked for: ok
+    data.ensure_synthetic(tmp_path / "new", data.SyntheticWorld(train_per_class=1, test_per_class=1, video_size=32,
+                                                              video_frames=16))  # asked for: ok
     assert (tmp_path / "new" / "classes.txt").exists()
 
 
@@ -250,21 +252,21 @@ def test_evaluations_that_need_labels_refuse_an_unlabeled_folder(cvrl_run, lss_r
 def test_show_writes_a_deterministic_png(phone, tmp_path, method):
     flags = ["--data", str(phone), "--frames", "4", "--stride", "2", "--size", "32", "--canvas", "32", "32"]
     flags += ["--local-views", "2", "--local-frames", "2", "--local-size", "16"] if method == "lss" else []
-    a = data.show(method, flags + ["--seed", "3"], tmp_path / "a.png", num_videos=2, tile=64)
+    a = show.picture(method, flags + ["--seed", "3"], tmp_path / "a.png", num_videos=2, tile=64)
     with Image.open(a) as im:
         im.verify()
     with Image.open(a) as im:
         rows = 4 if method == "cvrl" else 3 + 2  # cvrl: 2 clips and 2 views; lss: window, 2 globals, 2 locals
         assert im.format == "PNG" and im.width >= 4 * 64 and im.height >= 2 * (rows - 1) * 64
         assert np.asarray(im).std() > 10  # pictures, not a blank page
-    b = data.show(method, flags + ["--seed", "3"], tmp_path / "b.png", num_videos=2, tile=64)
-    c = data.show(method, flags + ["--seed", "4"], tmp_path / "c.png", num_videos=2, tile=64)
+    b = show.picture(method, flags + ["--seed", "3"], tmp_path / "b.png", num_videos=2, tile=64)
+    c = show.picture(method, flags + ["--seed", "4"], tmp_path / "c.png", num_videos=2, tile=64)
     assert a.read_bytes() == b.read_bytes() and a.read_bytes() != c.read_bytes()
 
 
 def test_show_command_line(phone, tmp_path):
     out = tmp_path / "show.png"
-    r = run(["data.py", "show", "--method", "cvrl", "--out", out, "--videos", "1", "--data", phone, "--frames", "4",
+    r = run(["scripts/show.py", "--method", "cvrl", "--out", out, "--videos", "1", "--data", phone, "--frames", "4",
              "--stride", "2", "--size", "32", "--canvas", "32", "32"])
     assert r.returncode == 0, r.stderr[-3000:]
     with Image.open(out) as im:
@@ -282,7 +284,6 @@ def test_neighbours_picture_is_written(cvrl_run, lss_run, phone, tmp_path):
     sims = [float(ln.split()[0]) for ln in r.stdout.splitlines() if ln.startswith("  0.") or ln.startswith("  1.")]
     assert len(sims) == 4 and all(-1 <= s <= 1.0001 for s in sims)
     assert r.stdout.count("SKIPPED") == len(BROKEN)
-    sys.path.insert(0, str(ROOT / "scripts"))
     import neighbours
     res = neighbours.main(["--ckpt", str(lss_run[1] / "checkpoint.pt"), "--out", str(tmp_path / "l.png"),
                            "--queries", "3", "--k", "2", "--workers", "0"])

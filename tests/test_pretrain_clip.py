@@ -1,4 +1,4 @@
-"""The captioned stills (data.make_stills) and the tiny CLIP pretrained on them (scripts/pretrain_clip.py):
+"""The captioned stills (make_stills) and the tiny CLIP pretrained on them (scripts/pretrain_clip.py):
 determinism, captions that say what is drawn, weights that lss.load_clip reads, a loss that falls."""
 import json
 import re
@@ -13,19 +13,18 @@ import data
 import lss
 from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "scripts"))
 import pretrain_clip  # noqa: E402
 
 
 def parse_caption(text: str) -> dict:
     """Caption -> the attributes it states (templates leave some out), read back with the caption vocabulary."""
     out = {}
-    for name, phrases in data.MOTION_PHRASES.items():
+    for name, phrases in lss.MOTION_PHRASES.items():
         if any(re.search(rf"\b{re.escape(p)}\b", text) for p in phrases):
             out.setdefault("motion", []).append(name)
     m = re.search(r"\b(long triangle|long pentagon|triangle|square|bar|pentagon)\b", text)
     out["shape"] = m.group(1) if m else None
-    colours = [c for c in data.STILL_COLOURS if re.search(rf"\b{c}\b", text)]
+    colours = [c for c in pretrain_clip.STILL_COLOURS if re.search(rf"\b{c}\b", text)]
     if colours:
         out["colour"] = colours
     m = re.search(r"\b(small|large)\b", text)
@@ -38,16 +37,16 @@ def parse_caption(text: str) -> dict:
 
 
 def test_stills_are_deterministic_and_seeded():
-    a = data.make_stills(40, seed=3, workers=1, progress=False)
-    b = data.make_stills(40, seed=3, workers=2, progress=False)  # chunking and workers do not matter
-    c = data.make_stills(40, seed=4, workers=1, progress=False)
+    a = pretrain_clip.make_stills(40, seed=3, workers=1, progress=False)
+    b = pretrain_clip.make_stills(40, seed=3, workers=2, progress=False)  # chunking and workers do not matter
+    c = pretrain_clip.make_stills(40, seed=4, workers=1, progress=False)
     assert a[0].shape == (40, 32, 32, 3) and a[0].dtype == np.uint8
     assert np.array_equal(a[0], b[0]) and a[1] == b[1] and a[2] == b[2]
     assert not np.array_equal(a[0], c[0]) and a[2] != c[2]
 
 
 def test_captions_say_what_is_drawn():
-    images, attrs, captions = data.make_stills(300, seed=0, workers=1, progress=False)
+    images, attrs, captions = pretrain_clip.make_stills(300, seed=0, workers=1, progress=False)
     motions = set()
     for img, a, cap in zip(images, attrs, captions):
         p = parse_caption(cap)
@@ -59,13 +58,13 @@ def test_captions_say_what_is_drawn():
         if "colour" in p:
             assert p["colour"] == [a["colour"]], (cap, a)
         motions.add(a["motion"])
-        # the picture: the shape's pixels (full intensity) have the named colour ...
-        rgb = np.array(data.STILL_COLOURS[a["colour"]]) * 255
-        full = np.abs(img.astype(float) - rgb).max(-1) < 3
+        # the picture: the shape's pixels (full intensity) have the named colour, give or take the stills' noise ...
+        rgb = np.array(pretrain_clip.STILL_COLOURS[a["colour"]]) * 255
+        full = np.abs(img.astype(float) - rgb).max(-1) < 4 * 255 * pretrain_clip.STILL_NOISE
         assert full.sum() > 3, cap
         # ... and sit in the named third of the frame (rows: top/middle/bottom, columns: left/centre/right)
         ys, xs = np.nonzero(full)
-        row, col = [(r, c) for r, line in enumerate(data.POSITIONS) for c, name in enumerate(line)
+        row, col = [(r, c) for r, line in enumerate(pretrain_clip.POSITIONS) for c, name in enumerate(line)
                     if name == a["position"]][0]
         assert abs(ys.mean() / 32 * 3 - (row + 0.5)) < 1.0 and abs(xs.mean() / 32 * 3 - (col + 0.5)) < 1.0, cap
     assert motions == set(data.SYNTHETIC_CLASSES)
@@ -150,8 +149,8 @@ def test_templates_auto_follow_the_dataset_and_synthetic_classes_read_as_caption
     assert len(set(lss.UCF101_TEMPLATES)) == 48 and "a video of the person doing {}." in lss.UCF101_TEMPLATES
     assert lss.class_to_text("move_up") == "moving up" and lss.class_to_text("ApplyEyeMakeup") == "apply eye makeup"
     # every synthetic prompt uses only words the captions use
-    vocab = {w for t in data.CAPTION_TEMPLATES for w in t.replace(",", " ").split() if "{" not in w}
-    vocab |= {w for p in data.MOTION_PHRASES.values() for x in p for w in x.split()}
+    vocab = {w for t in pretrain_clip.CAPTION_TEMPLATES for w in t.replace(",", " ").split() if "{" not in w}
+    vocab |= {w for p in lss.MOTION_PHRASES.values() for x in p for w in x.split()}
     vocab |= {"triangle", "square", "bar", "pentagon"}
     for c in data.SYNTHETIC_CLASSES:
         for t in lss.SYNTHETIC_TEMPLATES:

@@ -7,7 +7,6 @@ import sys
 import lss
 from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "scripts"))
 import bench  # noqa: E402
 import pretrain_clip  # noqa: E402
 

@@ -20,7 +20,6 @@ import eval_linear
 import lss
 from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "scripts"))
 import replicate as R  # noqa: E402
 import finetune  # noqa: E402
 import lss_start  # noqa: E402
