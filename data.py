@@ -16,10 +16,8 @@ Read it top to bottom:
   6. augmentation  batched, on the device: random resized crop (one roi_align for the whole batch), flip, colour
                    jitter in random order, grayscale, blur, solarize -- parameters drawn per clip and shared by all
                    its frames (temporally consistent), or per frame (the CVRL ablation).
-  7. CLI           python data.py synthetic --out DIR      write the synthetic dataset with train/test split files
-                   python data.py check --dataset ... --data ROOT [--annotations ...]   list unreadable videos
-Tools that work on datasets live in scripts/: reencode.py (re-encode for fast random access), show.py (a picture of
-what a method trains on).
+Tools that work on datasets live in scripts/: dataset.py (write the synthetic set, check a dataset), reencode.py
+(re-encode for fast random access), show.py (a picture of what a method trains on).
 
 Tensor layouts: a decoded clip is uint8 (T, H, W, 3) -- PyAV's layout; a batch handed to the augmentation is uint8
 (B, C, T, H, W) -- the 3D-CNN layout; the augmentation returns float (B, C, T, h, w). lss.py rearranges to the ViT
@@ -27,10 +25,8 @@ layout (B, T, C, H, W) itself.
 """
 from __future__ import annotations
 
-import argparse
 import bisect
 import csv
-import dataclasses
 import functools
 import gzip
 import hashlib
@@ -100,18 +96,12 @@ def _open(path):
 
 class _Timeline:
     """How frame indices map to the stream's timestamps, learned from the container without decoding a frame.
-
-    start_pts: where frame 0 sits on the timeline: the earliest presentation timestamp among the packets that
-        follow the first keyframe (it is not always 0: an AVI with B-frames starts at 1, an MP4 with an edit list
-        can start anywhere). It is what a sequential decode shows first: the decoder presents frames in
-        timestamp order and starts at the first keyframe; packets the container marks as discarded (before an
-        edit list's start) are decoded for reference and never shown, so they do not count.
-    keyframe_between(lo, hi): is there a keyframe among frames lo..hi? Used only to choose between decoding
-        through a gap and seeking over it (a speed decision: which frame is which never depends on it). From the
-        packets when the whole stream was demuxed anyway (WebM, MKV: no frame count in the header), else from the
-        demuxer's index read with the header (MP4, AVI), looked up by binary search. The index holds decode
-        times; shifted by the first keyframe's pts - dts they can still fall up to 2 frames early, which
-        `_split_runs` allows for. None: not known (then the 1-second rule decides)."""
+    start_pts: where frame 0 sits: the earliest presentation timestamp after the first keyframe (not always 0: an
+        AVI with B-frames starts at 1, an MP4 with an edit list anywhere), what a sequential decode shows first
+        (packets marked as discarded, before an edit list's start, are decoded for reference, never shown).
+    keyframe_between(lo, hi): is there a keyframe among frames lo..hi? Only a speed decision (decode through a gap
+        or seek over it). From the packets when the stream was demuxed anyway (WebM, MKV), else from the demuxer's
+        index (MP4, AVI; decode times, up to 2 frames early, which `_split_runs` allows for). None: not known."""
 
     def __init__(self, start_pts: int, tb: float, fps: float, delay: int, keyframes: list[int] | None, index,
                  from_start: bool = False):
@@ -142,10 +132,8 @@ _REORDER_WINDOW = 32
 
 
 def _stream_info(container, stream, path, first_frame: bool = False) -> tuple[VideoInfo, _Timeline]:
-    """Read the header and the first packets (demux only: no decoding, a fraction of a millisecond), count frames
-    if the header does not say. Returns the info and the _Timeline. The size comes from the codec parameters and
-    the display rotation is only known once a frame is decoded: with `first_frame=True` (probe) the first frame is
-    decoded for it; the readers fill it in from the frames they decode anyway."""
+    """Read the header and the first packets (demux only, no decoding), count frames if the header does not say ->
+    (info, _Timeline). The display rotation needs a decoded frame: `first_frame=True` (probe) decodes one for it."""
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if not rate or float(rate) <= 0:
         raise VideoError(path, "has no frame rate in its header")
@@ -220,16 +208,9 @@ def probe(path) -> VideoInfo:
 
 def _to_rgb(frame, size, reformatter: VideoReformatter):
     """av.VideoFrame -> uint8 (H, W, 3), upright. With `size=(H, W)` the frame is scaled (swscale, area) to cover the
-    canvas and centre-cropped: datasets mix 4:3, 16:9 and portrait videos, and a batch needs one shape.
-
-    Phone videos are often stored sideways with a display rotation in the container; `frame.rotation` is that angle
-    (counter-clockwise degrees, FFmpeg's display matrix) and we turn the pixels upright, as a player would. For such
-    files the result is the sequential decode rotated, not the raw decode.
-
-    `reformatter` is reused for every frame of a run: `frame.reformat()` and `frame.to_ndarray(format=...)` build a
-    new swscale context on each call, which cost 1.5-2.5 ms per 64x64 frame, 10x the conversion itself. `threads=1`:
-    left at its default (0, "automatic"), swscale splits every frame over a thread pool as large as the machine,
-    which in a DataLoader worker (one core's worth of work by design) only adds hand-offs between threads."""
+    canvas and centre-cropped: datasets mix 4:3, 16:9 and portrait videos. Phone videos stored sideways with a display
+    rotation (`frame.rotation`) are turned upright, as a player would. `reformatter` is reused for a whole run, and
+    swscale runs on one thread, as a DataLoader worker is one core's worth of work (docs/data.md)."""
     k = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # np.rot90 turns counter-clockwise for k > 0
     if size is None:
         img = reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
@@ -244,12 +225,10 @@ def _to_rgb(frame, size, reformatter: VideoReformatter):
 
 
 def _split_runs(wanted: list[int], info: VideoInfo, timeline: _Timeline, max_gap_s: float) -> list[list[int]]:
-    """Split the sorted wanted frames into runs, each decoded after one seek. Decoding through a gap costs one
-    decode per frame in it; seeking over it costs the decode from the keyframe before the next wanted frame. So a
-    new run starts only where a keyframe lies inside the gap: two clips in one GOP (CVRL's pair, most of the time,
-    with long keyframe intervals) are decoded in one pass and their shared stretch once. A keyframe within 2 frames
-    of either end does not count (index positions can be 2 frames early, and a seek then lands on the keyframe
-    before). Without keyframe positions, gaps longer than `max_gap_s` seconds start a new run."""
+    """Split the sorted wanted frames into runs, each decoded after one seek. A new run starts only where a keyframe
+    lies inside the gap (seeking to it costs less than decoding through): two clips in one GOP (CVRL's pair, mostly)
+    are one pass. Keyframes within 2 frames of either end do not count (index positions can be 2 frames early);
+    without keyframe positions, gaps longer than `max_gap_s` seconds start a new run."""
     runs, run = [], [wanted[0]]
     for i in wanted[1:]:
         a = run[-1]
@@ -266,14 +245,10 @@ def _split_runs(wanted: list[int], info: VideoInfo, timeline: _Timeline, max_gap
 
 def _decode_indices(container, stream, path, info: VideoInfo, timeline: _Timeline, indices: Sequence[int],
                     size=None, max_gap_s: float = 1.0, stats: dict | None = None) -> np.ndarray:
-    """Decode the frames at `indices` (presentation order, 0-based) from an open container -> uint8
-    (len(indices), H, W, 3), each frame converted once and written straight into its row(s) of that array.
-
-    Frame i is the one displayed at time i / fps. Each decoded frame's time comes from its pts, so the match does
-    not depend on where a seek landed; for constant frame rate this is exactly the i-th frame of a sequential
-    decode, for variable frame rate it is the frame nearest in time. The wanted frames are split into runs
-    (`_split_runs`); within a run we seek once, decode forward and stop at the last wanted frame. `stats`, if
-    given, counts decoded frames and seeks (for tests and benchmarks) and records the rotation of the frames."""
+    """Decode the frames at `indices` (presentation order, 0-based) from an open container -> uint8 (len(indices), H,
+    W, 3), each frame converted once, straight into its row(s). Frame i is the one shown at time i / fps, matched by
+    pts (not by where a seek landed): at a constant frame rate exactly the i-th frame of a sequential decode, else the
+    nearest. Each run (`_split_runs`) is one seek and a decode to its last frame. `stats`: decoded frames, seeks."""
     tb = float(stream.time_base)
     stats = {} if stats is None else stats
     rows: dict[int, list[int]] = {}  # frame index -> the rows of the output that show it
@@ -318,9 +293,8 @@ def _decode_indices(container, stream, path, info: VideoInfo, timeline: _Timelin
 
 
 class _Output:
-    """The array read_frames returns, filled as frames are settled. Allocated at the first frame, when its size
-    (after scaling, cropping and rotation) is known; each frame is converted to RGB once and copied into every row
-    that shows it (a clip that repeats a frame, two overlapping clips)."""
+    """The array read_frames returns, allocated at the first frame (its size known then); each frame converted once
+    and copied into every row that shows it (a clip that repeats a frame, two overlapping clips)."""
 
     def __init__(self, n: int, rows: dict[int, list[int]]):
         self.n, self.rows, self.array = n, rows, None
@@ -334,16 +308,12 @@ class _Output:
 
 def _decode_run(container, stream, path, info, start_pts, run, targets, size, stats, out: _Output,
                 skip: bool = True) -> str:
-    """Decode forward from the current position and assign to each target time the nearest decoded frame. Frames
-    come out of the decoder in presentation order, so one look-behind frame suffices: a target is settled as soon
-    as a frame at or after it appears (it is that frame or the previous one, whichever is nearer). Returns "ok",
-    "overshoot" (the seek went too far: the first frame is after the first target; nothing was written) or "redo".
-
-    With `skip`, the decoder is told to skip the non-reference frames (no other frame is predicted from them:
-    most B-frames) whose time is more than 3/4 of a frame from every target: the frames between a stride-2 clip's
-    frames and most of the stretch from the keyframe to the clip. Skipping one never changes another. For constant
-    frame rate no target can be nearest to such a frame; for variable frame rate it could, so if any target ends up
-    settled by a frame more than 3/4 of a frame away, the run is decoded again without skipping ("redo")."""
+    """Decode forward from the current position and give each target time the nearest decoded frame: frames come in
+    presentation order, so a target is settled as soon as a frame at or after it appears (that frame or the previous
+    one). Returns "ok", "overshoot" (the first frame is after the first target: nothing written) or "redo".
+    With `skip`, non-reference frames (most B-frames: nothing is predicted from them) more than 3/4 of a frame from
+    every target are not decoded. At a constant frame rate none of them can be nearest to a target; at a variable
+    one it could, so a target settled by a frame that far away makes the run decode again in full ("redo")."""
     tb = float(stream.time_base)
     half, far = 0.5 / info.fps, 0.75 / info.fps
     converted: dict[int, np.ndarray] = {}  # pts -> rgb, so a frame that settles two targets is converted once
@@ -399,11 +369,9 @@ def _decode_run(container, stream, path, info, start_pts, run, targets, size, st
         return "redo"  # a target far from every frame (variable frame rate), or frames missing: decode it all
     if k == len(run):
         return "ok"
-    # Decoding ended (end of file, or an error) before some wanted frames. The last decoded frame stands in for a
-    # target only if it really is the nearest frame: the target is within half a frame of it, or (variable frame
-    # rate, where frame i's nominal time i/fps can fall after the last frame's real time) the file really holds
-    # frame i. Anything else is a frame the header promises and the file does not have (a truncated download, an
-    # AVI cut before its index): an error, never a made-up frame.
+    # Decoding ended before some wanted frames. The last decoded frame stands in for a target only if it is the
+    # nearest frame (within half a frame, or the file really holds frame i: variable frame rate); anything else is
+    # a frame the header promises and the file lacks (a truncated download): an error, never a made-up frame.
     why = f" ({type(error).__name__}: {error})" if error is not None else ""
     fix = "re-download or re-encode the file"
     if prev is None:  # the seek landed where no data is: past a truncated end, or in a corrupt stretch
@@ -441,14 +409,11 @@ def _count_frames(container, stream) -> int:
 
 
 def read_frames(path, indices: Sequence[int], size=None, thread_count: int = 1, stats: dict | None = None) -> torch.Tensor:
-    """Frames at 0-based presentation `indices` (any order, repeats allowed) -> uint8 tensor (T, H, W, 3).
-
-    Bit-exact with a sequential `to_ndarray(format="rgb24")` decode for constant frame rate files. Seeks to the
-    keyframe before the first wanted frame instead of decoding from the start. `size=(H, W)` scales each frame to
-    cover that canvas and centre-crops it (used by the datasets; off for exactness). `thread_count=1` because the
-    DataLoader already runs one decoder per worker: FFmpeg thread pools on top of that oversubscribe the cores and,
-    per field reports (PyAV#1962), can hang. Raises VideoError for unusable files, and for a frame the header
-    promises but the file does not hold (reason "truncated: ..."): it never returns a frame that was not asked for."""
+    """Frames at 0-based presentation `indices` (any order, repeats allowed) -> uint8 tensor (T, H, W, 3), bit-exact
+    with a sequential `to_ndarray(format="rgb24")` decode for constant frame rate files; seeks to the keyframe before
+    the first wanted frame. `size=(H, W)` scales each frame to cover that canvas and centre-crops it. One thread: the
+    DataLoader runs a decoder per worker (pools on top oversubscribe, and can hang: PyAV#1962). Raises VideoError for
+    unusable files and for a frame the header promises but the file lacks ("truncated: ..."): never a made-up frame."""
     indices = [int(i) for i in indices]
     if not indices:
         raise ValueError("read_frames needs at least one index")
@@ -481,13 +446,22 @@ def _read_clip_frames(path, sampler, rng, size=None, min_frames: int = 1,
 
 def read_clips(path, sampler, rng, size=None, min_frames: int = 1,
                stats: dict | None = None) -> tuple[list[torch.Tensor], VideoInfo]:
-    """Open a video once, let `sampler(num_frames, fps, rng)` choose clips (a list of index arrays), decode the union
-    of their frames (clips that overlap or share a GOP are decoded in one pass, each frame once), and return one
-    uint8 (T, H, W, 3) tensor per clip plus the VideoInfo. A video with fewer than `min_frames` frames raises
-    VideoError ("too short"). `stats`, if given, counts decoded frames and seeks as in read_frames
-    (scripts/bench.py reads it)."""
+    """Open a video once, let `sampler(num_frames, fps, rng)` choose clips (index arrays), decode the union of their
+    frames (each once) -> ([uint8 (T, H, W, 3) per clip], VideoInfo). Fewer than `min_frames` frames: VideoError."""
     frames, lengths, info = _read_clip_frames(path, sampler, rng, size, min_frames, stats)
     return list(torch.from_numpy(frames).split(lengths)), info  # views of one array, clip by clip
+
+
+def check_video(path):
+    """(path, None) when the first, middle and last frames decode; (path, reason) otherwise."""
+    try:
+        info = probe(path)
+        read_frames(path, sorted({0, info.num_frames // 2, info.num_frames - 1}))
+        return path, None
+    except VideoError as e:
+        return path, e.reason
+    except Exception as e:  # noqa: BLE001
+        return path, f"{type(e).__name__}: {e}"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -532,14 +506,10 @@ def _lines(path) -> list[str]:
         return [ln.strip() for ln in f if ln.strip()]
 
 
-# The folder index: every video file under a root, listed once (os.walk: directory entries only, no stat per file)
-# and kept in the cache dir; a later start re-uses it when no folder's mtime changed, which costs a stat per folder
-# instead of a listing (docs/data.md has the numbers for a Kinetics-size folder). Adding, removing or renaming a file
-# changes the mtime of its folder, and a new subfolder its parent's; editing a file in place changes none, and needs
-# no re-listing (files are opened only when a clip is read: one that turned unreadable is skipped then). Filesystems
-# that keep mtimes to 2 s (FAT, exFAT) could miss a file added within 2 s of the listing, so a folder modified less
-# than INDEX_RACY_S before the listing was made is never trusted (git's "racily clean" rule). Hidden files and folders
-# (".DS_Store", macOS's "._IMG_0001.MOV" resource forks) are skipped; links to folders are not followed (cycles).
+# The folder index: every video under a root, listed once (os.walk) and kept in the cache dir; a later start re-uses
+# it while no folder's mtime changed (adding, removing or renaming a file changes its folder's), a stat per folder
+# instead of a listing (docs/data.md). A folder modified less than INDEX_RACY_S before the listing is never trusted
+# (FAT keeps mtimes to 2 s: git's "racily clean" rule). Hidden files (".DS_Store", "._IMG_0001.MOV") are skipped.
 INDEX_VERSION = 1
 INDEX_RACY_S = 2.0
 
@@ -685,9 +655,8 @@ def folder_split(root, split="train") -> VideoList:
 
 
 def unlabeled_split(root) -> VideoList:
-    """Every video under ROOT, any depth (flat, nested, mixed), with no labels: for pretraining only. Labels are -1
-    and there are no classes; files that are not videos (by extension) are counted and reported, never opened.
-    Broken videos are found only when read: training skips them and lists them in OUT/skipped.txt."""
+    """Every video under ROOT, any depth, unlabeled (labels -1, no classes): for pretraining. Other files are counted
+    and reported, never opened; broken videos are found when read (training skips and lists them)."""
     _check_root(root, "unlabeled")
     index = index_folder(root)
     if index.ignored:
@@ -703,12 +672,9 @@ DATASETS = ("synthetic", "folder", "unlabeled", "ucf101", "hmdb51", "kinetics")
 
 def resolve_dataset(dataset, root) -> tuple[str, str]:
     """--dataset auto (or None) -> the kind, decided from the folder, and a one-line explanation to print:
-        no --data                     the built-in synthetic dataset, generated once into the cache
-        ROOT/classes.txt              a synthetic dataset written by `python data.py synthetic`
-        ROOT/train/ + ROOT/test/      a labelled class-per-folder dataset (val/ or validate/ also count as test)
-        anything else                 every video under ROOT, unlabeled, for pretraining
-    A --data that does not exist is refused: auto never generates anything into a folder the user named (pass
-    --dataset synthetic to ask for that). An explicit --dataset is returned as it is, with no explanation."""
+        no --data: the built-in synthetic dataset (cached); ROOT/classes.txt: a synthetic dataset; ROOT/train/ +
+        ROOT/test/ (or val/): a labelled class-per-folder dataset; anything else: every video under ROOT, unlabeled.
+    A --data that does not exist is refused: auto never generates into a folder the user named."""
     if dataset not in (None, "auto"):
         if dataset not in DATASETS:
             raise DatasetError(f"unknown dataset {dataset!r}: choose auto, {', '.join(DATASETS)}")
@@ -761,12 +727,9 @@ def list_split(root, list_file, classes_file) -> VideoList:
 
 
 def ucf101_split(root, annotations, fold=1, split="train") -> VideoList:
-    """UCF101 with the official ucfTrainTestlist/ (classInd.txt, trainlist0k.txt, testlist0k.txt).
-
-    Labels always come from classInd.txt: it is sorted case-insensitively, so a plain sorted(os.listdir(root))
-    swaps HammerThrow/Hammering and JumpRope/JumpingJack. Test lists carry no label: it comes from the folder part
-    via classInd. Files are matched exactly, then case-insensitively (the HandstandPushups/v_HandStandPushups_*
-    quirk differs between copies)."""
+    """UCF101 with the official ucfTrainTestlist/ (classInd.txt, trainlist0k.txt, testlist0k.txt). Labels come from
+    classInd.txt (sorted case-insensitively: sorted(os.listdir) would swap HammerThrow/Hammering); test lists carry
+    none, so the folder part gives it. Files match exactly, then case-insensitively (HandstandPushups varies)."""
     _check_root(root, "ucf101")
     if annotations is None or not os.path.isdir(annotations):
         raise DatasetError(f"--dataset ucf101 needs --annotations DIR, the ucfTrainTestlist/ folder; got {annotations!r}")
@@ -830,10 +793,9 @@ def hmdb51_split(root, annotations, fold=1, split="train") -> VideoList:
 
 
 def kinetics_split(root, annotations, split="train") -> VideoList:
-    """Kinetics CSV `label,youtube_id,time_start,time_end,split[,is_cc]`; clips are `{id}_{start:06d}_{end:06d}.mp4`
-    anywhere under ROOT (flat or per-class folders). `--annotations` is one CSV or a folder with train.csv and
-    validate.csv (or kinetics_{train,val}.csv). 'test' means the validation set (the test labels were never public).
-    Many YouTube sources are gone: missing clips are counted and reported."""
+    """Kinetics CSV `label,youtube_id,time_start,time_end,split[,is_cc]`; clips `{id}_{start:06d}_{end:06d}.mp4` anywhere
+    under ROOT. `--annotations`: one CSV, or a folder with train.csv and validate.csv. 'test' is the validation set
+    (the test labels were never public); missing clips (gone from YouTube) are counted and reported."""
     _check_root(root, "kinetics")
     if annotations is None or not os.path.exists(annotations):
         raise DatasetError(f"--dataset kinetics needs --annotations, a Kinetics CSV or a folder of them; got {annotations!r}")
@@ -873,10 +835,9 @@ def kinetics_split(root, annotations, split="train") -> VideoList:
 
 def load_split(dataset: str, root=None, annotations=None, fold: int = 1, split: str = "train",
                world: SyntheticWorld | None = None) -> VideoList:
-    """The one entry point the scripts use. `dataset` "auto" (or None) is decided from the folder (resolve_dataset).
-    `world`: what the synthetic videos look like when they have to be generated. Refuses (DatasetError) a split
-    with no usable video; reports missing files on stderr and keeps going when some remain. An unlabeled folder has
-    a train split only."""
+    """The one entry point the scripts use; `dataset` "auto" (or None) is decided from the folder, `world` is what
+    generated synthetic videos look like. Refuses (DatasetError) a split with no usable video; reports missing files
+    and goes on when some remain. An unlabeled folder has a train split only."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     dataset, _ = resolve_dataset(dataset, root)
@@ -913,26 +874,21 @@ def load_split(dataset: str, root=None, annotations=None, fold: int = 1, split: 
 # ----------------------------------------------------------------------------------------------------------------------
 # 3. synthetic action videos
 # ----------------------------------------------------------------------------------------------------------------------
-# Each video shows one convex shape whose *motion* is the label. Appearance (shape, size, position, speed, phase) is
-# random within every class, so a single frame says little about the label and a clip says a lot. The classes are
-# invariant under a horizontal flip (sideways motion is one class; rotation and orbit take either direction), so the
-# default augmentation never turns one class into another.
-#
-# `nuisance` in [0, 1] is the appearance knob. At 0: black background, white shape -- two clips of one video share
-# nothing but shape, size, motion and position, so instance discrimination must use them. Raising it adds a textured
-# background, random colours, a static distractor and a camera pan: each video gets a unique look that both of its
-# clips share, which lets contrastive learning tell instances apart by appearance alone (the shortcut the replication
-# study measures).
+# Each video shows one convex shape whose *motion* is the label; appearance (shape, size, position, speed, phase) is
+# random within every class, so a frame says little and a clip a lot. The classes are invariant under a horizontal
+# flip (sideways is one class; rotation and orbit go either way): the augmentation never turns one into another.
+# `nuisance` in [0, 1]: at 0 a white shape on black; raising it adds a textured background, colours, a distractor
+# and a camera pan, a look that both clips of a video share: the shortcut by which contrastive learning can tell
+# instances apart by appearance alone (the replication study measures it).
 
 SYNTHETIC_CLASSES = ["static", "move_sideways", "move_up", "move_down", "rotate", "grow", "shrink", "orbit"]
 
 
 @dataclass
 class SyntheticWorld:
-    """What the built-in synthetic videos look like, and how many there are: every knob of the renderer and of the
-    dataset, declared once. Each method's config holds one, with the method's own defaults (lss.py's world has a
-    trail, scenes and a camera; cvrl.py's has none) in its field `synthetic`; config.json and the checkpoint save it,
-    and evaluation reads it back with synthetic_world(config). Each field is also a flag of the scripts (--trail 1)."""
+    """What the built-in synthetic videos look like and how many there are, every knob declared once. Each method's
+    config holds one in its field `synthetic` (lss.py's has trails, scenes and a camera; cvrl.py's none), saved in
+    the checkpoint and read back by synthetic_world(config); each field is a flag of the scripts (--trail 1)."""
     nuisance: float = 0.0           # synthetic videos: appearance nuisance 0..1 (texture, colour, distractor, pan)
     trail: float = 0.0              # synthetic videos: motion trail 0..2, faded earlier positions in every frame
     context: float = 0.0            # synthetic videos: share filmed in their action's usual scene (a ground in its hue)
@@ -1018,13 +974,10 @@ def synthetic_motion(label: int, rng: np.random.Generator, size=64, frames=48) -
     return dict(label=label, cx=cx, cy=cy, radius=radius, angle=angle, sides=sides, aspect=float(aspect))
 
 
-# The motion trail: a faint onion skin of the shape's earlier positions, TRAIL_GHOSTS ghosts spaced TRAIL_SPAN /
-# TRAIL_GHOSTS of the video's duration apart, ghost j at intensity trail * TRAIL_DECAY^j -- the static cue that lets
-# one frame hint at its motion, the way motion blur or a pose does in a real frame. The spacing is a fraction of
-# the video, so a 16-frame still and a 48-frame video show the same trail. A video with a trail starts its motion
-# earlier (a pre-roll of one trail span, not shown), so that every frame, the first one too, has its whole trail,
-# as every still does. trail 0: no trail, no pre-roll (the videos of before the knob); trail 1: the stills' trail;
-# above 1, brighter ghosts (each at most as bright as the shape).
+# The motion trail: a faint onion skin of the shape's earlier positions (TRAIL_GHOSTS ghosts spaced TRAIL_SPAN /
+# TRAIL_GHOSTS of the video apart, ghost j at intensity trail * TRAIL_DECAY^j), a static cue of the motion as motion
+# blur is in a real frame. A video with a trail starts its motion one trail span early (not shown), so every frame
+# has its whole trail. trail 0: none, and no pre-roll (the videos of before the knob); above 1, brighter ghosts.
 TRAIL_GHOSTS, TRAIL_SPAN, TRAIL_DECAY = 5, 2 / 3, 0.6
 
 
@@ -1050,9 +1003,8 @@ def _trail_mask(p, i, S, trail, step, shift=(0, 0), masks=None):
 
 def render_synthetic_video(label: int, rng: np.random.Generator, size=64, frames=48, nuisance=0.0,
                            trail=0.0, context=0.0, clutter=0.0, noise=0.0) -> np.ndarray:
-    """One synthetic action video -> uint8 (T, H, W, 3). `trail` in [0, 1]: the motion trail's strength;
-    `context`: the probability that the video shows its action's usual scene (see _context); `clutter` and `noise`:
-    the camera's look (see _camera)."""
+    """One synthetic action video -> uint8 (T, H, W, 3): `trail` the trail's strength, `context` the chance of the
+    action's usual scene (_context), `clutter` and `noise` the camera (_camera)."""
     S, T = size, frames
     t = np.arange(T) / (T - 1)
     step = _trail_step(T)
@@ -1101,10 +1053,9 @@ VIDEO_CONTEXT = (0.15, 0.4)  # the ground's strength in a video that shows it (t
 
 
 def _context(label: int, rng: np.random.Generator, size: int, strength: float) -> np.ndarray:
-    """The scene an action is typically filmed in, float (size, size, 3): a textured ground along the bottom of the
-    frame in the class's own hue (class k: hue k/8), `strength` at most. A stand-in for what lets an image model
-    name an action from one frame (a pool for swimming, a bow for archery): it says nothing about the motion
-    itself, it is not in every video, and a small crop away from the ground does not show it."""
+    """The scene an action is usually filmed in, float (size, size, 3): a textured ground along the bottom of the frame
+    in the class's hue (class k: hue k/8). What lets an image model name an action from one frame (a pool for
+    swimming): it says nothing about the motion, is not in every video, and a crop away from the ground misses it."""
     hue = label / len(SYNTHETIC_CLASSES)
     rgb = np.array([abs(hue * 6 - 3) - 1, 2 - abs(hue * 6 - 2), 2 - abs(hue * 6 - 4)]).clip(0, 1)
     texture = 0.5 + 0.5 * _smooth_texture(rng, size, size)  # (size, size) in [0.5, 1]
@@ -1113,11 +1064,9 @@ def _context(label: int, rng: np.random.Generator, size: int, strength: float) -
 
 
 def _camera(frames: np.ndarray, rng: np.random.Generator, clutter: float, noise: float) -> np.ndarray:
-    """What a camera adds to the drawn scene, float (N, H, W, 3) in [0, 1]: a static grey textured background
-    behind the shape, of strength U(0, clutter) (drawn once per video: a cluttered room; grey, so that it never
-    looks like a scene's tint), and sensor noise of std U(0, noise) (fresh in every frame). Each video draws its own
-    levels, so some are clean and some hard to read, as real footage is. Nothing is drawn when a knob is 0: the
-    videos of before the knobs stay byte-identical."""
+    """What a camera adds to the drawn scene, float (N, H, W, 3): a static grey texture behind the shape of strength
+    U(0, clutter) (a cluttered room; grey, never a scene's hue) and sensor noise of std U(0, noise), levels drawn per
+    video, as footage varies. A knob at 0 draws nothing: the videos of before the knobs stay byte-identical."""
     if clutter > 0:
         level = rng.uniform(0, clutter)
         H, W = frames.shape[1:3]
@@ -1195,9 +1144,8 @@ def synthetic_tag(w: SyntheticWorld) -> str:
 
 
 def ensure_synthetic(root=None, world: SyntheticWorld = SyntheticWorld()) -> str:
-    """The synthetic dataset's folder, generated once. Without `root` it lives in the cache dir under a name that
-    encodes every knob (synthetic_tag). Generation goes to a temporary folder that is renamed into place:
-    concurrent processes (torchrun ranks) cannot see a half-written dataset."""
+    """The synthetic dataset's folder, generated once (by default in the cache, named by synthetic_tag) into a
+    temporary folder renamed into place: concurrent processes (torchrun ranks) never see a half-written one."""
     root = Path(root) if root is not None else cache_dir() / synthetic_tag(world)
     if (root / "classes.txt").exists():
         return str(root)
@@ -1222,10 +1170,9 @@ def ensure_synthetic(root=None, world: SyntheticWorld = SyntheticWorld()) -> str
 # ----------------------------------------------------------------------------------------------------------------------
 # 4. clip samplers: (num_frames, fps, rng) -> list of index arrays
 # ----------------------------------------------------------------------------------------------------------------------
-# A clip is `frames` frames `stride` apart. With `target_fps` set, the stride counts frames of a `target_fps` video
-# (the clip then lasts the same number of seconds whatever the source's frame rate -- Kinetics mixes 25 and 30 fps),
-# and times are mapped back to source frames through the fps. Indices past the end wrap around (the video loops), as
-# in CVRL's official sampler; videos shorter than one clip are rejected earlier by `min_frames`.
+# A clip is `frames` frames `stride` apart; with `target_fps`, the stride counts frames of a `target_fps` video (the
+# same seconds whatever the source's rate: Kinetics mixes 25 and 30 fps). A clip past the end of the video repeats the
+# last frame (clip_indices clamps, as SVT does); cvrl.py's pair sampler loops the video, as CVRL's official code.
 
 def clip_indices(start: int, frames: int, stride: int, num_frames: int, fps: float = 1.0, target_fps=None):
     """Frame indices of the clip starting at virtual frame `start`."""
@@ -1275,16 +1222,10 @@ class UniformClips:
 # ----------------------------------------------------------------------------------------------------------------------
 
 class VideoDataset(torch.utils.data.Dataset):
-    """Item = the clips `sampler` picks from one video, decoded to a fixed `canvas` (H, W).
-
-    Keys are `(index, seed)` pairs from EpochSampler: every item draws its clips from its own generator, so the
-    clips do not depend on which worker decodes them, two workers never produce the same clips, and a resumed run
-    sees the same data as an uninterrupted one.
-
-    Unreadable videos: with `resample=True` (training) the item is replaced by another random video (up to
-    `retries` times, then a clear error); with `resample=False` (evaluation) the item comes back with ok=False.
-    Either way the failed path travels with the batch ("bad"), so the main process can report every skipped file --
-    DataLoader workers are separate processes and cannot report any other way."""
+    """Item = the clips `sampler` picks from one video, decoded to a `canvas` (H, W). Keys are `(index, seed)` pairs
+    (EpochSampler): each item has its own generator, so its clips depend on neither the worker nor an interruption.
+    An unreadable video is replaced by another (resample=True: training; `retries` times, then an error) or comes
+    back with ok=False (evaluation); its path travels with the batch ("bad"), as workers cannot report it."""
 
     def __init__(self, videos: VideoList, sampler, canvas=(64, 64), resample=True, min_frames=1, retries=10):
         self.videos, self.sampler, self.canvas = videos, sampler, tuple(canvas)
@@ -1315,7 +1256,7 @@ class VideoDataset(torch.utils.data.Dataset):
                 return {"video": None, "label": self.videos.labels[index], "index": index, "bad": bad, "ok": False}
             index = int(rng.integers(len(self.videos)))
         raise RuntimeError(f"{self.retries + 1} videos in a row could not be decoded; is the dataset broken? "
-                           f"Errors:\n  " + "\n  ".join(bad) + "\nRun `python data.py check ...` to scan it.")
+                           f"Errors:\n  " + "\n  ".join(bad) + "\nRun `python scripts/dataset.py check ...` to scan it.")
 
 
 def collate(items):
@@ -1366,17 +1307,10 @@ def _worker_init(worker_id):
     random.seed(seed)
 
 
-def step_seed(seed: int, step: int, rank: int = 0) -> int:
-    """The seed of one training step's random draws on one process (augmentation, dropout): a function of (seed,
-    step, rank) alone, so a resumed run repeats them and every process draws its own."""
-    return seed * 1_000_003 + step * 101 + rank
-
-
 def make_loader(dataset, batch_size, workers=2, shuffle=True, drop_last=True, seed=0, rank=0, world_size=1,
                 pin_memory=None):
-    """DataLoader over (index, seed) keys. Workers persist across epochs (no re-fork per epoch), memory is pinned
-    when a GPU is present, and `loader.sampler.set_epoch(e)` picks the epoch's order. A drop_last (training) loader
-    that cannot fill one batch on every process exits with a message instead of training for zero steps."""
+    """DataLoader over (index, seed) keys: persistent workers, pinned memory with a GPU, the epoch's order from
+    `loader.sampler.set_epoch(e)`. A training loader that cannot fill one batch exits with a message."""
     sampler = EpochSampler(len(dataset), shuffle, seed, rank, world_size, drop_last)
     if drop_last and len(dataset) < batch_size * world_size:  # a training loader that would yield no step at all
         raise SystemExit(f"error: {len(dataset)} training videos cannot fill one batch of {batch_size} x {world_size} "
@@ -1390,15 +1324,11 @@ def make_loader(dataset, batch_size, workers=2, shuffle=True, drop_last=True, se
 # ----------------------------------------------------------------------------------------------------------------------
 # 6. batched augmentation on the device
 # ----------------------------------------------------------------------------------------------------------------------
-# Parameters are drawn on the CPU from a torch.Generator (reproducible whatever the device) for G "groups" and
-# broadcast over the F frames of a group. Temporally consistent mode: a group is a clip (G = B, F = T); per-frame
-# mode (CVRL's ablation): a group is a frame (G = B*T, F = 1).
-# On a GPU everything is one batched tensor op over all groups (one roi_align for the crops, one op per colour
-# transform and draw). On the CPU the same maths runs one group at a time: a group's tensors (a few MB) stay in the
-# cache between ops, and a group that drew "no jitter" or "no gray" costs nothing instead of an index copy. The crop
-# is also written differently there (_crop_resize_cpu, same result): roi_align needs the whole uncropped batch in
-# float and computes every bilinear sample of every output pixel and channel on its own, which on a CPU cost more
-# than everything else together.
+# Parameters are drawn on the CPU from a torch.Generator (the same whatever the device) for G "groups", shared by the
+# F frames of a group: a clip (G = B, F = T: temporally consistent) or a frame (G = B*T, F = 1: CVRL's ablation).
+# On a GPU every transform is one batched op over all groups; on the CPU the same maths runs group by group (a
+# group stays in the cache, and a group that drew "no jitter" costs nothing), with the crop as two 1-D passes
+# (_crop_resize_cpu), as roi_align on a CPU cost more than everything else together.
 
 @dataclass
 class AugmentConfig:
@@ -1456,12 +1386,10 @@ def _draw(G, H, W, cfg: AugmentConfig, generator) -> dict:
     return p
 
 
-# The crop on the CPU. roi_align(sampling_ratio=-1, aligned=True) gives output pixel (i, j) of a box the mean of a
-# gy x gx grid of bilinear samples (g = ceil(box side / output side): anti-aliasing when shrinking). Bilinear weights
-# are a product of a row weight and a column weight, and so is the grid mean: the whole crop + resize is
-# out = Wy @ frame @ Wx^T with Wy (size, H) and Wx (size, W) holding roi_align's per-axis weights, each row with at
-# most 2g non-zeros. _crop_resize_cpu applies it as two 1-D passes over the cropped rows and columns only: the same
-# sums as roi_align in another order (equal to ~1e-6), so CPU and GPU results agree.
+# The crop on the CPU. roi_align(sampling_ratio=-1, aligned=True) makes output pixel (i, j) the mean of a gy x gx
+# grid of bilinear samples (anti-aliasing when shrinking); those weights factor into rows and columns, so the crop +
+# resize is out = Wy @ frame @ Wx^T: _crop_resize_cpu applies it as two 1-D passes over the cropped pixels only,
+# the same sums as roi_align in another order (equal to ~1e-6), so CPU and GPU results agree.
 
 def _roi_axis_weights(a: float, b: float, size: int, n: int):
     """roi_align's weights along one axis for the box edges a < b on an axis of n pixels: indices and weights, each
@@ -1485,9 +1413,8 @@ def _roi_axis_weights(a: float, b: float, size: int, n: int):
 
 
 def _crop_resize_cpu(frames: torch.Tensor, box, size: int, flip: bool) -> torch.Tensor:
-    """roi_align's crop + resize of one group, and the uint8 -> [0, 1] scaling: uint8 frames (F, C, H, W), box (4,)
-    -> float (size, F, C, size). `flip` mirrors the output left-right, for free: the column weights are taken in
-    reverse order."""
+    """roi_align's crop + resize of one group, scaled to [0, 1]: uint8 frames (F, C, H, W), box (4,) -> float (size, F,
+    C, size). `flip` mirrors it for free (the column weights taken in reverse order)."""
     Fr, C, H, W = frames.shape
     x1, y1, x2, y2 = box.tolist()
     iy, wy = _roi_axis_weights(y1, y2, size, H)                              # (size, 2 gy)
@@ -1518,19 +1445,15 @@ def _gray(x):  # (..., 3, H, W) -> (..., 1, H, W), ITU-R 601 luma as in torchvis
 
 
 def _hue(x, f, out):
-    """Rotate the hue of x (G, F, 3, h, w) by f (G,) turns, into `out` (which may be x): torchvision's
-    RGB -> HSV -> RGB round trip, in the fewest full-size ops. The rotation keeps saturation and value, so the HSV
-    triple is never built: the max and min of the channels stay, only the hue (in sixths of a turn) is computed and
-    shifted, and each channel is min + (max - min) * a triangle wave of the hue (the branch-free form of the
-    six-sector table). Choices between sectors are lerps with 0/1 float masks, and the wrap-around is
-    h - 6 floor(h / 6): torch.where, bool masks and torch.remainder take several times longer on CPUs."""
+    """Rotate the hue of x (G, F, 3, h, w) by f (G,) turns into `out` (may be x), as torchvision's RGB -> HSV -> RGB
+    round trip without building HSV: max and min stay, the hue (in sixths) is shifted, and each channel is min +
+    (max - min) * a triangle wave of it; float-mask lerps and h - 6 floor(h / 6) (torch.where is slower on CPUs)."""
     r, g, b = x.unbind(-3)
     mx, mn = torch.maximum(r, g), torch.minimum(r, g)                       # each (G, F, h, w)
     mx, mn = torch.maximum(mx, b, out=mx), torch.minimum(mn, b, out=mn)
     d = mx - mn
     inv = d.clamp(min=1e-8).reciprocal_()       # grays (d = 0) get some hue; d * anything = 0 keeps them gray
-    # The hue on the sector of the largest channel; red wins ties, then green (as in torchvision). Two scratch
-    # tensors are reused for the temporaries: fresh allocations of this size cost page faults on CPUs.
+    # the hue on the sector of the largest channel, red winning ties, then green (torchvision); two scratch tensors
     end, mask = torch.empty_like(d), torch.empty_like(d)
     h = (r - g).mul_(inv).add_(4.0)                                                              # blue largest
     h.lerp_(torch.sub(b, r, out=end).mul_(inv).add_(2.0), torch.eq(mx, g, out=mask))            # green largest
@@ -1545,9 +1468,8 @@ def _hue(x, f, out):
 
 
 def _jitter_op(op, x, f, out=None):
-    """One colour op on x (G, F, 3, h, w) in [0, 1] with per-group factor f (G,), into `out` (x itself: in place;
-    None: a new tensor). Brightness, contrast and saturation blend x with black, the clip's mean gray or the gray
-    image: x * f + other * (1 - f)."""
+    """One colour op on x (G, F, 3, h, w) in [0, 1] with per-group factor f (G,), into `out` (None: a new tensor).
+    Brightness, contrast, saturation: x * f + other * (1 - f), other = black, the clip's mean gray, the gray image."""
     out = torch.empty_like(x) if out is None else out
     if op == 3:    # hue: rotate the hue circle by f (in turns)
         return _hue(x, f, out)
@@ -1621,12 +1543,9 @@ def _photometric(x, p: dict, cfg: AugmentConfig, size: int):
 
 
 def augment(video: torch.Tensor, size: int, cfg: AugmentConfig = AugmentConfig(), generator=None) -> torch.Tensor:
-    """uint8 (B, C, T, H, W) on any device -> float (B, C, T, size, size) in [0, 1], augmented per cfg.
-
-    Order as in CVRL's official pipeline: random resized crop -> flip -> colour jitter (p, random order) ->
-    grayscale (p) -> blur (p) -> solarize (p). No mean/std normalisation here (see normalize()).
-    The crop + resize is roi_align's (a mean of bilinear samples, anti-aliased when shrinking), on every device: on
-    the CPU through _crop_resize_cpu, the same weights applied as two 1-D passes (results equal to ~1e-6)."""
+    """uint8 (B, C, T, H, W) on any device -> float (B, C, T, size, size) in [0, 1], augmented per cfg, in CVRL's
+    official order: random resized crop -> flip -> colour jitter (p, random order) -> grayscale (p) -> blur (p) ->
+    solarize (p); no mean/std normalisation (normalize()). The crop is roi_align's (anti-aliased) on every device."""
     B, C, T, H, W = video.shape
     dev = video.device
     G, Fr = (B * T, 1) if cfg.per_frame else (B, T)
@@ -1656,9 +1575,8 @@ def augment(video: torch.Tensor, size: int, cfg: AugmentConfig = AugmentConfig()
 
 
 def spatial_crops(video: torch.Tensor, size: int, num_crops: int = 3) -> torch.Tensor:
-    """Evaluation views: scale the short side to `size` and take `num_crops` square crops along the long side
-    (1: centre; 3: start/centre/end, the SlowFast/CVRL '3 crops'). uint8 (B, C, T, H, W) ->
-    float (B * num_crops, C, T, size, size) in [0, 1], crops of one video adjacent."""
+    """Evaluation views: the short side scaled to `size`, `num_crops` square crops along the long side (1: centre; 3:
+    start/centre/end, CVRL's '3 crops'). uint8 (B, C, T, H, W) -> float (B * num_crops, C, T, size, size), [0, 1]."""
     B, C, T, H, W = video.shape
     side = min(H, W)
     offs = [(max(H, W) - side) / 2] if num_crops == 1 else np.linspace(0, max(H, W) - side, num_crops).tolist()
@@ -1680,99 +1598,3 @@ def normalize(x: torch.Tensor, mean, std, channel_dim=1) -> torch.Tensor:
 def to_bcthw(video: torch.Tensor) -> torch.Tensor:
     """A collated batch (B, T, H, W, 3) -> (B, C, T, H, W), as a view (no copy on the CPU)."""
     return video.permute(0, 4, 1, 2, 3)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# 7. CLI
-# ----------------------------------------------------------------------------------------------------------------------
-
-def add_data_args(p: argparse.ArgumentParser):
-    """The data flags every script shares (--dataset, --data, --annotations, --fold: one meaning everywhere)."""
-    p.add_argument("--dataset", default="auto", choices=["auto", *DATASETS],
-                   help="auto: decided from --data (classes.txt: synthetic; train/ + test/: folder; else unlabeled)")
-    p.add_argument("--data", default=None, help="dataset root (videos); --dataset synthetic: where to generate "
-                                                "(default: the cache)")
-    p.add_argument("--annotations", default=None, help="UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, Kinetics CSV")
-    p.add_argument("--fold", type=int, default=1, choices=[1, 2, 3], help="UCF101/HMDB51 split number")
-    return p
-
-
-def check_video(path):
-    """(path, None) when the first, middle and last frames decode; (path, reason) otherwise."""
-    try:
-        info = probe(path)
-        read_frames(path, sorted({0, info.num_frames // 2, info.num_frames - 1}))
-        return path, None
-    except VideoError as e:
-        return path, e.reason
-    except Exception as e:  # noqa: BLE001
-        return path, f"{type(e).__name__}: {e}"
-
-
-def check_dataset(videos: Sequence[str], workers=2, progress=True):
-    """Probe every video and decode its first, middle and last frame. Returns [(path, reason)] of broken ones."""
-    import multiprocessing as mp
-    bad = []
-    with mp.get_context("spawn").Pool(max(1, workers)) as pool:
-        for path, reason in tqdm(pool.imap(check_video, videos, chunksize=4), total=len(videos), desc="checking",
-                                 unit="video", disable=not progress):
-            if reason:
-                bad.append((path, reason))
-    return bad
-
-
-# synthetic's flags are the world's fields; three keep the short names they had before the world was a dataclass
-WORLD_FLAG_ALIASES = {"video_size": "--size", "video_frames": "--frames", "world_seed": "--seed"}
-
-
-def main(argv=None):
-    from training import field_helps  # the flags' help, from SyntheticWorld's comments
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("synthetic", help="write the synthetic action dataset with train/test split files",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    s.add_argument("--out", required=True)
-    helps = field_helps(SyntheticWorld)
-    for f in dataclasses.fields(SyntheticWorld):
-        flags = ["--" + f.name.replace("_", "-")] + ([WORLD_FLAG_ALIASES[f.name]] if f.name in WORLD_FLAG_ALIASES else [])
-        s.add_argument(*flags, dest=f.name, type=type(f.default), default=f.default, help=helps.get(f.name))
-    c = add_data_args(sub.add_parser("check", help="scan a dataset and list unreadable videos"))
-    c.add_argument("--split", default="both", choices=["train", "test", "both"])
-    c.add_argument("--workers", type=int, default=min(len(os.sched_getaffinity(0)), 8))
-    a = ap.parse_args(argv)
-    if a.cmd == "synthetic":
-        out = Path(a.out)
-        if (out / "classes.txt").exists():
-            sys.exit(f"{out} already holds a synthetic dataset; remove it first or choose another --out")
-        world = SyntheticWorld(**{f.name: getattr(a, f.name) for f in dataclasses.fields(SyntheticWorld)})
-        make_synthetic(out, world)
-        print(f"wrote {out}: {len(SYNTHETIC_CLASSES)} classes, {world.train_per_class}/{world.test_per_class} videos "
-              f"per class (train/test), split files {out}/train.txt {out}/test.txt")
-        return 0
-    total_bad = 0
-    try:
-        a.dataset, why = resolve_dataset(a.dataset, a.data)
-    except DatasetError as e:
-        sys.exit(f"error: {e}")
-    if why:
-        print(why)
-    splits = ["train", "test"] if a.split == "both" else [a.split]
-    if a.dataset == "unlabeled" and a.split == "both":
-        splits = ["train"]  # every video under the root
-    for split in splits:
-        try:
-            videos = load_split(a.dataset, a.data, a.annotations, a.fold, split)
-        except DatasetError as e:
-            sys.exit(f"error: {e}")
-        bad = check_dataset(videos.paths, a.workers)
-        print(f"{split}: {len(videos)} videos found, {len(videos.missing)} listed but missing, {len(bad)} unreadable")
-        for m in videos.missing:
-            print(f"  MISSING  {m}")
-        for p, r in bad:
-            print(f"  BROKEN   {p}: {r}")
-        total_bad += len(bad) + len(videos.missing)
-    return 1 if total_bad else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

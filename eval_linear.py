@@ -83,156 +83,6 @@ METHODS = {"cvrl": "cvrl", "lss": "lss"}
 # code (its backbone's forward) is NOT part of the cache key; after editing it, pass --no-cache or delete RUN/features.
 FEATURES_VERSION = 1
 
-# ----------------------------------------------------------------------------- config
-
-
-@dataclass
-class Config:
-    # what to evaluate
-    ckpt: str = ""                  # checkpoint of cvrl.py or lss.py (required)
-    random_init: bool = False       # the baseline: the checkpoint's network with fresh weights (seeded by --seed)
-    network: str = "backbone"       # which weights: backbone (the evaluated network; LSS: the teacher) | student (LSS)
-    # data (None: the checkpoint's own settings when --dataset is not given, so a synthetic run needs no flags)
-    dataset: str | None = None      # auto (from --data) | synthetic | folder | ucf101 | hmdb51 | kinetics
-    data: str | None = None         # dataset root
-    annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
-    fold: int | None = None         # UCF101/HMDB51 split number
-    synthetic: SyntheticWorld = field(default_factory=SyntheticWorld)  # each knob: the checkpoint's unless given
-    # views (None: the checkpoint's value)
-    frames: int | None = None       # frames per clip (CVRL evaluates at 32 after pretraining at 16)
-    stride: int | None = None       # frames between sampled frames
-    size: int | None = None         # network input side for the training views (random resized crops)
-    test_size: int | None = None    # test crop side; None: --size (CVRL: 256 at test after 224 in training)
-    canvas: tuple | None = None     # decode size H W: frames are scaled to cover it and centre-cropped
-    train_views: int = 2            # augmented views (random clip + crop + flip) per training video, each a sample
-    test_clips: int = 4             # uniformly spaced clips per test video (paper: 10; 4 for 48-frame synthetic videos)
-    crops: int = 3                  # spatial crops per test clip: 1 (centre) or 3 (start/centre/end of the long side)
-    # linear classifier
-    epochs: int = 100               # passes over the cached training features (CVRL: 100, SVT: 20)
-    lr: float | None = None         # classifier lr; None: chosen from LR_GRID on held-out training videos
-    weight_decay: float = 0.0       # classifier weight decay (CVRL: 0)
-    clf_batch_size: int = 256       # features per classifier step
-    heldout: float = 0.1            # fraction of training videos held out (per class) to choose the lr
-    # k-NN and retrieval on the same features (no training)
-    knn_k: int = 20                 # neighbours of the weighted k-NN classifier (DINO: 20)
-    knn_temperature: float = 0.07   # vote weight exp(cosine / T) (DINO: 0.07)
-    # machinery
-    batch_size: int = 32            # clips per backbone forward pass during feature extraction
-    workers: int = 2                # DataLoader decode processes
-    device: str = "auto"            # auto | cpu | cuda (bf16 autocast on cuda)
-    seed: int = 0                   # views, random-init weights, held-out split and classifier init
-    cache: str | None = None        # feature cache dir; None: features/ next to the checkpoint
-    no_cache: bool = False          # neither read nor write cached features
-    json: str | None = None         # write the results here
-
-
-FOLDER_KINDS = ("synthetic", "folder", "unlabeled", "auto")  # datasets whose kind the folder alone decides
-DATA_FIELDS = ("dataset", "data", "annotations", "fold")  # flags owned by data.add_data_args (shared with cvrl.py)
-NONE_TYPES = {"frames": int, "stride": int, "size": int, "test_size": int, "lr": float, "cache": str,
-              "json": str}  # fields whose default None hides their type
-CHOICES = {"crops": [1, 3], "device": ["auto", "cpu", "cuda"]}
-
-
-def add_config_args(p: argparse.ArgumentParser, config_cls, none_types: dict, choices: dict, required=()):
-    """Kebab-case flags (--train-views 2) for every field of `config_cls`, help from each field's comment; the data
-    flags come from data.add_data_args, with dataset and fold defaulting to None ("not given": take the checkpoint's;
-    data.py's defaults would silently pick synthetic, fold 1). Not training.parse_config: here most settings default to
-    "whatever the checkpoint says" (None), which needs explicit types (`none_types`), and the data flags must know
-    whether they were given at all. scripts/finetune.py builds its flags with this too."""
-    helps = training.field_helps(config_cls)
-    data.add_data_args(p)
-    p.set_defaults(dataset=None, fold=None)
-    for f in fields(config_cls):
-        if f.name in DATA_FIELDS:
-            continue
-        inner = training.nested(f)
-        if inner is not None:  # the synthetic world: each knob a flag of its own, None = the checkpoint's
-            inner_helps = training.field_helps(type(inner))
-            for g in fields(inner):
-                p.add_argument("--" + g.name.replace("_", "-"), type=type(g.default), default=None,
-                               help=f"{inner_helps.get(g.name, '')} (default: the checkpoint's)")
-            continue
-        flag, default, h = "--" + f.name.replace("_", "-"), f.default, helps.get(f.name, "")
-        if isinstance(default, bool):
-            p.add_argument(flag, action="store_true", help=h)
-        elif f.name == "canvas":
-            p.add_argument(flag, type=int, nargs=2, default=None, metavar=("H", "W"), help=h)
-        else:
-            p.add_argument(flag, type=none_types.get(f.name) or type(default), default=default, help=h,
-                           required=f.name in required, choices=choices.get(f.name))
-    return p
-
-
-def gather_nested(config_cls, values: dict) -> dict:
-    """The parsed flags of add_config_args -> the fields of config_cls: a settings dataclass's flags gathered into
-    the dict of those given (the checkpoint's settings fill in the rest, in resolve_config)."""
-    for f in fields(config_cls):
-        inner = training.nested(f)
-        if inner is not None:
-            given = {g.name: values.pop(g.name) for g in fields(inner)}
-            values[f.name] = {k: v for k, v in given.items() if v is not None}
-    return values
-
-
-def parse_args(argv=None) -> Config:
-    """The command line -> Config (see add_config_args); refuses values that cannot work."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog="Without --dataset, the data flags default to the checkpoint's own (a synthetic "
-                                       "run needs none); --frames/--stride/--size/--canvas always default to the "
-                                       "checkpoint's.")
-    add_config_args(p, Config, NONE_TYPES, CHOICES, required=("ckpt",))
-    a = p.parse_args(argv)
-    cfg = Config(**gather_nested(Config, {k: tuple(v) if isinstance(v, list) else v for k, v in vars(a).items()}))
-    for name in ("train_views", "test_clips", "epochs", "batch_size", "clf_batch_size", "knn_k"):
-        if getattr(cfg, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1")
-    if not 0 <= cfg.heldout < 1:
-        p.error("--heldout must be in [0, 1)")
-    return cfg
-
-
-def resolve_config(cfg: Config, ckpt_cfg: dict) -> Config:
-    """Fill every None with the checkpoint's setting. The data flags are inherited only as a whole: with --dataset
-    given, --data/--annotations/--fold mean what the command line says (a checkpoint's UCF101 root is no root for
-    HMDB51). --data alone after a run on a folder kind (synthetic, folder, unlabeled) is --dataset auto: the new
-    folder's contents decide (never "generate the synthetic set into the user's folder"); after UCF101/HMDB51/
-    Kinetics it keeps that kind and its annotations. Refuses a checkpoint config that lacks a view setting the
-    command line does not give either."""
-    def need(key):
-        if key not in ckpt_cfg or ckpt_cfg[key] is None:
-            raise SystemExit(f"error: the checkpoint's config has no {key!r}; pass --{key.replace('_', '-')}")
-        return ckpt_cfg[key]
-
-    if cfg.dataset is None and cfg.data is not None and ckpt_cfg.get("dataset", "synthetic") in FOLDER_KINDS:
-        cfg = replace(cfg, dataset="auto")  # --data alone names another folder: its contents decide its kind
-    if cfg.dataset is None:
-        cfg = replace(cfg, dataset=ckpt_cfg.get("dataset", "synthetic"),
-                      data=cfg.data if cfg.data is not None else ckpt_cfg.get("data"),
-                      annotations=cfg.annotations if cfg.annotations is not None else ckpt_cfg.get("annotations"),
-                      fold=cfg.fold if cfg.fold is not None else ckpt_cfg.get("fold", 1))
-    else:
-        cfg = replace(cfg, fold=1 if cfg.fold is None else cfg.fold)
-    cfg = replace(cfg, synthetic=replace(data.synthetic_world(ckpt_cfg), **cfg.synthetic))  # the checkpoint's world
-    try:
-        dataset, why = data.resolve_dataset(cfg.dataset, cfg.data)  # --dataset auto: from the folder
-    except data.DatasetError as e:
-        raise SystemExit(f"error: {e}")
-    if why:
-        print(why)
-    cfg = replace(cfg, dataset=dataset,
-                  frames=cfg.frames or int(need("frames")), stride=cfg.stride or int(need("stride")),
-                  size=cfg.size or int(need("size")),
-                  canvas=tuple(int(v) for v in (cfg.canvas or need("canvas"))))
-    cfg = replace(cfg, test_size=cfg.test_size or cfg.size)
-    if cfg.crops == 3 and cfg.canvas[0] == cfg.canvas[1]:
-        # On a square canvas the short side IS the long side: start, centre and end crops are the same pixels.
-        print(f"note: the canvas {cfg.canvas[0]}x{cfg.canvas[1]} is square, so 3 crops would be 3 copies of the "
-              f"same view; using 1 (pass a non-square --canvas for distinct crops)")
-        cfg = replace(cfg, crops=1)
-    return cfg
-
-
 # ----------------------------------------------------------------------------- the frozen backbone
 
 def load_checkpoint(path) -> dict:
@@ -318,8 +168,8 @@ def extract_features(backbone, videos: data.VideoList, split: str, cfg: Config, 
         {"features": float16 (num_videos, views, D), "labels": (num_videos,), "index": (num_videos,) positions in
          `videos`, "skipped": [{"split", "path", "reason"}]}.
     Unreadable videos come back from data.VideoDataset(resample=False) as failed items; they are listed, never
-    dropped silently, and num_videos counts only the others. Clips shorter than a video loop (indices wrap, as in
-    data.py's samplers) instead of rejecting short test videos, which would change the test set."""
+    dropped silently, and num_videos counts only the others. A clip longer than its video repeats the last frame
+    (data.clip_indices) instead of rejecting short test videos, which would change the test set."""
     train = split == "train"
     if train:
         sampler, views = RandomClips(cfg.frames, cfg.stride, cfg.train_views), cfg.train_views
@@ -353,69 +203,11 @@ def extract_features(backbone, videos: data.VideoList, split: str, cfg: Config, 
         index.append(batch["index"])
     if not feats:
         raise SystemExit(f"error: none of the {len(videos)} {split} videos could be decoded; run "
-                         f"`python data.py check --dataset {cfg.dataset} --data {cfg.data} ...` to see why")
+                         f"`python scripts/dataset.py check --dataset {cfg.dataset} --data {cfg.data} ...` to see why")
     # float16 on disk and in memory: Kinetics' test set at 30 views x 2048-d is 2.4 GB instead of 4.9; the linear
     # probe normalises the feature anyway and is insensitive to the lost mantissa bits. (scripts/finetune.py asks
     # for float32: its head reads the raw feature, and nothing is cached.)
     return {"features": torch.cat(feats), "labels": torch.cat(labels), "index": torch.cat(index), "skipped": skipped}
-
-
-# ----------------------------------------------------------------------------- the feature cache
-
-def cache_key_fields(cfg: Config, split: str, backbone_sha1: str, method: str, arch, videos: data.VideoList) -> dict:
-    """Everything the features of `split` depend on -- and nothing else, so that classifier settings (lr, epochs,
-    weight decay, held-out fraction), batch size, workers and the cache location can change freely:
-      the weights (content hash of the backbone actually used; random-init flag and seed), the method and arch,
-      the data (dataset name, root, annotations, fold, nuisance, and the list of videos with their labels),
-      the views (frames, stride, canvas, seed, and per split the train views + crop size + augmentation, or the
-      test clips + crops + test crop size), the precision (bf16 autocast on CUDA, fp32 on CPU), FEATURES_VERSION."""
-    listing = hashlib.sha1("\n".join(f"{p}\t{l}" for p, l in zip(videos.paths, videos.labels)).encode()).hexdigest()
-    keys = {
-        "version": FEATURES_VERSION, "split": split,
-        "backbone_sha1": backbone_sha1, "random_init": cfg.random_init,
-        "init_seed": cfg.seed if cfg.random_init else None,
-        "method": method, "arch": arch,
-        "dataset": cfg.dataset, "data": os.path.abspath(cfg.data) if cfg.data else None,
-        "annotations": os.path.abspath(cfg.annotations) if cfg.annotations else None, "fold": cfg.fold,
-        "synthetic": asdict(cfg.synthetic) if cfg.dataset == "synthetic" else None, "videos_sha1": listing,
-        "num_videos": len(videos),
-        "frames": cfg.frames, "stride": cfg.stride, "canvas": list(cfg.canvas), "seed": cfg.seed,
-        "precision": "bf16" if training.resolve_device(cfg.device).type == "cuda" else "fp32",
-    }
-    if split == "train":
-        aug = train_augment_config()
-        keys.update(train_views=cfg.train_views, size=cfg.size, area=list(aug.area), aspect=list(aug.aspect),
-                    flip_p=aug.flip_p)
-    else:
-        keys.update(test_clips=cfg.test_clips, crops=cfg.crops, test_size=cfg.test_size)
-    return keys
-
-
-def cache_key(key_fields: dict) -> str:
-    return hashlib.sha1(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def cached_features(path: Path, key_fields: dict, compute):
-    """Load `path` if it holds features for exactly `key_fields`, else compute() and write it atomically (a temporary
-    file renamed into place: an interrupted run never leaves a half-written cache that a later run would trust)."""
-    if path.exists():
-        try:
-            feats = torch.load(path, map_location="cpu", weights_only=True)
-            if feats.get("key_fields") == key_fields:
-                print(f"using cached features {path} ({tuple(feats['features'].shape)})")
-                return feats
-            print(f"warning: {path} was written for other settings; recomputing", file=sys.stderr)
-        except Exception as e:  # noqa: BLE001
-            print(f"warning: cannot read cached features {path} ({type(e).__name__}); recomputing", file=sys.stderr)
-    feats = compute()
-    feats["key_fields"] = key_fields
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        training.save_checkpoint(path, feats)  # atomic, as every checkpoint
-        print(f"cached features in {path}")
-    except OSError as e:
-        print(f"warning: cannot write the feature cache {path} ({e}); continuing without it", file=sys.stderr)
-    return feats
 
 
 # ----------------------------------------------------------------------------- linear classifier
@@ -613,6 +405,226 @@ def choose_hyperparameters(feats, labels, num_classes, cfg: Config, device):
         raise SystemExit("error: the linear classifier diverged at every lr of the sweep; are the features finite?")
     best = max(ok, key=lambda r: (r["heldout_top1"], -r["heldout_loss"]))
     return best["lr"], sweep, len(held)
+
+
+# ----------------------------------------------------------------------------- the feature cache
+
+def cache_key_fields(cfg: Config, split: str, backbone_sha1: str, method: str, arch, videos: data.VideoList) -> dict:
+    """Everything the features of `split` depend on -- and nothing else, so that classifier settings (lr, epochs,
+    weight decay, held-out fraction), batch size, workers and the cache location can change freely:
+      the weights (content hash of the backbone actually used; random-init flag and seed), the method and arch,
+      the data (dataset name, root, annotations, fold, nuisance, and the list of videos with their labels),
+      the views (frames, stride, canvas, seed, and per split the train views + crop size + augmentation, or the
+      test clips + crops + test crop size), the precision (bf16 autocast on CUDA, fp32 on CPU), FEATURES_VERSION."""
+    listing = hashlib.sha1("\n".join(f"{p}\t{l}" for p, l in zip(videos.paths, videos.labels)).encode()).hexdigest()
+    keys = {
+        "version": FEATURES_VERSION, "split": split,
+        "backbone_sha1": backbone_sha1, "random_init": cfg.random_init,
+        "init_seed": cfg.seed if cfg.random_init else None,
+        "method": method, "arch": arch,
+        "dataset": cfg.dataset, "data": os.path.abspath(cfg.data) if cfg.data else None,
+        "annotations": os.path.abspath(cfg.annotations) if cfg.annotations else None, "fold": cfg.fold,
+        "synthetic": asdict(cfg.synthetic) if cfg.dataset == "synthetic" else None, "videos_sha1": listing,
+        "num_videos": len(videos),
+        "frames": cfg.frames, "stride": cfg.stride, "canvas": list(cfg.canvas), "seed": cfg.seed,
+        "precision": "bf16" if training.resolve_device(cfg.device).type == "cuda" else "fp32",
+    }
+    if split == "train":
+        aug = train_augment_config()
+        keys.update(train_views=cfg.train_views, size=cfg.size, area=list(aug.area), aspect=list(aug.aspect),
+                    flip_p=aug.flip_p)
+    else:
+        keys.update(test_clips=cfg.test_clips, crops=cfg.crops, test_size=cfg.test_size)
+    return keys
+
+
+def cache_key(key_fields: dict) -> str:
+    return hashlib.sha1(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def cached_features(path: Path, key_fields: dict, compute):
+    """Load `path` if it holds features for exactly `key_fields`, else compute() and write it atomically (a temporary
+    file renamed into place: an interrupted run never leaves a half-written cache that a later run would trust)."""
+    if path.exists():
+        try:
+            feats = torch.load(path, map_location="cpu", weights_only=True)
+            if feats.get("key_fields") == key_fields:
+                print(f"using cached features {path} ({tuple(feats['features'].shape)})")
+                return feats
+            print(f"warning: {path} was written for other settings; recomputing", file=sys.stderr)
+        except Exception as e:  # noqa: BLE001
+            print(f"warning: cannot read cached features {path} ({type(e).__name__}); recomputing", file=sys.stderr)
+    feats = compute()
+    feats["key_fields"] = key_fields
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        training.save_checkpoint(path, feats)  # atomic, as every checkpoint
+        print(f"cached features in {path}")
+    except OSError as e:
+        print(f"warning: cannot write the feature cache {path} ({e}); continuing without it", file=sys.stderr)
+    return feats
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class Config:
+    # what to evaluate
+    ckpt: str = ""                  # checkpoint of cvrl.py or lss.py (required)
+    random_init: bool = False       # the baseline: the checkpoint's network with fresh weights (seeded by --seed)
+    network: str = "backbone"       # which weights: backbone (the evaluated network; LSS: the teacher) | student (LSS)
+    # data (None: the checkpoint's own settings when --dataset is not given, so a synthetic run needs no flags)
+    dataset: str | None = None      # auto (from --data) | synthetic | folder | ucf101 | hmdb51 | kinetics
+    data: str | None = None         # dataset root
+    annotations: str | None = None  # UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, or Kinetics CSV
+    fold: int | None = None         # UCF101/HMDB51 split number
+    synthetic: SyntheticWorld = field(default_factory=SyntheticWorld)  # each knob: the checkpoint's unless given
+    # views (None: the checkpoint's value)
+    frames: int | None = None       # frames per clip (CVRL evaluates at 32 after pretraining at 16)
+    stride: int | None = None       # frames between sampled frames
+    size: int | None = None         # network input side for the training views (random resized crops)
+    test_size: int | None = None    # test crop side; None: --size (CVRL: 256 at test after 224 in training)
+    canvas: tuple | None = None     # decode size H W: frames are scaled to cover it and centre-cropped
+    train_views: int = 2            # augmented views (random clip + crop + flip) per training video, each a sample
+    test_clips: int = 4             # uniformly spaced clips per test video (paper: 10; 4 for 48-frame synthetic videos)
+    crops: int = 3                  # spatial crops per test clip: 1 (centre) or 3 (start/centre/end of the long side)
+    # linear classifier
+    epochs: int = 100               # passes over the cached training features (CVRL: 100, SVT: 20)
+    lr: float | None = None         # classifier lr; None: chosen from LR_GRID on held-out training videos
+    weight_decay: float = 0.0       # classifier weight decay (CVRL: 0)
+    clf_batch_size: int = 256       # features per classifier step
+    heldout: float = 0.1            # fraction of training videos held out (per class) to choose the lr
+    # k-NN and retrieval on the same features (no training)
+    knn_k: int = 20                 # neighbours of the weighted k-NN classifier (DINO: 20)
+    knn_temperature: float = 0.07   # vote weight exp(cosine / T) (DINO: 0.07)
+    # machinery
+    batch_size: int = 32            # clips per backbone forward pass during feature extraction
+    workers: int = 2                # DataLoader decode processes
+    device: str = "auto"            # auto | cpu | cuda (bf16 autocast on cuda)
+    seed: int = 0                   # views, random-init weights, held-out split and classifier init
+    cache: str | None = None        # feature cache dir; None: features/ next to the checkpoint
+    no_cache: bool = False          # neither read nor write cached features
+    json: str | None = None         # write the results here
+
+
+FOLDER_KINDS = ("synthetic", "folder", "unlabeled", "auto")  # datasets whose kind the folder alone decides
+DATA_FIELDS = ("dataset", "data", "annotations", "fold")  # flags owned by add_data_args (shared with cvrl.py)
+NONE_TYPES = {"frames": int, "stride": int, "size": int, "test_size": int, "lr": float, "cache": str,
+              "json": str}  # fields whose default None hides their type
+CHOICES = {"crops": [1, 3], "device": ["auto", "cpu", "cuda"]}
+
+
+def add_data_args(p: argparse.ArgumentParser):
+    """The data flags of the scripts that build their flags by hand (this one, scripts/finetune.py, scripts/dataset.py):
+    --dataset, --data, --annotations, --fold, with the meaning the dataclass flags of cvrl.py and lss.py give them."""
+    p.add_argument("--dataset", default="auto", choices=["auto", *data.DATASETS],
+                   help="auto: decided from --data (classes.txt: synthetic; train/ + test/: folder; else unlabeled)")
+    p.add_argument("--data", default=None, help="dataset root (videos); --dataset synthetic: where to generate "
+                                                "(default: the cache)")
+    p.add_argument("--annotations", default=None, help="UCF101 ucfTrainTestlist/ dir, HMDB51 split dir, Kinetics CSV")
+    p.add_argument("--fold", type=int, default=1, choices=[1, 2, 3], help="UCF101/HMDB51 split number")
+    return p
+
+
+def add_config_args(p: argparse.ArgumentParser, config_cls, none_types: dict, choices: dict, required=()):
+    """Kebab-case flags (--train-views 2) for every field of `config_cls`, help from each field's comment; the data
+    flags come from add_data_args, with dataset and fold defaulting to None ("not given": take the checkpoint's;
+    data.py's defaults would silently pick synthetic, fold 1). Not training.parse_config: here most settings default to
+    "whatever the checkpoint says" (None), which needs explicit types (`none_types`), and the data flags must know
+    whether they were given at all. scripts/finetune.py builds its flags with this too."""
+    helps = training.field_helps(config_cls)
+    add_data_args(p)
+    p.set_defaults(dataset=None, fold=None)
+    for f in fields(config_cls):
+        if f.name in DATA_FIELDS:
+            continue
+        inner = training.nested(f)
+        if inner is not None:  # the synthetic world: each knob a flag of its own, None = the checkpoint's
+            inner_helps = training.field_helps(type(inner))
+            for g in fields(inner):
+                p.add_argument("--" + g.name.replace("_", "-"), type=type(g.default), default=None,
+                               help=f"{inner_helps.get(g.name, '')} (default: the checkpoint's)")
+            continue
+        flag, default, h = "--" + f.name.replace("_", "-"), f.default, helps.get(f.name, "")
+        if isinstance(default, bool):
+            p.add_argument(flag, action="store_true", help=h)
+        elif f.name == "canvas":
+            p.add_argument(flag, type=int, nargs=2, default=None, metavar=("H", "W"), help=h)
+        else:
+            p.add_argument(flag, type=none_types.get(f.name) or type(default), default=default, help=h,
+                           required=f.name in required, choices=choices.get(f.name))
+    return p
+
+
+def gather_nested(config_cls, values: dict) -> dict:
+    """The parsed flags of add_config_args -> the fields of config_cls: a settings dataclass's flags gathered into
+    the dict of those given (the checkpoint's settings fill in the rest, in resolve_config)."""
+    for f in fields(config_cls):
+        inner = training.nested(f)
+        if inner is not None:
+            given = {g.name: values.pop(g.name) for g in fields(inner)}
+            values[f.name] = {k: v for k, v in given.items() if v is not None}
+    return values
+
+
+def parse_args(argv=None) -> Config:
+    """The command line -> Config (see add_config_args); refuses values that cannot work."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                epilog="Without --dataset, the data flags default to the checkpoint's own (a synthetic "
+                                       "run needs none); --frames/--stride/--size/--canvas always default to the "
+                                       "checkpoint's.")
+    add_config_args(p, Config, NONE_TYPES, CHOICES, required=("ckpt",))
+    a = p.parse_args(argv)
+    cfg = Config(**gather_nested(Config, {k: tuple(v) if isinstance(v, list) else v for k, v in vars(a).items()}))
+    for name in ("train_views", "test_clips", "epochs", "batch_size", "clf_batch_size", "knn_k"):
+        if getattr(cfg, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= cfg.heldout < 1:
+        p.error("--heldout must be in [0, 1)")
+    return cfg
+
+
+def resolve_config(cfg: Config, ckpt_cfg: dict) -> Config:
+    """Fill every None with the checkpoint's setting. The data flags are inherited only as a whole: with --dataset
+    given, --data/--annotations/--fold mean what the command line says (a checkpoint's UCF101 root is no root for
+    HMDB51). --data alone after a run on a folder kind (synthetic, folder, unlabeled) is --dataset auto: the new
+    folder's contents decide (never "generate the synthetic set into the user's folder"); after UCF101/HMDB51/
+    Kinetics it keeps that kind and its annotations. Refuses a checkpoint config that lacks a view setting the
+    command line does not give either."""
+    def need(key):
+        if key not in ckpt_cfg or ckpt_cfg[key] is None:
+            raise SystemExit(f"error: the checkpoint's config has no {key!r}; pass --{key.replace('_', '-')}")
+        return ckpt_cfg[key]
+
+    if cfg.dataset is None and cfg.data is not None and ckpt_cfg.get("dataset", "synthetic") in FOLDER_KINDS:
+        cfg = replace(cfg, dataset="auto")  # --data alone names another folder: its contents decide its kind
+    if cfg.dataset is None:
+        cfg = replace(cfg, dataset=ckpt_cfg.get("dataset", "synthetic"),
+                      data=cfg.data if cfg.data is not None else ckpt_cfg.get("data"),
+                      annotations=cfg.annotations if cfg.annotations is not None else ckpt_cfg.get("annotations"),
+                      fold=cfg.fold if cfg.fold is not None else ckpt_cfg.get("fold", 1))
+    else:
+        cfg = replace(cfg, fold=1 if cfg.fold is None else cfg.fold)
+    cfg = replace(cfg, synthetic=replace(data.synthetic_world(ckpt_cfg), **cfg.synthetic))  # the checkpoint's world
+    try:
+        dataset, why = data.resolve_dataset(cfg.dataset, cfg.data)  # --dataset auto: from the folder
+    except data.DatasetError as e:
+        raise SystemExit(f"error: {e}")
+    if why:
+        print(why)
+    cfg = replace(cfg, dataset=dataset,
+                  frames=cfg.frames or int(need("frames")), stride=cfg.stride or int(need("stride")),
+                  size=cfg.size or int(need("size")),
+                  canvas=tuple(int(v) for v in (cfg.canvas or need("canvas"))))
+    cfg = replace(cfg, test_size=cfg.test_size or cfg.size)
+    if cfg.crops == 3 and cfg.canvas[0] == cfg.canvas[1]:
+        # On a square canvas the short side IS the long side: start, centre and end crops are the same pixels.
+        print(f"note: the canvas {cfg.canvas[0]}x{cfg.canvas[1]} is square, so 3 crops would be 3 copies of the "
+              f"same view; using 1 (pass a non-square --canvas for distinct crops)")
+        cfg = replace(cfg, crops=1)
+    return cfg
 
 
 # ----------------------------------------------------------------------------- main

@@ -1003,8 +1003,8 @@ class MultiViewSampler:
     `frames` frame indices. A window of about frames x stride frames is placed at random in the video. Both global
     views span all of it, global_2 shifted by stride // 2 frames (SVT: linspace(0, W-5) and linspace(5, W)): the
     same moment sampled at two phases. Each local view is `frames` frames `local_stride` apart starting at a random
-    point inside the window: a short moment at a higher frame rate (SVT: W/8 long, 8 frames). Indices past the end
-    of the video wrap around (the video loops), as in data.py's samplers."""
+    point inside the window: a short moment at a higher frame rate (SVT: W/8 long, 8 frames). A view that runs past
+    the end of the video repeats its last frame, as data.py's samplers (and SVT) do."""
     frames: int
     stride: int
     local_views: int
@@ -1016,11 +1016,11 @@ class MultiViewSampler:
         window = (self.frames - 1) * self.stride + 1 + shift  # frames the two global views cover together
         start = int(rng.integers(max(1, n - window + 1)))
         g1 = start + self.stride * np.arange(self.frames, dtype=np.int64)
-        views = [g1 % n, (g1 + shift) % n]
+        views = [np.minimum(g1, n - 1), np.minimum(g1 + shift, n - 1)]
         local_span = (self.frames - 1) * self.local_stride + 1
         for _ in range(self.local_views):
             s = start + int(rng.integers(max(1, window - local_span + 1)))
-            views.append((s + self.local_stride * np.arange(self.frames, dtype=np.int64)) % n)
+            views.append(np.minimum(s + self.local_stride * np.arange(self.frames, dtype=np.int64), n - 1))
         return views
 
 
@@ -1111,14 +1111,14 @@ def param_groups(model: nn.Module, new_lr_scale: float = 1.0):
                  **({} if decay else {"weight_decay": 0.0})) for (new, decay), ps in groups.items()]
 
 
-def clip_gradients(params, clip: float) -> torch.Tensor:
-    """DINO/SVT utils.clip_gradients: EACH parameter's gradient is scaled down to norm <= clip on its own (not
+def clip_gradients(params, max_norm: float) -> torch.Tensor:
+    """DINO/SVT utils.clip_gradients: EACH parameter's gradient is scaled down to norm <= max_norm on its own (not
     torch's clip_grad_norm_ over all of them). Returns the global gradient norm before clipping, for the log."""
     grads = [p.grad for p in params if p.grad is not None]
     norms = torch._foreach_norm(grads)
     total = torch.linalg.vector_norm(torch.stack(norms))
-    if clip > 0:
-        torch._foreach_mul_(grads, [(clip / (n + 1e-6)).clamp(max=1.0) for n in norms])
+    if max_norm > 0:
+        torch._foreach_mul_(grads, [(max_norm / (n + 1e-6)).clamp(max=1.0) for n in norms])
     return total
 
 

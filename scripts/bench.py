@@ -15,7 +15,7 @@ it by hand).
                    sampling (one open, shared seeks) against decoding the whole video, and the data-wait fraction
                    of a real CVRL training loop fed by the loader.
   3. augmentation  data.augment on a uint8 (B, 3, T, H, W) batch against a per-clip torchvision.transforms.v2 loop.
-  4. re-encode     which format `python data.py reencode` should write: one camera-like source re-encoded by
+  4. re-encode     which format `python scripts/reencode.py` should write: one camera-like source re-encoded by
                    data.reencode_video in several variants (keyframe interval, all-intra, x264 fastdecode, CRF,
                    resize, MPEG-4 Part 2, MJPEG); per variant the disk cost, PSNR, random 16x2 clips/s and CVRL
                    pairs/s per core and frames decoded per clip (on a GPU also NVDEC through PyAV's hwaccel).
@@ -80,7 +80,7 @@ class VideoFormat:
     fps: int
     gop: int | None   # None: the encoder's default (x264: keyint 250)
     note: str = ""
-    tune: str | None = None  # x264 --tune (fastdecode: what `data.py reencode` writes)
+    tune: str | None = None  # x264 --tune (fastdecode: what `scripts/reencode.py` writes)
 
 
 def _formats(seconds_scale=1.0, small=False):
@@ -93,7 +93,7 @@ def _formats(seconds_scale=1.0, small=False):
             VideoFormat("H.264 320x240 GOP 16", "libx264", ".mp4", 320, 240, 30, 16, "x264's default tools"),
             VideoFormat("H.264 340x256 GOP 16", "libx264", ".mp4", 340, 256, 30, 16, "x264's default tools"),
             VideoFormat("H.264 340x256 GOP 16 fastdecode", "libx264", ".mp4", 340, 256, 30, 16,
-                        "`data.py reencode`'s default", "fastdecode"),
+                        "`scripts/reencode.py`'s default", "fastdecode"),
             VideoFormat("MPEG-4 AVI 320x240", "mpeg4", ".avi", 320, 240, 25, 300, "UCF101-like; keyint 300, XviD's maximum")]
 
 
@@ -799,7 +799,7 @@ def bench_augment(P, devices, log):
 # ----------------------------------------------------------------------------------------------------------------------
 # 4. re-encode formats
 # ----------------------------------------------------------------------------------------------------------------------
-# Which format should `python data.py reencode` write? One camera-like source (larger than 256 on its short side, so
+# Which format should `python scripts/reencode.py` write? One camera-like source (larger than 256 on its short side, so
 # the resize matters), re-encoded by data.reencode_video in each variant, then read the way training reads it: random
 # clips and CVRL pairs through read_clips, one process, one thread, canvas = the file's own size (the augmentation
 # crops later). The target is the loader of a 16-core GPU box: 720 clips/s of 16x224 CVRL clips, 45 clips/s per core.
@@ -938,7 +938,7 @@ def bench_reencode(P, cache, log, device=None):
 
 
 def render_reencode(p, env, lines):
-    lines += ["### 4. Re-encode formats (`python data.py reencode`)", ""] + _provenance(p, env) + [
+    lines += ["### 4. Re-encode formats (`python scripts/reencode.py`)", ""] + _provenance(p, env) + [
               f"Source: {p['source']} ({p['source_bytes'] / 1e6:.1f} MB), re-encoded by data.reencode_video in each "
               f"variant. Decode = read_clips in one process, one thread (one DataLoader worker), canvas = the file's "
               f"own size; clip = {p['clip']} (data.RandomClip), CVRL pair = cvrl.PairSampler(decreasing) through "

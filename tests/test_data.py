@@ -476,10 +476,10 @@ def test_random_clip_sampler_uniform_starts():
     assert np.all(np.diff(clip) == 2) and len(clip) == 8
 
 
-def test_short_video_wraps_and_uniform_clips_cover_the_video():
+def test_random_clips_stay_in_a_short_video_and_uniform_clips_cover_the_video():
     s = data.RandomClip(frames=8, stride=4)
     idx = s(20, 25.0, np.random.default_rng(0))[0]
-    assert idx.max() < 20 and len(idx) == 8
+    assert idx.max() == 19 and len(idx) == 8 and list(idx) == sorted(idx)  # clamped, in order: no wrap to the start
     u = data.UniformClips(frames=8, stride=2, num_clips=5)(100, 25.0)
     assert len(u) == 5 and u[0][0] == 0 and u[-1][-1] == 99
 
@@ -637,7 +637,7 @@ def test_cli_check_reports_broken_files(tmp_path, tiny_synthetic, broken):
         (root / "test" / "b" / p.name).write_bytes(p.read_bytes())
     (root / "train" / "b" / "empty.mp4").write_bytes(b"")
     (root / "test" / "a" / "garbage.mp4").write_bytes((broken / "garbage.mp4").read_bytes())
-    r = subprocess.run([sys.executable, str(ROOT / "data.py"), "check", "--dataset", "folder", "--data", str(root),
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "dataset.py"), "check", "--dataset", "folder", "--data", str(root),
                         "--workers", "1"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stderr
     assert "empty.mp4" in r.stdout and "garbage.mp4" in r.stdout and "BROKEN" in r.stdout
@@ -646,11 +646,11 @@ def test_cli_check_reports_broken_files(tmp_path, tiny_synthetic, broken):
 
 def test_cli_synthetic(tmp_path):
     out = tmp_path / "syn"
-    r = subprocess.run([sys.executable, str(ROOT / "data.py"), "synthetic", "--out", str(out), "--train-per-class", "1",
-                        "--test-per-class", "1", "--size", "32", "--frames", "8"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "dataset.py"), "synthetic", "--out", str(out), "--train-per-class", "1",
+                        "--test-per-class", "1", "--video-size", "32", "--video-frames", "8"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert len((out / "train.txt").read_text().splitlines()) == 8 and (out / "classes.txt").exists()
-    r = subprocess.run([sys.executable, str(ROOT / "data.py"), "synthetic", "--out", str(out)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "dataset.py"), "synthetic", "--out", str(out)], capture_output=True, text=True)
     assert r.returncode != 0 and "already holds" in r.stderr
 
 

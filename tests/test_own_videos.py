@@ -1,6 +1,6 @@
 """Your own videos (#18): any folder of unlabeled videos for pretraining (found recursively, non-video files counted,
 broken ones skipped and listed), --dataset auto's three rules, the user's folder left untouched, the cached folder
-index (reused without listing, rebuilt when the folder changes), `python data.py show` and scripts/neighbours.py."""
+index (reused without listing, rebuilt when the folder changes), `python scripts/show.py` and scripts/neighbours.py."""
 import os
 import subprocess
 import sys
@@ -106,8 +106,8 @@ def test_non_video_files_are_counted_and_broken_videos_are_skipped_and_listed(ph
         item = ds[(videos.paths.index(str(phone / name)), 0)]
         assert item["ok"] and item["video"].shape == (1, 4, 32, 32, 3)
         assert any(b.startswith(str(phone / name)) for b in item["bad"])
-    # `python data.py check --data DIR` lists exactly the broken ones (an unlabeled folder has one split)
-    r = run(["data.py", "check", "--data", phone, "--workers", "1"])
+    # `python scripts/dataset.py check --data DIR` lists exactly the broken ones (an unlabeled folder has one split)
+    r = run(["scripts/dataset.py", "check", "--data", phone, "--workers", "1"])
     assert r.returncode == 1
     assert sorted(ln.split()[1].rstrip(":") for ln in r.stdout.splitlines() if "BROKEN" in ln) == \
         sorted(str(phone / n) for n in BROKEN)
@@ -271,7 +271,7 @@ def test_show_command_line(phone, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     with Image.open(out) as im:
         assert im.format == "PNG" and im.width > 64 and im.height > 4 * 64
-    assert run(["data.py", "check", "--nonsense"]).returncode == 2  # other commands still refuse unknown flags
+    assert run(["scripts/dataset.py", "check", "--nonsense"]).returncode == 2  # other commands still refuse unknown flags
 
 
 def test_neighbours_picture_is_written(cvrl_run, lss_run, phone, tmp_path):

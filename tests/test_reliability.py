@@ -119,7 +119,7 @@ def test_truncated_files_never_return_a_frame_they_do_not_hold(tmp_path, ext):
 
 def test_truncated_avi_in_a_ucf101_layout_is_skipped_and_reported(tiny_synthetic, tmp_path):
     """Training resamples and lists it in skipped.txt, evaluation lists it under skipped with the reason, and
-    `python data.py check` names it."""
+    `python scripts/dataset.py check` names it."""
     root, ann = tmp_path / "UCF-101", tmp_path / "ucfTrainTestlist"
     ann.mkdir()
     classes = ["Archery", "Biking"]
@@ -154,7 +154,7 @@ def test_truncated_avi_in_a_ucf101_layout_is_skipped_and_reported(tiny_synthetic
     test_skips = [s for s in res["skipped"] if s["split"] == "test"]
     assert [s["path"] for s in test_skips] == [str(bad)] and "truncated" in test_skips[0]["reason"]
     assert res["num_test"] == len(test)
-    r = run([str(ROOT / "data.py"), "check", *ucf, "--workers", "1"])
+    r = run([str(ROOT / "scripts" / "dataset.py"), "check", *ucf, "--workers", "1"])
     assert r.returncode == 1 and str(bad) in r.stdout and "truncated" in r.stdout, r.stdout[-2000:]
 
 
