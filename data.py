@@ -126,9 +126,7 @@ class _Timeline:
         return False
 
 
-# Shown (not discarded) packets demuxed after the first keyframe to find the earliest timestamp: B-frame reordering
-# in H.264/HEVC is at most 16 frames deep, so the first frame shown is among these.
-_REORDER_WINDOW = 32
+_REORDER_WINDOW = 32  # packets demuxed to find the first frame shown: H.264/HEVC reorder at most 16 frames deep
 
 
 def _stream_info(container, stream, path, first_frame: bool = False) -> tuple[VideoInfo, _Timeline]:
@@ -293,8 +291,7 @@ def _decode_indices(container, stream, path, info: VideoInfo, timeline: _Timelin
 
 
 class _Output:
-    """The array read_frames returns, allocated at the first frame (its size known then); each frame converted once
-    and copied into every row that shows it (a clip that repeats a frame, two overlapping clips)."""
+    """The array read_frames returns, allocated at the first frame; each frame copied into every row that shows it."""
 
     def __init__(self, n: int, rows: dict[int, list[int]]):
         self.n, self.rows, self.array = n, rows, None
@@ -727,9 +724,8 @@ def list_split(root, list_file, classes_file) -> VideoList:
 
 
 def ucf101_split(root, annotations, fold=1, split="train") -> VideoList:
-    """UCF101 with the official ucfTrainTestlist/ (classInd.txt, trainlist0k.txt, testlist0k.txt). Labels come from
-    classInd.txt (sorted case-insensitively: sorted(os.listdir) would swap HammerThrow/Hammering); test lists carry
-    none, so the folder part gives it. Files match exactly, then case-insensitively (HandstandPushups varies)."""
+    """UCF101 with the official ucfTrainTestlist/: labels from classInd.txt (sorted(os.listdir) would swap HammerThrow/
+    Hammering), test lists' from the folder part; files matched exactly, then case-insensitively (HandstandPushups)."""
     _check_root(root, "ucf101")
     if annotations is None or not os.path.isdir(annotations):
         raise DatasetError(f"--dataset ucf101 needs --annotations DIR, the ucfTrainTestlist/ folder; got {annotations!r}")
@@ -762,9 +758,8 @@ def ucf101_split(root, annotations, fold=1, split="train") -> VideoList:
 
 
 def hmdb51_split(root, annotations, fold=1, split="train") -> VideoList:
-    """HMDB51 split files `<class>_test_split<k>.txt`: `<video>.avi <code>` with 1 = train, 2 = test, 0 = unused.
-    Classes are the sorted class names (there is no official classInd). Files are matched by basename anywhere under
-    ROOT (names contain spaces and punctuation, so we never glob)."""
+    """HMDB51 split files `<class>_test_split<k>.txt`: `<video>.avi <code>` with 1 = train, 2 = test, 0 = unused;
+    classes sorted by name (no official classInd); files matched by basename under ROOT (never globbed: odd names)."""
     _check_root(root, "hmdb51")
     if annotations is None or not os.path.isdir(annotations):
         raise DatasetError(f"--dataset hmdb51 needs --annotations DIR, the folder of <class>_test_split<k>.txt files; "
@@ -835,9 +830,8 @@ def kinetics_split(root, annotations, split="train") -> VideoList:
 
 def load_split(dataset: str, root=None, annotations=None, fold: int = 1, split: str = "train",
                world: SyntheticWorld | None = None) -> VideoList:
-    """The one entry point the scripts use; `dataset` "auto" (or None) is decided from the folder, `world` is what
-    generated synthetic videos look like. Refuses (DatasetError) a split with no usable video; reports missing files
-    and goes on when some remain. An unlabeled folder has a train split only."""
+    """The scripts' one entry point: `dataset` "auto" (or None) decided from the folder, `world` what generated videos
+    look like. Refuses (DatasetError) a split with no usable video; reports missing files and goes on otherwise."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     dataset, _ = resolve_dataset(dataset, root)
@@ -1025,9 +1019,9 @@ def render_synthetic_video(label: int, rng: np.random.Generator, size=64, frames
         d_par = (rng.uniform(m, S - m), rng.uniform(m, S - m), rng.uniform(r_lo, r_hi), rng.uniform(0, 6.28),
                  int(rng.choice([3, 4, 5])), _hsv_colour(rng, nz))
     masks = [_shape_mask(p, i, S) for i in range(pre + T)] if nz == 0 else None  # no pan: each mask once
-    # the scene: with probability `context` the video is filmed in its action's usual scene (a ground in the class's
-    # hue, fainter than in the stills), otherwise on a neutral one
-    scene = _context(label, rng, S, rng.uniform(*VIDEO_CONTEXT)) if context > 0 and rng.random() < context else 0.0
+    # with probability `context` the action's usual scene (fainter than in the stills), otherwise a neutral one
+    scene = _context(label, rng, S, rng.uniform(*VIDEO_CONTEXT)) if context > 0 and rng.random() < context else None
+    seen = _scene_frames(rng, T) if scene is not None else None  # (T,) how much of the scene each frame shows
     video = np.zeros((T, S, S, 3), np.float32)
     for i in range(T):
         if nz > 0:
@@ -1041,7 +1035,8 @@ def render_synthetic_video(label: int, rng: np.random.Generator, size=64, frames
                 frame = frame * (1 - mk) + mk * dc
         else:
             frame, shift = np.zeros((S, S, 3), np.float32), (0, 0)
-        frame = frame + scene
+        if scene is not None:
+            frame = frame + seen[i] * scene
         mk = _trail_mask(p, pre + i, S, trail, step, shift, masks)[..., None]
         video[i] = frame * (1 - mk) + mk * colour
     video = _camera(video, rng, clutter, noise)
@@ -1050,12 +1045,21 @@ def render_synthetic_video(label: int, rng: np.random.Generator, size=64, frames
 
 CONTEXT_HEIGHT = 0.25  # the scene's ground: the bottom quarter of the frame
 VIDEO_CONTEXT = (0.15, 0.4)  # the ground's strength in a video that shows it (the stills': STILL_CONTEXT)
+SCENE_SHARE = (0.3, 0.6)  # the part of a video during which the scene is in view
+
+
+def _scene_frames(rng: np.random.Generator, frames: int) -> np.ndarray:
+    """(frames,) in [0, 1]: the scene is in view during U(SCENE_SHARE) of the video, fading in and out, as when the
+    camera tilts down to the floor and back up; the stretch may run past the end into the start, so every frame is
+    as likely to show it as any other."""
+    length, start = rng.uniform(*SCENE_SHARE) * frames, rng.uniform(0, frames)
+    t = (np.arange(frames) + 0.5 - start) % frames  # time since the stretch began, around the loop
+    return np.clip(np.minimum(t, length - t) / max(1.0, 0.05 * frames) + 0.5, 0, 1).astype(np.float32)
 
 
 def _context(label: int, rng: np.random.Generator, size: int, strength: float) -> np.ndarray:
-    """The scene an action is usually filmed in, float (size, size, 3): a textured ground along the bottom of the frame
-    in the class's hue (class k: hue k/8). What lets an image model name an action from one frame (a pool for
-    swimming): it says nothing about the motion, is not in every video, and a crop away from the ground misses it."""
+    """The scene an action is usually filmed in, float (size, size, 3): a textured ground in the class's hue (k/8)
+    along the bottom: what lets an image model name an action from a frame (a pool for swimming), not the motion."""
     hue = label / len(SYNTHETIC_CLASSES)
     rgb = np.array([abs(hue * 6 - 3) - 1, 2 - abs(hue * 6 - 2), 2 - abs(hue * 6 - 4)]).clip(0, 1)
     texture = 0.5 + 0.5 * _smooth_texture(rng, size, size)  # (size, size) in [0.5, 1]
@@ -1064,9 +1068,8 @@ def _context(label: int, rng: np.random.Generator, size: int, strength: float) -
 
 
 def _camera(frames: np.ndarray, rng: np.random.Generator, clutter: float, noise: float) -> np.ndarray:
-    """What a camera adds to the drawn scene, float (N, H, W, 3): a static grey texture behind the shape of strength
-    U(0, clutter) (a cluttered room; grey, never a scene's hue) and sensor noise of std U(0, noise), levels drawn per
-    video, as footage varies. A knob at 0 draws nothing: the videos of before the knobs stay byte-identical."""
+    """What a camera adds, float (N, H, W, 3): a static grey texture of strength U(0, clutter) (a cluttered room, never
+    a scene's hue) and sensor noise of std U(0, noise), per video; a knob at 0 draws nothing (old videos unchanged)."""
     if clutter > 0:
         level = rng.uniform(0, clutter)
         H, W = frames.shape[1:3]
@@ -1272,9 +1275,8 @@ def collate(items):
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Yields `(index, seed)` keys: a permutation of the dataset that depends only on (seed, epoch), sharded across
-    `world_size` ranks. With drop_last the epoch is cut to a multiple of world_size so all ranks take the same
-    number of steps (collectives would hang otherwise). Call set_epoch(e) before each epoch."""
+    """Yields `(index, seed)` keys: a permutation that depends only on (seed, epoch), sharded across `world_size`
+    ranks (with drop_last cut to a multiple of it: every rank takes the same steps). set_epoch(e) before each epoch."""
 
     def __init__(self, n, shuffle=True, seed=0, rank=0, world_size=1, drop_last=True):
         self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world_size
@@ -1345,9 +1347,8 @@ class AugmentConfig:
 
 
 def sample_crop_boxes(n, H, W, area, aspect, generator=None, attempts=10):
-    """torchvision's RandomResizedCrop box sampling, vectorised over n crops: area fraction uniform in `area`,
-    log(aspect) uniform; the first of `attempts` candidates that fits is used, else a centre crop of the whole frame
-    with the aspect clamped into range. Returns float (n, 4) boxes (x1, y1, x2, y2) in pixels."""
+    """torchvision's RandomResizedCrop boxes for n crops: area uniform in `area`, log(aspect) uniform, the first of
+    `attempts` that fits, else a centre crop with the aspect clamped. Float (n, 4) boxes (x1, y1, x2, y2), pixels."""
     s = torch.empty(n, attempts).uniform_(*area, generator=generator) * H * W
     logr = torch.empty(n, attempts).uniform_(math.log(aspect[0]), math.log(aspect[1]), generator=generator)
     w, h = torch.sqrt(s * logr.exp()), torch.sqrt(s / logr.exp())
@@ -1502,9 +1503,8 @@ def _blur(x, sigma, radius, out=None):
 
 
 def _on_groups(x, chosen, fn, *args):
-    """x[chosen] = fn(x[chosen], *(a[chosen] for a in args)), with `chosen` a CPU bool (G,). Only the chosen groups
-    are computed (a whole-batch torch.where would compute both branches everywhere); when all of them are chosen
-    (always, for the one-group blocks of the CPU path) fn writes into x directly (out=x), without the index copies."""
+    """x[chosen] = fn(x[chosen], *(a[chosen] for a in args)), `chosen` a CPU bool (G,): only the chosen groups are
+    computed; when all are (always, on the CPU path's one-group blocks), fn writes into x directly (out=x)."""
     sel = torch.nonzero(chosen).flatten()
     if len(sel) == len(x):
         fn(x, *args, out=x)

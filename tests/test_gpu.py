@@ -89,7 +89,7 @@ def test_bf16_autocast_close_to_fp32_lss():
             f = vit(x)
         s = lss.concept_similarities(f, C)  # fp32 inside, as train_step
         t = lss.concept_similarities(f.detach().flip(0), C)
-        loss = lss.concept_distillation_loss([t], [s, s], torch.zeros(16, device="cuda"), 0.04, 0.1)
+        loss = lss.concept_distillation_loss(lss.teacher_probs([t], torch.zeros(16, device="cuda"), 0.04), [s, s], 0.1)
         loss.backward()
         out[bf16] = (loss.item(), grad_vector(vit))
     (l32, g32), (l16, g16) = out[False], out[True]

@@ -274,7 +274,7 @@ def test_distillation_one_hot_teacher_is_cross_entropy():
     B, K = 4, 6
     teacher = [torch.randn(B, K) for _ in range(2)]
     student = [torch.randn(B, K) for _ in range(3)]
-    loss = lss.concept_distillation_loss(teacher, student, torch.zeros(K), tau_t=1e-4, tau_s=0.1)
+    loss = lss.concept_distillation_loss(lss.teacher_probs(teacher, torch.zeros(K), 1e-4), student, tau_s=0.1)
     pairs = [(0, 1), (0, 2), (1, 0), (1, 2)]  # (teacher view, student view), same view skipped
     want = sum(F.cross_entropy(student[v] / 0.1, teacher[i].argmax(-1)) for i, v in pairs) / len(pairs)
     torch.testing.assert_close(loss, want)
@@ -284,12 +284,12 @@ def test_distillation_hand_computed_pairs():
     ln = math.log
     teacher = [torch.tensor([[0.0, ln(3)]]), torch.tensor([[0.0, 0.0]])]  # P_t = [1/4, 3/4], [1/2, 1/2]
     student = [torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, ln(3)]])]  # P_s = [1/2, 1/2], [1/4, 3/4]
-    loss = lss.concept_distillation_loss(teacher, student, torch.zeros(2), tau_t=1.0, tau_s=1.0)
+    loss = lss.concept_distillation_loss(lss.teacher_probs(teacher, torch.zeros(2), 1.0), student, tau_s=1.0)
     # only (t0, s1) and (t1, s0): H([1/4,3/4], [1/4,3/4]) and H([1/2,1/2], [1/2,1/2])
     want = (-(0.25 * ln(0.25) + 0.75 * ln(0.75)) + ln(2)) / 2
     assert abs(loss.item() - want) < 1e-6
     # centring shifts the teacher: c = [0, ln 3] gives P_t^0 = [1/2, 1/2], P_t^1 = softmax([0, -ln 3]) = [3/4, 1/4]
-    loss_c = lss.concept_distillation_loss(teacher, student, torch.tensor([0.0, ln(3)]), 1.0, 1.0)
+    loss_c = lss.concept_distillation_loss(lss.teacher_probs(teacher, torch.tensor([0.0, ln(3)]), 1.0), student, 1.0)
     want_c = (-(0.5 * ln(0.25) + 0.5 * ln(0.75)) + ln(2)) / 2  # H([1/2,1/2],[1/4,3/4]), H([3/4,1/4],[1/2,1/2])
     assert abs(loss_c.item() - want_c) < 1e-6
 
@@ -316,11 +316,12 @@ def test_alignment_hand_computed():
     teacher = [torch.tensor([[0.0, ln(3)]]), torch.tensor([[0.0, 0.0]])]  # P_t = [1/4, 3/4], [1/2, 1/2]
     student = [torch.tensor([[0.0, 0.0, ln(2)]]),  # Q = [1/4, 1/4, 1/2] -> per class [1/2, 1/2]
                torch.tensor([[0.0, ln(2), 0.0]])]  # Q = [1/4, 1/2, 1/4] -> per class [3/4, 1/4]
-    loss = lss.concept_alignment_loss(teacher, student, assign, 2, 1.0, 1.0, torch.zeros(2))
+    loss = lss.concept_alignment_loss(lss.teacher_probs(teacher, torch.zeros(2), 1.0), student, assign, 2, 1.0)
     want = (-(0.25 * ln(0.75) + 0.75 * ln(0.25)) + ln(2)) / 2  # (t0, s1) and (t1, s0)
     assert abs(loss.item() - want) < 1e-6
     # description targets: T^0 = [1/8, 1/8, 3/4], T^1 = [1/4, 1/4, 1/2]
-    loss_d = lss.concept_alignment_loss(teacher, student, assign, 2, 1.0, 1.0, torch.zeros(2), target="description")
+    loss_d = lss.concept_alignment_loss(lss.teacher_probs(teacher, torch.zeros(2), 1.0), student, assign, 2, 1.0,
+                                      target="description")
     want_d = (-(ln(0.25) / 8 + ln(0.5) / 8 + 0.75 * ln(0.25)) - (0.25 * ln(0.25) * 2 + 0.5 * ln(0.5))) / 2
     assert abs(loss_d.item() - want_d) < 1e-6
 
@@ -331,7 +332,7 @@ def test_alignment_stable_at_clip_temperature():
     assign = torch.arange(M) % K
     teacher = [torch.rand(B, K) * 2 - 1 for _ in range(2)]  # cosine similarities in [-1, 1]
     student = [(torch.rand(B, M) * 2 - 1).requires_grad_() for _ in range(3)]
-    loss = lss.concept_alignment_loss(teacher, student, assign, K, 0.004, 0.01, torch.zeros(K))
+    loss = lss.concept_alignment_loss(lss.teacher_probs(teacher, torch.zeros(K), 0.004), student, assign, K, 0.01)
     # float64 reference with the assignment matrix written out: Q~ = softmax(s / tau_s) A
     A = F.one_hot(assign, K).double()
     P = [F.softmax(t.double() / 0.004, -1) for t in teacher]
@@ -387,8 +388,8 @@ def test_no_gradient_to_teacher_or_text_tower(tiny_clip):
     s_cat = [lss.concept_similarities(f, C_cat) for f in s_feat]
     s_desc = [lss.concept_similarities(f, C_desc) for f in s_feat]
     center = torch.zeros(3)
-    loss = (lss.concept_distillation_loss(t_cat, s_cat, center, 0.004, 0.01)
-            + lss.concept_alignment_loss(t_cat, s_desc, assign, 3, 0.004, 0.01, center)
+    loss = (lss.concept_distillation_loss(lss.teacher_probs(t_cat, center, 0.004), s_cat, 0.01)
+            + lss.concept_alignment_loss(lss.teacher_probs(t_cat, center, 0.004), s_desc, assign, 3, 0.01)
             + lss.uniform_prior_loss(lss.mean_student_probs(s_cat, 0.01)))
     loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
@@ -396,3 +397,22 @@ def test_no_gradient_to_teacher_or_text_tower(tiny_clip):
     assert student.proj.grad is not None and student.proj.grad.abs().sum() > 0
     center = lss.update_center(center, t_cat, 0.9)
     assert center.shape == (3,) and not center.requires_grad
+
+
+def test_oracle_targets_replace_the_teachers_for_the_chosen_videos():
+    """--targets oracle: the true class, one-hot, is the target of the videos whose truth is given (-1: the
+    teacher's); distillation to it is then cross-entropy with the true class."""
+    torch.manual_seed(0)
+    B, K = 4, 6
+    teacher = lss.teacher_probs([torch.randn(B, K) for _ in range(2)], torch.zeros(K), 0.04)
+    truth = torch.tensor([2, -1, 5, -1])
+    targets = lss.oracle_targets(teacher, truth)
+    for p, t in zip(targets, teacher):
+        assert torch.equal(p[[0, 2]], F.one_hot(torch.tensor([2, 5]), K).float())
+        assert torch.equal(p[[1, 3]], t[[1, 3]])
+    student = [torch.randn(B, K) for _ in range(3)]
+    every = torch.tensor([2, 0, 5, 1])
+    loss = lss.concept_distillation_loss(lss.oracle_targets(teacher, every), student, tau_s=0.1)
+    pairs = [(0, 1), (0, 2), (1, 0), (1, 2)]
+    want = sum(F.cross_entropy(student[v] / 0.1, every) for i, v in pairs) / len(pairs)
+    torch.testing.assert_close(loss, want)
