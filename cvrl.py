@@ -44,7 +44,6 @@ Commands
 from __future__ import annotations  # type hints may name what comes further down (the file reads in paper order)
 
 import math
-import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 
@@ -704,9 +703,8 @@ def train(cfg: Config):
         torch.backends.cudnn.benchmark = True
 
     # data: two clips per video (PairSampler), decoded in the loader's workers
-    videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train", cfg.synthetic)
-    if cfg.data_fraction < 1.0:
-        videos = videos.subset(cfg.data_fraction, seed=cfg.seed)
+    videos, cfg, skipped = training.training_videos(cfg, run, lambda new, old: (
+        f": {2 * new - 2} negatives per clip instead of {2 * old - 2}, an easier contrastive task"))
     dataset = data.VideoDataset(videos, PairSampler(cfg.frames, cfg.stride, cfg.interval, cfg.power),
                                 canvas=cfg.canvas, resample=True, min_frames=cfg.frames)
     loader = data.make_loader(dataset, cfg.batch_size, cfg.workers, shuffle=True, drop_last=True, seed=cfg.seed,
@@ -726,13 +724,14 @@ def train(cfg: Config):
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last_3d)
     optimizer = configure_optimizer(model, lr, cfg.weight_decay, cfg.momentum, cfg.optimizer)
-    start_step, skipped = 0, []
+    start_step = 0
     if ckpt is not None:  # resume: same schedule, same data order, from the step it stopped at
         training.check_resume_config(ckpt["config"], cfg, ARCH_KEYS)
+        training.note_data_change(run, ckpt, len(videos), steps_per_epoch, total_steps)
         model[0].load_state_dict({k.removeprefix("encoder."): v for k, v in ckpt["backbone"].items()})
         model[1].load_state_dict(ckpt["head"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        start_step, skipped = ckpt["step"], list(ckpt.get("skipped", []))
+        start_step, skipped = ckpt["step"], list(ckpt.get("skipped", [])) or skipped
         run.print(f"resumed from {run.checkpoint_path} at step {start_step} (epoch {start_step // steps_per_epoch})")
     if cfg.compile:
         model[0] = torch.compile(model[0])
@@ -755,7 +754,7 @@ def train(cfg: Config):
                 # keys of build_backbone(config): what eval_linear.py loads
                 "backbone": {"encoder." + k: v for k, v in training.unwrap(model[0]).state_dict().items()},
                 "head": model[1].state_dict(), "optimizer": optimizer.state_dict(), "skipped": sorted(set(skipped)),
-                "versions": {"torch": str(torch.__version__)}})
+                "num_videos": len(videos), "steps_per_epoch": steps_per_epoch, "versions": {"torch": str(torch.__version__)}})
         run.barrier()
 
     # the loop: a step per batch, a log line every --log-every steps, a checkpoint at every epoch's end
@@ -782,10 +781,10 @@ def train(cfg: Config):
                 run.log(rec)
             if steps.epoch_end:
                 checkpoint(step + 1)
-    look = (f"look: python scripts/neighbours.py --ckpt {run.checkpoint_path} --out {run.out / 'neighbours.png'}"
+    ckpt_arg, flags = training.quote(run.checkpoint_path), f" --dataset {cfg.dataset}" if cfg.dataset != "synthetic" else ""
+    look = (f"look: python scripts/neighbours.py --ckpt {ckpt_arg} --out {training.quote(run.out / 'neighbours.png')}"
             if cfg.dataset == "unlabeled" else  # nothing to probe with: what the features find similar instead
-            f"evaluate: python eval_linear.py --ckpt {run.checkpoint_path}"
-            + (f" --dataset {cfg.dataset}" if cfg.dataset != "synthetic" else ""))
+            f"evaluate: python eval_linear.py --ckpt {ckpt_arg}{flags}")
     training.finish(run, skipped, steps.step, look)
 
 
@@ -857,7 +856,4 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 if __name__ == "__main__":
-    try:
-        train(parse_args())
-    except (data.DatasetError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
+    training.command(lambda: train(parse_args()))

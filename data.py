@@ -594,8 +594,13 @@ def _find_videos(root) -> list[Path]:
 def _check_root(root, dataset):
     if root is None:
         raise DatasetError(f"--dataset {dataset} needs --data ROOT (the folder with the videos)")
+    if os.path.isfile(root):
+        raise DatasetError(f"--data {root} is a file, not a folder: pass the folder that holds the videos (--data "
+                           f"{os.path.dirname(os.path.abspath(root))} takes every video in it)")
     if not os.path.isdir(root):
-        raise DatasetError(f"dataset root {root!r} does not exist or is not a folder; check --data")
+        raise DatasetError(f"--data {root} does not exist (or is not a folder); check the path" + (
+            ". To generate the synthetic videos into a new folder there, add --dataset synthetic" if dataset == "auto"
+            else ""))
 
 
 def _resolve(root, rel, index):
@@ -678,9 +683,7 @@ def resolve_dataset(dataset, root) -> tuple[str, str]:
         return dataset, ""
     if root is None:
         return "synthetic", ""
-    if not os.path.isdir(root):
-        raise DatasetError(f"--data {root} does not exist or is not a folder. To generate the synthetic dataset "
-                           f"into a new folder there, add --dataset synthetic")
+    _check_root(root, "auto")
     if os.path.exists(os.path.join(root, "classes.txt")):
         return "synthetic", f"data: {root} has classes.txt: the synthetic dataset (--dataset synthetic)"
     if os.path.isdir(os.path.join(root, "train")) and any(
@@ -1152,21 +1155,22 @@ def ensure_synthetic(root=None, world: SyntheticWorld = SyntheticWorld()) -> str
     root = Path(root) if root is not None else cache_dir() / synthetic_tag(world)
     if (root / "classes.txt").exists():
         return str(root)
-    if root.is_dir() and any(root.iterdir()):  # someone's folder: never generate next to it or into it
-        raise DatasetError(f"{root} is not empty and holds no synthetic dataset (no classes.txt): refusing to "
-                           f"generate one there. For the videos in it, drop --dataset synthetic (--dataset auto "
-                           f"decides from the folder); for the synthetic set, pass a new or empty folder")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp", dir=root.parent))
-    print(f"generating the synthetic dataset once into {root} ...", file=sys.stderr)
-    make_synthetic(tmp, world)
+    if root.exists() and not (root.is_dir() and not any(root.iterdir())):  # someone's file or folder: never touch it
+        raise DatasetError(f"{root} is {'a file' if not root.is_dir() else 'a folder with no classes.txt'}, not a "
+                           f"synthetic dataset: nothing is generated there. For your own videos, drop --dataset "
+                           f"synthetic (and pass their folder); for the synthetic set, pass a new or empty folder")
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp", dir=root.parent))
+        print(f"generating the synthetic dataset once into {root} ...", file=sys.stderr)
+        make_synthetic(tmp, world)
+    except OSError as e:  # a read-only or full cache
+        raise DatasetError(f"cannot write the synthetic videos into {root.parent} ({e.strerror or e}): point "
+                           f"NANOVIDEOSSL_CACHE (or --data) at a writable folder with ~100 MB free") from e
     try:
         os.rename(tmp, root)
-    except OSError:  # another process finished first (same seed, same content) or root exists and is not ours
+    except OSError:  # another process finished first (same seed, same content)
         shutil.rmtree(tmp, ignore_errors=True)
-        if not (root / "classes.txt").exists():
-            raise DatasetError(f"{root} exists but is not a synthetic dataset (no classes.txt); remove it or pass "
-                               f"another --data")
     return str(root)
 
 

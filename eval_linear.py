@@ -759,7 +759,4 @@ def print_report(r: dict, classes, test_labels):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except FloatingPointError as e:  # a diverged classifier at a given --lr: a message, not a traceback
-        sys.exit(f"error: {e}")
+    training.command(main)  # a diverged classifier at a given --lr: a message, not a traceback

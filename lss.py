@@ -1250,7 +1250,10 @@ def the_start(cfg: Config, run: training.Run, ckpt: dict | None) -> tuple[Config
         if run.world > 1:
             dist.broadcast_object_list(paths, src=0)
         cfg = replace(cfg, clip=paths[0])
-    clip = load_clip(cfg.clip) if cfg.init != "random" else None
+    try:
+        clip = load_clip(cfg.clip) if cfg.init != "random" else None
+    except (OSError, RuntimeError, ValueError) as e:  # missing, unreadable or not a CLIP: one line, the path in it
+        raise SystemExit(f"error: {e}") from e
     return resolve_temperatures(cfg, clip), clip
 
 
@@ -1269,14 +1272,14 @@ def truth_of(cfg: Config, videos: data.VideoList, names: list, device) -> tuple:
     return concept_of, oracle_videos
 
 
-def restore(ckpt: dict, student_vit, teacher, optimizer, lss_loss) -> tuple[int, list]:
+def restore(ckpt: dict, student_vit, teacher, optimizer, lss_loss, skipped: list) -> tuple[int, list]:
     """A resumed run's state: both networks, the optimizer, the centre and the prior's average; -> (step, skipped)."""
     student_vit.load_state_dict(ckpt["student"])
     teacher.load_state_dict(ckpt["teacher"])
     optimizer.load_state_dict(ckpt["optimizer"])
     lss_loss.center = ckpt["center"].to(lss_loss.C_cat.device)
     lss_loss.p_bar_prev = ckpt["p_bar"].to(lss_loss.C_cat.device) if ckpt.get("p_bar") is not None else None
-    return ckpt["step"], list(ckpt.get("skipped", []))
+    return ckpt["step"], list(ckpt.get("skipped", [])) or skipped
 
 
 def train(cfg: Config):
@@ -1286,9 +1289,8 @@ def train(cfg: Config):
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     # data: every video gives 2 global + L local views (MultiViewSampler), decoded in the loader's workers
-    videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train", cfg.synthetic)
-    if cfg.data_fraction < 1.0:
-        videos = videos.subset(cfg.data_fraction, seed=cfg.seed)
+    videos, cfg, skipped = training.training_videos(cfg, run, lambda new, old: (
+        ": the uniform prior then averages over fewer videos per step"))
     dataset = data.VideoDataset(videos, MultiViewSampler(cfg.frames, cfg.stride, cfg.local_views, cfg.local_stride),
                                 canvas=cfg.canvas, resample=True, min_frames=cfg.frames)
     loader = data.make_loader(dataset, cfg.batch_size, cfg.workers, shuffle=True, drop_last=True, seed=cfg.seed,
@@ -1316,9 +1318,11 @@ def train(cfg: Config):
     optimizer = torch.optim.AdamW(param_groups(student_vit, cfg.new_lr_scale), lr=0.0, weight_decay=cfg.weight_decay)
     global_batch = cfg.batch_size * run.world
     schedule = make_schedules(cfg, steps_per_epoch, cfg.lr * global_batch / 256)
-    start_step, skipped = restore(ckpt, student_vit, teacher, optimizer, lss_loss) if ckpt is not None else (0, [])
+    start_step = 0
     if ckpt is not None:
+        start_step, skipped = restore(ckpt, student_vit, teacher, optimizer, lss_loss, skipped)
         run.print(f"resumed from {run.checkpoint_path} at step {start_step} (epoch {start_step / steps_per_epoch:.2f})")
+        training.note_data_change(run, ckpt, len(videos), steps_per_epoch, total_steps)
         del ckpt
     if cfg.compile:  # in place: state-dict keys, the EMA update and the checkpoint stay as without it; dynamic=False:
         student_vit.compile(dynamic=False)  # one static graph per view shape (global, local, zero-shot)
@@ -1348,7 +1352,8 @@ def train(cfg: Config):
                 "center": lss_loss.center.cpu(),
                 "p_bar": None if lss_loss.p_bar_prev is None else lss_loss.p_bar_prev.cpu(),
                 "text": text.state_dict(), "concept_names": list(names),
-                "skipped": sorted(set(skipped)), "versions": {"torch": str(torch.__version__)}})
+                "skipped": sorted(set(skipped)), "num_videos": len(videos), "steps_per_epoch": steps_per_epoch,
+                "versions": {"torch": str(torch.__version__)}})
         run.barrier()
 
     # zero-shot on the dataset's own test split with its class names: the teacher before training, both after
@@ -1385,12 +1390,12 @@ def train(cfg: Config):
     if zs and steps.step > 0:
         zs(steps.step, teacher)  # the teacher: the network SVT evaluates and the checkpoint's "backbone"
         zs(steps.step, student_vit, "student")
-    flags = f" --dataset {cfg.dataset}" if cfg.dataset != "synthetic" else ""
+    ckpt_arg, flags = training.quote(run.checkpoint_path), f" --dataset {cfg.dataset}" if cfg.dataset != "synthetic" else ""
     training.finish(run, skipped, steps.step, (
-        f"look: python scripts/neighbours.py --ckpt {run.checkpoint_path} --out {run.out / 'neighbours.png'}"
+        f"look: python scripts/neighbours.py --ckpt {ckpt_arg} --out {training.quote(run.out / 'neighbours.png')}"
         if cfg.dataset == "unlabeled" else  # nothing to evaluate on: what the features find similar instead
-        f"evaluate: python eval_linear.py --ckpt {run.checkpoint_path}{flags}\n"
-        f"          python lss.py zero-shot --ckpt {run.checkpoint_path}{flags}"))
+        f"evaluate: python eval_linear.py --ckpt {ckpt_arg}{flags}\n"
+        f"          python lss.py zero-shot --ckpt {ckpt_arg}{flags}"))
 
 
 def zero_shot_during_training(cfg: Config, text: CLIP, config: dict, run: training.Run):
@@ -1864,15 +1869,12 @@ def load_clip(path):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        if argv[:1] == ["zero-shot"]:
-            return zero_shot(training.parse_config(
-                ZeroShotConfig, argv[1:], "LSS zero-shot classification by class names (or naming any videos with "
-                "--names): an lss.py checkpoint (--ckpt) or frozen CLIP (--clip).", overrides=("synthetic",)))
-        return train(parse_args(argv))
-    except (data.DatasetError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
+    if argv[:1] == ["zero-shot"]:
+        return zero_shot(training.parse_config(
+            ZeroShotConfig, argv[1:], "LSS zero-shot classification by class names (or naming any videos with "
+            "--names): an lss.py checkpoint (--ckpt) or frozen CLIP (--clip).", overrides=("synthetic",)))
+    return train(parse_args(argv))
 
 
 if __name__ == "__main__":
-    main()
+    training.command(main)

@@ -17,12 +17,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import inspect
 import json
 import math
 import os
 import re
+import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -177,15 +180,29 @@ def save_checkpoint(path, state: dict):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if _disk_full(e, path):
+            raise SystemExit(f"error: no space left on device writing {path}; the previous checkpoint is intact. "
+                             f"Free some space (or pass another --out) and run the same command to resume") from e
         raise
     finally:
         if shield:  # None: a handler set outside Python; the default one is the closest we can restore
             signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
     if held:
         raise KeyboardInterrupt
+
+
+def _disk_full(error: BaseException, path) -> bool:
+    """Did this write fail for want of space? ENOSPC itself, or torch.save's zip writer failing ("unexpected pos")
+    on a disk with (almost) nothing left."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    try:
+        return isinstance(error, RuntimeError) and shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < 2 ** 20
+    except OSError:
+        return False
 
 
 def load_checkpoint(path) -> dict:
@@ -295,6 +312,51 @@ def write_config(run: Run, config: dict):
         print(json.dumps({k: v for k, v in config.items() if k != "clip_arch"}))
 
 
+SMALL_FOLDER = 256  # a training set this small is checked file by file before the run (a second or two)
+
+
+def training_videos(cfg, run: Run, batch_note=lambda new, old: "") -> tuple:
+    """-> (the run's training videos, cfg, skipped): the split (and --data-fraction of it); for a small folder,
+    every file opened first, so that unreadable ones are listed (each once) and dropped before training, and a
+    folder with none left says so; and when fewer videos than a batch remain, the batch lowered to what fits, in
+    one line that says what that means for the method (`batch_note(new, old)`)."""
+    import data
+    videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train", cfg.synthetic)
+    if getattr(cfg, "data_fraction", 1.0) < 1.0:
+        videos = videos.subset(cfg.data_fraction, seed=cfg.seed)
+    skipped = []
+    if len(videos) <= SMALL_FOLDER and cfg.dataset != "synthetic":
+        keep = []
+        for i, path in enumerate(videos.paths):
+            try:
+                if data.probe(path).num_frames < 1:
+                    raise data.VideoError(path, "has no frames")
+                keep.append(i)
+            except data.VideoError as e:
+                skipped.append(f"{e.path}: {e.reason}")
+        if not keep:
+            raise data.DatasetError(f"no readable video in {videos.name or cfg.data}: tried " + "; ".join(skipped))
+        for m in skipped:
+            run.print(f"skipped unreadable video: {m}")
+        videos = data.VideoList([videos.paths[i] for i in keep], [videos.labels[i] for i in keep], videos.classes,
+                                videos.missing, videos.name, videos.ignored)
+    if len(videos) < cfg.batch_size * run.world:
+        fits = max(1, len(videos) // run.world)
+        run.print(f"note: {len(videos)} training videos cannot fill a batch of {cfg.batch_size} x {run.world} "
+                  f"process(es): training with batches of {fits}{batch_note(fits, cfg.batch_size)}")
+        cfg = dataclasses.replace(cfg, batch_size=fits)
+    return videos, cfg, skipped
+
+
+def note_data_change(run: Run, ckpt: dict, num_videos: int, steps_per_epoch: int, total_steps: int):
+    """A resumed run whose training folder changed: the epochs (and so the schedule) are not what they were."""
+    before = ckpt.get("num_videos")
+    if before is not None and before != num_videos:
+        run.print(f"note: the training videos changed since this run started ({num_videos} now, {before} then): an "
+                  f"epoch is now {steps_per_epoch} steps (was {ckpt.get('steps_per_epoch')}), and the run goes on "
+                  f"from step {ckpt['step']} to {total_steps}")
+
+
 class Steps:
     """The steps of a run, across epochs: `for step, batch in Steps(...)` yields the 0-based step about to run and
     its batch, from `start` to `total` (or `max_steps`, when not 0). An epoch's order comes from the loader's
@@ -337,13 +399,31 @@ class Steps:
         return out
 
 
+def video_of(message: str) -> str:
+    """The path of a skipped-video message ("PATH: reason")."""
+    return message.split(": ", 1)[0]
+
+
 def report_bad(batch: dict, skipped: list, run: Run, what: str = "skipped unreadable video") -> None:
     """Unreadable videos of a training batch (the loader replaced each with another video): remembered in `skipped`
-    (OUT/skipped.txt at the end) and printed once each."""
+    (OUT/skipped.txt at the end) and printed, each video once, whatever its reason this time."""
+    seen = {video_of(m) for m in skipped}
     for b in batch["bad"]:
-        if b not in skipped and run.master:
-            tqdm.write(f"{what}: {b}")
-        skipped.append(b)
+        if video_of(b) not in seen:
+            seen.add(video_of(b))
+            skipped.append(b)
+            if run.master:
+                tqdm.write(f"{what}: {b}" + cache_hint(video_of(b)))
+
+
+def cache_hint(path: str) -> str:
+    """A generated video of the cache that turned unreadable: how to make it again."""
+    import data
+    cache = str(data.cache_dir())
+    if not path.startswith(cache + os.sep):
+        return ""
+    folder = os.path.join(cache, os.path.relpath(path, cache).split(os.sep)[0])
+    return f" (a generated video: delete {shlex.quote(folder)} and it is generated again)"
 
 
 class Mean:
@@ -408,13 +488,40 @@ def finish(run: Run, skipped: list, steps: int, next_steps: str):
     """The end of a run: OUT/skipped.txt, the closing lines, the process group closed."""
     if run.master:
         if skipped:
-            (run.out / "skipped.txt").write_text("\n".join(sorted(set(skipped))) + "\n")
-            run.print(f"{len(set(skipped))} unreadable videos were skipped (listed in {run.out / 'skipped.txt'})")
+            first = {}
+            for m in skipped:  # one line per video
+                first.setdefault(video_of(m), m)
+            (run.out / "skipped.txt").write_text("\n".join(sorted(first.values())) + "\n")
+            run.print(f"{len(first)} unreadable videos were skipped (listed in {run.out / 'skipped.txt'})")
         run.print(f"done: {steps} steps; checkpoint {run.checkpoint_path}\n{next_steps}")
         if run.log_file is not None:
             run.log_file.close()
     if run.world > 1:
         dist.destroy_process_group()
+
+
+def command(main):
+    """Run a script's main(): a user mistake (SystemExit("error: ..."), a data.DatasetError) ends in its one line and
+    exit status 2, a NaN loss in its one line and status 1: never a traceback for either."""
+    import data
+    try:
+        return main()
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
+    except data.DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def quote(path) -> str:
+    """A path as it must be typed in a shell command (spaces, quotes, any characters)."""
+    return shlex.quote(str(path))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -425,8 +532,10 @@ def image_grid(rows, pad: int = 4, background=(255, 255, 255)):
     """rows: [(text, [uint8 (H, W, 3) images], [captions] or None)] -> a PIL image: for each row a line of text, then
     its images side by side (top-aligned), each with its caption under it (lines split at '\\n', each cut to the
     image's width). A row may have text only (a header)."""
-    from PIL import Image, ImageDraw, ImageFont
-    font = ImageFont.load_default()
+    from PIL import Image, ImageDraw
+    font = picture_font()
+    rows = [(legible(text, font), images, [legible(c, font) for c in captions] if captions else None)
+            for text, images, captions in rows]
     line = font.getbbox("Ag")[3] + 3  # text line height in pixels
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
@@ -458,3 +567,46 @@ def image_grid(rows, pad: int = 4, background=(255, 255, 255)):
         if images:
             y += max(im.shape[0] for im in images) + pad + line * caption_lines(captions)
     return canvas
+
+
+# Fonts that cover most scripts (Latin, Greek, Cyrillic; Noto and Unifont also CJK), where a system has them; else
+# Pillow's own font, and names it cannot draw are spelt in ASCII (legible() below) rather than drawn as boxes.
+FONTS = ["DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf",
+         "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc", "/usr/share/fonts/truetype/unifont/unifont.ttf",
+         "/System/Library/Fonts/Supplemental/Arial Unicode.ttf", "C:/Windows/Fonts/arial.ttf"]
+
+
+def picture_font(size: int = 11):
+    from PIL import ImageFont
+    candidates = list(FONTS)
+    try:
+        import matplotlib  # ships DejaVu Sans (the study's extra)
+        candidates.insert(0, os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data/fonts/ttf/DejaVuSans.ttf"))
+    except ImportError:
+        pass
+    for name in candidates:
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:
+            continue
+    return ImageFont.load_default()
+
+
+def legible(text: str, font) -> str:
+    """`text` if the font draws every character of it, else the same in ASCII: accents dropped (é -> e) and any
+    other character as its code (日 -> \\u65e5), so a name is never a row of boxes."""
+    try:
+        missing = [ch for ch in set(text) if not ch.isspace() and ch.isprintable() and not _has_glyph(font, ch)]
+    except Exception:  # noqa: BLE001 -- a font that cannot be asked: play safe
+        missing = [ch for ch in text if ord(ch) > 127]
+    if not missing:
+        return text
+    import unicodedata
+    plain = unicodedata.normalize("NFKD", text)
+    return "".join(ch if ord(ch) < 128 else "" if unicodedata.combining(ch) else f"\\u{ord(ch):04x}" for ch in plain)
+
+
+def _has_glyph(font, ch: str) -> bool:
+    """Does the font have a glyph of its own for ch, not the 'missing' box it draws for U+FFFF?"""
+    mask, missing = font.getmask(ch), font.getmask("\uffff")
+    return ch.isascii() or mask.size != missing.size or bytes(mask) != bytes(missing)

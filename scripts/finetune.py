@@ -482,9 +482,7 @@ def print_report(r: dict, cfg: Config):
 
 if __name__ == "__main__":
     try:
-        main()
-    except (data.DatasetError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
+        training.command(main)
     except KeyboardInterrupt:  # outside the training loop (which saves first): before it, or during the test
         print("\ninterrupted; run the same command to go on (a finished training is not repeated, only the test)",
               file=sys.stderr)

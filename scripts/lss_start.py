@@ -226,7 +226,5 @@ def train(cfg: Config):
 
 
 if __name__ == "__main__":
-    try:
-        train(data.decide_dataset(training.parse_config(Config, None, __doc__.strip().split("\n\n")[0])))
-    except (data.DatasetError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
+    training.command(lambda: train(data.decide_dataset(training.parse_config(Config, None, __doc__.strip().split(
+        "\n\n")[0]))))

@@ -218,4 +218,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    training.command(main)

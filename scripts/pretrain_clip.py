@@ -331,6 +331,23 @@ def report(m: dict, log=print):
             f"{b['zero_shot'][name]['top1']:.1f}%)")
 
 
+def usable(path: Path, log=print) -> bool:
+    """Is there a readable tiny CLIP at `path`? A cached file that cannot be read (a copy cut short, a full disk) is
+    said so and moved aside, so that it is made again."""
+    if not path.exists():
+        return False
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        if "visual.conv1.weight" in sd:
+            return True
+        why = "no CLIP weights in it"
+    except Exception as e:  # noqa: BLE001 -- whatever is wrong with it, it is rebuilt
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    log(f"the cached tiny CLIP {path} is unreadable ({why}): pretraining it again")
+    path.replace(path.with_suffix(".broken"))
+    return False
+
+
 def ensure(cfg: Config | None = None, log=print) -> str:
     """The tiny CLIP's weights file: pretrained once with `cfg`'s settings, then reused from the cache. One process
     pretrains; any other started meanwhile (a parallel study job, a second lss.py) says whom it waits for, and waits
@@ -338,9 +355,13 @@ def ensure(cfg: Config | None = None, log=print) -> str:
     import fcntl
     cfg = cfg or Config()
     path = Path(cfg.out) if cfg.out else default_path(cfg)
-    if path.exists():
+    if usable(path, log):
         return str(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"error: cannot write the tiny CLIP into {path.parent} ({e.strerror or e}): point "
+                         f"NANOVIDEOSSL_CACHE (or --out) at a writable folder")
     with open(path.with_suffix(".lock"), "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -350,7 +371,7 @@ def ensure(cfg: Config | None = None, log=print) -> str:
             log(f"waiting for {holder}, which is pretraining the tiny CLIP into {path} (minutes; this process goes on "
                 f"when the file is there)")
             fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.exists():
+        if usable(path, log):
             return str(path)
         lock.seek(0)
         lock.truncate()
@@ -397,7 +418,7 @@ def main(argv=None):
         print(ensure(cfg, log=lambda *a: print(*a, file=sys.stderr, flush=True)))
         return 0
     path = Path(cfg.out) if cfg.out else default_path(cfg)
-    if path.exists():
+    if usable(path):
         print(f"{path} exists (same settings); delete it to pretrain again")
         meta = path.with_suffix(".json")
         if meta.exists():
@@ -408,4 +429,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(training.command(main))

@@ -25,6 +25,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import data  # noqa: E402
+import training  # noqa: E402
 
 # Re-encoding a dataset for fast random access. Seeking lands on the keyframe before the wanted frame and decodes
 # forward from there, so a random clip costs about GOP/2 extra decoded frames: ~140 frames per 16-frame clip with
@@ -214,6 +215,14 @@ def reencode_dataset(src_root, dst_root, short_side=256, gop=16, crf=23, workers
         check_reencode_settings(codec, gop, crf, preset, tune, qscale)
     except ValueError as e:
         raise data.DatasetError(str(e)) from e
+    try:  # the destination is the problem when it cannot be written: say so once, before any source is read
+        dst_root.mkdir(parents=True, exist_ok=True)
+        probe = dst_root / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise data.DatasetError(f"cannot write into --dst {dst_root} ({e.strerror or e}): choose a folder you can "
+                                f"write to, with room for the re-encoded videos") from e
     settings = dict(codec=codec, tune=tune, qscale=qscale)
     videos = data._find_videos(src_root)
     jobs = [(str(p), str(dst_root / p.relative_to(src_root)), short_side, gop, crf, preset, settings) for p in videos]
@@ -289,4 +298,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(training.command(main))

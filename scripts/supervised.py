@@ -72,7 +72,7 @@ def train(cfg: Config):
     run, ckpt = training.start(cfg, "cvrl")  # cvrl.py's checkpoint layout: eval_linear.py probes it as it does CVRL's
     device = run.device
     torch.manual_seed(cfg.seed)
-    videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train", cfg.synthetic)
+    videos, cfg, skipped = training.training_videos(cfg, run)
     dataset = data.VideoDataset(videos, data.RandomClip(cfg.frames, cfg.stride), canvas=cfg.canvas, resample=True,
                                 min_frames=cfg.frames)
     loader = data.make_loader(dataset, cfg.batch_size, cfg.workers, shuffle=True, drop_last=True, seed=cfg.seed)
@@ -84,13 +84,14 @@ def train(cfg: Config):
     classifier = nn.Linear(encoder.feature_dim, len(videos.classes))
     model = nn.Sequential(encoder, classifier).to(device)
     optimizer = cvrl.configure_optimizer(model, cfg.lr, cfg.weight_decay, cfg.momentum, "sgd")
-    start_step, skipped = 0, []
+    start_step = 0
     if ckpt is not None:
         training.check_resume_config(ckpt["config"], cfg, ("arch",))
         encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in ckpt["backbone"].items()})
         classifier.load_state_dict(ckpt["classifier"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        start_step, skipped = ckpt["step"], list(ckpt.get("skipped", []))
+        start_step, skipped = ckpt["step"], list(ckpt.get("skipped", [])) or skipped
+        training.note_data_change(run, ckpt, len(videos), steps_per_epoch, total_steps)
         run.print(f"resumed from {run.checkpoint_path} at step {start_step}")
     run.print(f"supervised | {videos.name}: {len(videos)} videos, {len(videos.classes)} classes | encoder {cfg.arch} | "
               f"{device} | {steps_per_epoch} steps/epoch x {cfg.epochs} epochs")
@@ -103,7 +104,7 @@ def train(cfg: Config):
             "method": "cvrl", "trained_by": "scripts/supervised.py", "config": asdict(cfg), "step": step,
             "epoch": step / steps_per_epoch, "backbone": {"encoder." + k: v for k, v in encoder.state_dict().items()},
             "classifier": classifier.state_dict(), "optimizer": optimizer.state_dict(), "skipped": sorted(set(skipped)),
-            "versions": {"torch": str(torch.__version__)}})
+            "num_videos": len(videos), "steps_per_epoch": steps_per_epoch, "versions": {"torch": str(torch.__version__)}})
 
     steps = training.Steps(loader, start_step, total_steps, steps_per_epoch, cfg.max_steps, cfg.batch_size)
     mean = training.Mean(start_step)
@@ -137,9 +138,8 @@ def train(cfg: Config):
 
 
 if __name__ == "__main__":
-    try:
+    def main():
         cfg = data.decide_dataset(training.parse_config(Config, None, __doc__.strip().split("\n\n")[0]))
         data.require_labels(cfg.dataset, cfg.data, "supervised training")
         train(cfg)
-    except (data.DatasetError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
+    training.command(main)
