@@ -87,7 +87,8 @@ def _open(path):
     try:
         container = av.open(path, metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError, OSError) as e:
-        raise VideoError(path, f"cannot be opened as a video ({type(e).__name__}: {e}); truncated or not a video file?") from e
+        why = getattr(e, "strerror", None) or str(e)  # FFmpeg's message without the path, which VideoError names
+        raise VideoError(path, f"cannot be opened as a video ({type(e).__name__}: {why}); truncated or not a video?") from e
     if not container.streams.video:
         container.close()
         raise VideoError(path, "has no video stream (audio only?)")

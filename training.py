@@ -165,15 +165,15 @@ def unwrap(model):
 def save_checkpoint(path, state: dict):
     """Write to a temporary file, fsync, then rename: a crash or SIGKILL mid-write leaves the previous checkpoint.
     The temporary name carries the process id, so two processes writing the same file (two evaluations filling one
-    feature cache) never write into each other's. A Ctrl-C that arrives during the write is held until the file is
-    whole and renamed, then raised as KeyboardInterrupt: the training loop's own Ctrl-C handler then saves and exits
-    130 as usual, instead of torch.save dying half-way with a zip error (signal handlers can only be set from the
-    main thread; elsewhere the write is not shielded)."""
+    feature cache) never write into each other's. A Ctrl-C or SIGTERM that arrives during the write is held until the
+    file is whole and renamed, then delivered: the training loop's own handler then saves and exits as usual,
+    instead of torch.save dying half-way with a zip error (signal handlers can only be set from the main thread;
+    elsewhere the write is not shielded). A full disk ends the run with one line; the previous file is kept."""
     tmp = f"{path}.tmp{os.getpid()}"
     held: list[int] = []
     shield = threading.current_thread() is threading.main_thread()
     if shield:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+        previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)
@@ -189,9 +189,11 @@ def save_checkpoint(path, state: dict):
         raise
     finally:
         if shield:  # None: a handler set outside Python; the default one is the closest we can restore
-            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
-    if held:
-        raise KeyboardInterrupt
+            for s, h in previous.items():
+                signal.signal(s, h if h is not None else signal.SIG_DFL if s == signal.SIGTERM
+                              else signal.default_int_handler)
+    for signum in held:
+        signal.raise_signal(signum)  # now, to the handler the run has (Ctrl-C: KeyboardInterrupt)
 
 
 def _disk_full(error: BaseException, path) -> bool:
