@@ -665,18 +665,18 @@ class Config:
     fold: int = 1                   # UCF101/HMDB51 split number (1-3)
     data_fraction: float = 1.0      # use this class-stratified fraction of the training videos
     synthetic: SyntheticWorld = field(default_factory=lambda: SyntheticWorld(
-        trail=1.0, context=0.35, clutter=0.5, noise=0.1))  # the synthetic videos: trails, scenes, a camera (see above)
+        trail=1.0, context=0.5, clutter=0.3, noise=0.05))  # the synthetic videos: trails, scenes, a camera (see above)
     canvas: tuple = (32, 32)        # decode size (H, W): frames are scaled to cover it, then centre-cropped
     # views: SVT's multi-view recipe (lss.md section 4; see MultiViewSampler)
     frames: int = 8                 # frames decoded per view; a global view uses all of them (SVT: 8)
     stride: int = 4                 # frames between a global view's frames (SVT: 32, an 8.5 s window at 30 fps)
-    local_views: int = 4            # local views per video (SVT: 8)
+    local_views: int = 2            # local views per video (SVT: 8)
     local_frames: int = 4           # frames per local view, subsampled on the device from --frames (SVT: 8)
     local_stride: int = 1           # frames between a local view's decoded frames (SVT: a window 1/8 of the global one)
     size: int = 32                  # global view side in pixels, a multiple of the patch size (SVT: 224)
-    local_size: int = 16            # local view side, a multiple of the patch size (SVT: 96)
-    global_area: tuple = (0.4, 1.0)  # random resized crop area range of the global views (SVT/DINO: 0.4-1)
-    local_area: tuple = (0.05, 0.4)  # random resized crop area range of the local views (SVT/DINO: 0.05-0.4)
+    local_size: int = 24            # local view side, a multiple of the patch size (SVT: 96)
+    global_area: tuple = (0.6, 1.0)  # random resized crop area range of the global views (SVT/DINO: 0.4-1)
+    local_area: tuple = (0.25, 0.6)  # random resized crop area range of the local views (SVT/DINO: 0.05-0.4)
     # model
     init: str = "tiny"              # tiny (a CLIP pretrained once on captioned stills, cached) | random (the flags below) | clip (--clip)
     clip: str | None = None         # OpenAI-layout CLIP weights (state dict or OpenAI's JIT .pt); needed by --init clip
@@ -709,16 +709,16 @@ class Config:
     targets: str = "teacher"        # teacher (LSS) | oracle (control: the true class as the target of --oracle-fraction of the videos)
     oracle_fraction: float = 1.0    # --targets oracle: fraction of training videos (a fixed random subset) given the true class
     # optimisation
-    epochs: int = 15                # passes over the training videos (SVT: 20 on Kinetics-400)
-    batch_size: int = 32            # videos per process per step; global batch = batch_size x processes (SVT: 8 x 4)
-    lr: float = 1e-3                # AdamW peak lr at a global batch of 256 videos, scaled linearly (SVT: 5e-4)
+    epochs: int = 20                # passes over the training videos (SVT: 20 on Kinetics-400)
+    batch_size: int = 16            # videos per process per step; global batch = batch_size x processes (SVT: 8 x 4)
+    lr: float = 1.6e-2              # AdamW peak lr at a global batch of 256 videos, scaled linearly (SVT: 5e-4)
     new_lr_scale: float = 1.0       # lr multiplier of the parameters CLIP does not have: temporal attention, time embedding
     min_lr: float = 1e-6            # lr at the end of the cosine (SVT: 1e-6)
     warmup_epochs: float = 1.0      # linear lr warmup from 0 (SVT: 10 of 20 epochs)
     weight_decay: float = 0.04      # start of the cosine weight-decay schedule; none on biases/1-d params (SVT: 0.04)
     weight_decay_end: float = 0.4   # end of that schedule (SVT: 0.4)
     momentum_teacher: float = 0.996  # teacher EMA momentum at step 0 (at most), cosine to 1 (SVT; DINO: higher for small batches)
-    ema_horizon: float = 0.0        # the teacher averages over this fraction of the run: start momentum min(--momentum-teacher, 1 - 1/(horizon x steps)); 0 = off
+    ema_horizon: float = 0.1        # the teacher averages over this fraction of the run: start momentum min(--momentum-teacher, 1 - 1/(horizon x steps)); 0 = off
     clip_grad: float = 3.0          # per-parameter gradient-norm clip, as DINO/SVT (0 = off)
     # machinery
     device: str = "auto"            # auto | cpu | cuda

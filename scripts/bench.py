@@ -16,7 +16,7 @@ it by hand).
                    of a real CVRL training loop fed by the loader.
   3. augmentation  data.augment on a uint8 (B, 3, T, H, W) batch against a per-clip torchvision.transforms.v2 loop.
   4. re-encode     which format `python scripts/reencode.py` should write: one camera-like source re-encoded by
-                   data.reencode_video in several variants (keyframe interval, all-intra, x264 fastdecode, CRF,
+                   reencode.reencode_video in several variants (keyframe interval, all-intra, x264 fastdecode, CRF,
                    resize, MPEG-4 Part 2, MJPEG); per variant the disk cost, PSNR, random 16x2 clips/s and CVRL
                    pairs/s per core and frames decoded per clip (on a GPU also NVDEC through PyAV's hwaccel).
 
@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 import cvrl  # noqa: E402
 import data  # noqa: E402
+import reencode  # noqa: E402  (scripts/reencode.py, beside this file)
 from lss import VideoViT  # noqa: E402  (model class only; LSS's training code is not used here)
 
 # Dense bf16 tensor-core peaks (FLOP/s, 2 per MAC), by substring of torch.cuda.get_device_name(). MFU is always
@@ -100,7 +101,7 @@ def _formats(seconds_scale=1.0, small=False):
 @dataclass
 class Reencode:
     name: str
-    codec: str = "h264"                 # data.REENCODE_CODECS
+    codec: str = "h264"                 # reencode.REENCODE_CODECS
     gop: int = 16
     tune: str | None = "fastdecode"     # x264 only; None: x264's default tools (what reencode wrote before)
     crf: int = 23                       # x264 only
@@ -800,7 +801,7 @@ def bench_augment(P, devices, log):
 # 4. re-encode formats
 # ----------------------------------------------------------------------------------------------------------------------
 # Which format should `python scripts/reencode.py` write? One camera-like source (larger than 256 on its short side, so
-# the resize matters), re-encoded by data.reencode_video in each variant, then read the way training reads it: random
+# the resize matters), re-encoded by reencode.reencode_video in each variant, then read the way training reads it: random
 # clips and CVRL pairs through read_clips, one process, one thread, canvas = the file's own size (the augmentation
 # crops later). The target is the loader of a 16-core GPU box: 720 clips/s of 16x224 CVRL clips, 45 clips/s per core.
 
@@ -867,7 +868,7 @@ def bench_reencode(P, cache, log, device=None):
     for v in P["reencode_variants"]:
         path = out / (v.name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "") + v.ext)
         t0 = time.perf_counter()  # always re-encoded: the encode time is a row too, and stale files are never read
-        r = data.reencode_video(src, path, v.short_side or None, v.gop, v.crf, "medium", codec=v.codec,
+        r = reencode.reencode_video(src, path, v.short_side or None, v.gop, v.crf, "medium", codec=v.codec,
                                 tune=v.tune, qscale=v.qscale)
         enc_s = time.perf_counter() - t0
         size = os.path.getsize(path)
@@ -939,7 +940,7 @@ def bench_reencode(P, cache, log, device=None):
 
 def render_reencode(p, env, lines):
     lines += ["### 4. Re-encode formats (`python scripts/reencode.py`)", ""] + _provenance(p, env) + [
-              f"Source: {p['source']} ({p['source_bytes'] / 1e6:.1f} MB), re-encoded by data.reencode_video in each "
+              f"Source: {p['source']} ({p['source_bytes'] / 1e6:.1f} MB), re-encoded by reencode.reencode_video in each "
               f"variant. Decode = read_clips in one process, one thread (one DataLoader worker), canvas = the file's "
               f"own size; clip = {p['clip']} (data.RandomClip), CVRL pair = cvrl.PairSampler(decreasing) through "
               f"read_clips; median of {p['rounds']} rounds over all variants in turn ({p['clips_per_round']} clips, "

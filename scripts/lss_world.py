@@ -45,6 +45,7 @@ import data  # noqa: E402
 from data import SyntheticWorld  # noqa: E402
 import training  # noqa: E402
 import lss  # noqa: E402
+import pretrain_clip  # noqa: E402  (scripts/pretrain_clip.py, beside this file)
 
 
 @dataclass
@@ -97,7 +98,7 @@ def linear_probe(x_tr, y_tr, x_te, y_te, classes: int, steps: int = 300) -> floa
 
 @torch.no_grad()
 def stills_zero_shot(clip: lss.CLIP, vit: lss.VideoViT, vectors: torch.Tensor, n: int) -> float:
-    images, attrs, _ = data.make_stills(n, size=clip.cfg.image_resolution, seed=12345, progress=False)
+    images, attrs, _ = pretrain_clip.make_stills(n, size=clip.cfg.image_resolution, seed=12345, progress=False)
     proj, _ = frame_features(vit, torch.from_numpy(images))
     truth = torch.tensor([data.SYNTHETIC_CLASSES.index(a["motion"]) for a in attrs])
     return float(((F.normalize(proj, dim=-1) @ vectors.T).argmax(1) == truth).float().mean() * 100)

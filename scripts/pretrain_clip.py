@@ -4,7 +4,7 @@ are at hand (its default, `--init tiny`).
 
 LSS is an adaptation method: it starts from an image CLIP that already names actions from single frames, because web
 captions ("a man juggling") sit under photos whose pose and objects show the action, and it teaches that model to
-use time. This script makes such a start offline, in minutes on a CPU. The "web" is data.make_stills: single images
+use time. This script makes such a start offline, in minutes on a CPU. The "web" is make_stills below: single images
 of one shape with a faint trail of its recent motion, captioned from what is drawn ("a small red triangle rising
 near the top left"). The model is lss.py's own CLIP (so the result is an OpenAI-layout state dict that
 `lss.load_clip` reads), both towers from random weights, trained as CLIP was: symmetric InfoNCE over the batch's
@@ -146,7 +146,7 @@ def make_stills(n: int, size=32, seed=0, workers=None, progress=True) -> tuple[n
     jobs = [(seed, s, min(chunk, n - s), size) for s in range(0, n, chunk)]
     workers = workers or min(len(os.sched_getaffinity(0)), 8)
     images, attrs, captions = [], [], []
-    with mp.getdata._context("fork").Pool(workers) as pool:
+    with mp.get_context("fork").Pool(workers) as pool:
         for im, a, c in tqdm(pool.imap(_stills_chunk, jobs), total=len(jobs), desc="captioned stills",
                              unit="chunk", disable=not progress):
             images.append(im)
@@ -172,7 +172,7 @@ class Config:
     text_layers: int = 4            # text transformer blocks (ViT-B/16: 12)
     context: int = 16               # text context length in tokens (OpenAI: 77; our captions are short)
     # optimisation (CLIP: AdamW, cosine schedule, learned temperature clamped at 100)
-    steps: int = 2000               # training steps
+    steps: int = 1200               # training steps
     batch_size: int = 128           # image-text pairs per step: the negatives of InfoNCE
     lr: float = 1e-3                # AdamW peak learning rate
     warmup: int = 100               # linear warm-up steps
@@ -191,7 +191,7 @@ MODEL_KEYS = ("stills", "size", "embed_dim", "width", "layers", "patch", "text_w
 
 def default_path(cfg: Config) -> Path:
     """Cache file named by every setting that changes the weights (and the stills' version)."""
-    key = json.dumps({"v": 7, **{k: getattr(cfg, k) for k in MODEL_KEYS}}, sort_keys=True)
+    key = json.dumps({"v": 8, **{k: getattr(cfg, k) for k in MODEL_KEYS}}, sort_keys=True)
     return data.cache_dir() / f"tiny-clip-{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
 
 
