@@ -180,10 +180,15 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
                      ("--nuisance", n), ref=f"random-init-nuisance{n}"),
                  Row(f"random-init-nuisance{n}", f"random-init, nuisance {n}", ("nuisance",), "random",
                      eval=("--nuisance", n), base=f"cvrl-nuisance{n}", ref=None)]
-    # The random-init LSS rows keep the settings they were run with before lss.py started from a pretrained tiny
-    # CLIP by default: a random CLIP, the videos without a motion trail, CLIP's Kinetics prompts, 48 px views, lr 4e-3.
-    R0 = ("--init", "random", "--trail", "0", "--templates", "kinetics", "--size", "48", "--local-size", "24",
-          "--canvas", "64", "64", "--lr", "4e-3")
+    # The LSS rows of the random-init study keep the settings they were run with, before lss.py started from a
+    # pretrained tiny CLIP by default and took the views and schedule chosen for it: the videos without a motion
+    # trail, scene or camera, CLIP's Kinetics prompts, 48 px views with four local views of 24 px, DINO's crop
+    # areas, batch 32 at lr 4e-3 and the paper's EMA momentum. R0 adds a random CLIP (then the default).
+    OLD_LSS = ("--trail", "0", "--context", "0", "--clutter", "0", "--noise", "0", "--templates", "kinetics",
+               "--size", "48", "--local-size", "24", "--canvas", "64", "64", "--local-views", "4",
+               "--global-area", "0.4", "1.0", "--local-area", "0.05", "0.4", "--batch-size", "32", "--lr", "4e-3",
+               "--ema-horizon", "0")
+    R0 = ("--init", "random") + OLD_LSS
     rows += [
         Row("lss", "LSS full (distillation + uniform prior + alignment)", ("lss",), "lss", R0, ref="lss-init"),
         # --init random: the network at step 0 is a randomly initialised CLIP, so "frozen init" IS lss.py's network
@@ -208,7 +213,8 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
         Row("lss-start", "InfoNCE-pretrained image tower, frozen (the start; no LSS)", ("lss_fix",), "lss_start",
             ref="lss-init"),
         Row("lss-from-start", "LSS from the InfoNCE-pretrained start", ("lss_fix",), "lss",
-            ("--init", "clip", "--clip", "{base}/clip.pt", "--tau-s", "0.1", "--tau-t", "0.04"), base="lss-start",
+            ("--init", "clip", "--clip", "{base}/clip.pt", "--tau-s", "0.1", "--tau-t", "0.04") + OLD_LSS,
+            base="lss-start",
             ref="lss-start"),
         # the same start without CVRL's MLP head: InfoNCE on the joint-space feature itself, the one whose cosines to
         # the concepts are LSS's logits (the head's BatchNorm lets the tower keep a direction common to all videos)
@@ -302,7 +308,17 @@ PRESETS = {
         rows=["lss", "lss-init", "lss-distill", "lss-span", "lss-tau-warmup", "lss-up0.1", "lss-up10", "lss-start",
               "lss-from-start", "lss-start-nohead"],
     ),
-    "lss-pretrained": dict(  # CPU: LSS from the pretrained tiny CLIP (lss.py's defaults), 3 seeds
+    "lss-pretrained": dict(  # CPU: the claim and its upper bound: LSS and the oracle from the tiny CLIP, 3 seeds
+        seeds=[0, 1, 2],      # (lss.py's defaults; ~15 min per LSS job at 1 thread beside another, ~50 min in all)
+        parallel=2,
+        encoder=[],
+        cvrl=[], supervised=[], lss_start=[],
+        lss=["--workers", "1"],
+        eval=["--workers", "1"],
+        nuisance=[0.0],
+        rows=["clip-frozen", "lss-pre", "lss-oracle"],
+    ),
+    "lss-ablations": dict(  # CPU: the paper's ablations and the target-quality sweep in the same setting (~2 h)
         seeds=[0, 1, 2],
         parallel=2,
         encoder=[],
@@ -310,7 +326,7 @@ PRESETS = {
         lss=["--workers", "1"],
         eval=["--workers", "1"],
         nuisance=[0.0],
-        rows=["clip-frozen", "lss-pre", "lss-pre-distill", "lss-pre-up", "lss-pre-ca", "lss-pre-desc", "lss-oracle"]
+        rows=["clip-frozen", "lss-pre-distill", "lss-pre-up", "lss-pre-ca", "lss-pre-desc"]
         + [f"lss-oracle{round(f * 100)}" for f in ORACLE_FRACTIONS],
     ),
     "cvrl-search": dict(  # CPU: how the quick preset's CVRL flags were chosen, two seeds (~30 min on 2 cores)

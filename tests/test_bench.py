@@ -209,7 +209,10 @@ def test_reencode_cli(tmp_path, source_tree):
         clip = data.read_frames(out, [0, n_src // 2, n_src - 1])
         ref = data.read_frames(src, [0, n_src // 2, n_src - 1], size=(64, 86))
         assert clip.shape == (3, 64, 86, 3)
-        assert (clip.float() - ref.float()).abs().mean() < 12  # same frames, up to scaling and re-encoding
+        # same frames, up to scaling and re-encoding (two lossy codecs at 64 px: ~10-12 of 255 on average), and
+        # far closer to them than to the same frames in another order
+        err = (clip.float() - ref.float()).abs().mean()
+        assert err < 14 and err < 0.7 * (clip.float() - ref.flip(0).float()).abs().mean(), (name, err)
     # the source's long GOP is gone: a seek in the middle now decodes at most a GOP
     stats = {}
     data.read_frames(dst / "ClassA" / "v_a.mp4", [60], stats=stats)

@@ -524,12 +524,15 @@ def test_committed_tables_regenerate_from_their_records(preset):
     jobs = R.make_jobs(rows, P, d, [])
     records = {f"{j['row']}/seed{j['seed']}": j for j in res["jobs"]}
     assert {j.id for j in jobs} == set(records)
-    pinned = ("--init", "random", "--trail", "0", "--templates", "kinetics", "--size", "48", "--local-size", "24",
-              "--canvas", "64", "64", "--lr", "4e-3")
+    pinned = Counter(("--trail", "0", "--context", "0", "--clutter", "0", "--noise", "0", "--templates", "kinetics",
+                      "--size", "48", "--local-size", "24", "--canvas", "64", "64", "--local-views", "4",
+                      "--global-area", "0.4", "1.0", "--local-area", "0.05", "0.4", "--batch-size", "32",
+                      "--lr", "4e-3", "--ema-horizon", "0"))
     for job in jobs:
         old, new = records[job.id]["key"]["cmds"], job.key["cmds"]
         if old != new:
             assert job.row.name.startswith("lss") and preset in ("quick", "lss-explore"), job.id
             assert len(old) == len(new) and old[0][0] == new[0][0] == "lss.py" and new[1:] == old[1:], job.id
-            assert Counter(new[0]) - Counter(old[0]) == Counter(pinned) and not Counter(old[0]) - Counter(new[0])
+            init = Counter(("--init", "random")) if job.row.name != "lss-from-start" else Counter()
+            assert Counter(new[0]) - Counter(old[0]) == pinned + init and not Counter(old[0]) - Counter(new[0])
     assert R.format_table(R.summarize(rows, jobs, records)) == (d / "table.md").read_text()
