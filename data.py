@@ -136,8 +136,7 @@ def _stream_info(container, stream, path, first_frame: bool = False) -> tuple[Vi
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if not rate or float(rate) <= 0:
         raise VideoError(path, "has no frame rate in its header")
-    fps = float(rate)
-    tb = stream.time_base
+    fps, tb = float(rate), stream.time_base
     # Frame count. MP4/AVI headers carry it; WebM/MKV/TS report 0, and then we count packets (a full demux, still
     # no decode: fast). A header can over-report (a truncated file): read_frames then raises for the missing frames.
     num_frames = int(stream.frames or 0)
@@ -197,8 +196,7 @@ def _stream_info(container, stream, path, first_frame: bool = False) -> tuple[Vi
 
 
 def probe(path) -> VideoInfo:
-    """Frame count, fps, size (as displayed) and duration of a video. Raises VideoError with the path for unusable
-    files."""
+    """Frame count, fps, size (as displayed) and duration of a video. Raises VideoError (with the path) if unusable."""
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_count = 1
@@ -1075,16 +1073,13 @@ def _camera(frames: np.ndarray, rng: np.random.Generator, clutter: float, noise:
     """What a camera adds, float (N, H, W, 3): a static grey texture of strength U(0, clutter) (a cluttered room, never
     a scene's hue) and sensor noise of std U(0, noise), per video; a knob at 0 draws nothing (old videos unchanged)."""
     if clutter > 0:
-        level = rng.uniform(0, clutter)
-        H, W = frames.shape[1:3]
+        level, (H, W) = rng.uniform(0, clutter), frames.shape[1:3]
         bg = np.repeat(level * _smooth_texture(rng, H, W)[..., None], 3, axis=-1).astype(np.float32)  # (H, W, 3)
         shape = frames.max(axis=-1, keepdims=True)  # (N, H, W, 1): where the shape and its trail are drawn
         frames = frames + bg * (1 - shape.clip(0, 1))  # behind them: a ghost lets the background show through
     if noise > 0:
         frames = frames + rng.normal(0, rng.uniform(0, noise), frames.shape).astype(np.float32)
     return frames
-
-
 
 
 def write_video(path, frames: np.ndarray, fps=16, codec="libx264", options=None, container_options=None):

@@ -31,20 +31,21 @@ window, 8 frames, 224 px) and L local views (short windows, fewer frames, 96 px)
 globals, the student all views, one backbone pass per view shape; both project onto the frozen concept vectors;
 L = L_CD + lambda_ca L_CA + lambda_up L_UP; AdamW with SVT's lr/weight-decay/momentum schedules. The checkpoint's
 "backbone" is the TEACHER (SVT evaluates the teacher); it also carries the student, optimizer, centre and the text
-tower, so a run resumes exactly and zero-shot evaluation can embed any dataset's class names later.
+tower, so a run resumes exactly and zero-shot evaluation can embed any dataset's class names later. In a short run
+the EMA teacher trails the student, so we report the student (eval_linear.py --network student; both are logged).
 
 Where no OpenAI weights are at hand, the start is a tiny CLIP pretrained here on captioned synthetic stills
 (scripts/pretrain_clip.py, run once by --init tiny, the default, and cached); --init random is the collapse.
 
 Commands
     python lss.py                                          # CPU: the tiny CLIP adapted to the synthetic videos
-    python lss.py zero-shot --ckpt runs/lss/checkpoint.pt  # the teacher names the test videos by their classes
-    python eval_linear.py --ckpt runs/lss/checkpoint.pt    # linear probe of the teacher (CLS feature)
+    python lss.py zero-shot --ckpt runs/lss/checkpoint.pt --network student  # name the test videos by their classes
+    python eval_linear.py --ckpt runs/lss/checkpoint.pt --network student    # linear probe (CLS feature)
     torchrun --standalone --nproc_per_node=2 lss.py --out runs/lss_ddp     # 2 processes (gloo; NCCL on GPUs)
     python lss.py --data ~/videos --out runs/lss_own       # your unlabeled videos (concepts: UCF101+HMDB51+K400)
     # the paper's setting (reconstructed): OpenAI's ViT-B/16 (a local file), SVT's views, Kinetics-400, 4 GPUs
     torchrun --standalone --nproc_per_node=4 lss.py --init clip --clip ViT-B-16.pt --size 224 --local-size 96 \
-        --canvas 256 320 --frames 8 --stride 32 --local-views 8 --local-frames 8 --local-stride 4 \
+        --canvas 256 320 --frames 8 --stride 32 --local-views 8 --local-frames 8 --local-stride 4 --global-area 0.4 1 --local-area 0.05 0.4 \
         --dataset kinetics --data K400/ --annotations K400/annotations/ --epochs 20 --warmup-epochs 10 \
         --batch-size 8 --lr 5e-4 --test-clips 1 --workers 8 --out runs/lss_k400
     python lss.py zero-shot --ckpt runs/lss_k400/checkpoint.pt --dataset ucf101 --data UCF-101/ \
@@ -1358,8 +1359,7 @@ def train(cfg: Config):
 
     # zero-shot on the dataset's own test split with its class names: the teacher before training, both after
     zs = zero_shot_during_training(cfg, text, config, run)
-    if zs and start_step == 0:
-        zs(0, teacher)
+    start_zs = zs(0, teacher)["top1"] if zs and start_step == 0 else logged_start_zero_shot(run.out)
     # the loop: a step per batch, a log line every --log-every steps, a checkpoint at every epoch's end
     steps = training.Steps(loader, start_step, total_steps, steps_per_epoch, cfg.max_steps, cfg.batch_size)
     mean = training.Mean(start_step)
@@ -1388,14 +1388,29 @@ def train(cfg: Config):
     if steps.step == 0 and not run.checkpoint_path.exists():
         checkpoint(0)  # --epochs 0: the start itself, checkpointed for eval_linear.py (the frozen baseline)
     if zs and steps.step > 0:
-        zs(steps.step, teacher)  # the teacher: the network SVT evaluates and the checkpoint's "backbone"
-        zs(steps.step, student_vit, "student")
+        end = {"student": zs(steps.step, student_vit, "student")["top1"],  # the network the README reports
+               "teacher": zs(steps.step, teacher)["top1"]}  # SVT evaluates it; the checkpoint's "backbone"
+        if start_zs is not None:  # the method's claim, in its own log: the frozen CLIP (step 0) against the end
+            run.print("zero-shot, the frozen CLIP at step 0 -> now: " + ", ".join(
+                f"{k} {start_zs:.1f} -> {v:.1f} ({v - start_zs:+.1f})" for k, v in end.items()))
     ckpt_arg, flags = training.quote(run.checkpoint_path), f" --dataset {cfg.dataset}" if cfg.dataset != "synthetic" else ""
     training.finish(run, skipped, steps.step, (
         f"look: python scripts/neighbours.py --ckpt {ckpt_arg} --out {training.quote(run.out / 'neighbours.png')}"
         if cfg.dataset == "unlabeled" else  # nothing to evaluate on: what the features find similar instead
-        f"evaluate: python eval_linear.py --ckpt {ckpt_arg}{flags}\n"
+        f"evaluate: python eval_linear.py --ckpt {ckpt_arg}{flags} --network student\n"
         f"          python lss.py zero-shot --ckpt {ckpt_arg}{flags}"))
+
+
+def logged_start_zero_shot(out) -> float | None:
+    """A resumed run's step-0 zero-shot (the frozen CLIP), read back from its log.jsonl; None if it has none."""
+    try:
+        for line in (Path(out) / "log.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("step") == 0 and "zero_shot_top1" in rec:
+                return rec["zero_shot_top1"]
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def zero_shot_during_training(cfg: Config, text: CLIP, config: dict, run: training.Run):
@@ -1567,7 +1582,8 @@ def name_videos_command(zc, backbone, text, videos, templates, frames, stride, s
 
 @dataclass
 class ZeroShotConfig:
-    ckpt: str | None = None         # an lss.py checkpoint: its teacher and its text tower are evaluated
+    ckpt: str | None = None         # an lss.py checkpoint: its network (--network) and its text tower are evaluated
+    network: str = "teacher"        # --ckpt: teacher (the checkpoint's "backbone", SVT's) | student (what the README reports)
     clip: str | None = None         # instead of --ckpt: CLIP weights evaluated frozen (frame-averaged CLIP baseline)
     dataset: str | None = None      # auto | synthetic | folder | ucf101 | hmdb51 | kinetics; default: the checkpoint's
     data: str | None = None         # dataset root
@@ -1599,8 +1615,10 @@ class ZeroShotConfig:
 def zero_shot(zc: ZeroShotConfig) -> dict:
     if bool(zc.ckpt) == bool(zc.clip):
         raise SystemExit("error: give exactly one of --ckpt (an lss.py checkpoint) or --clip (frozen CLIP weights)")
-    if zc.class_vectors not in ("names", "descriptions") or zc.split not in ("train", "test"):
-        raise SystemExit("error: --class-vectors must be names|descriptions and --split train|test")
+    if zc.class_vectors not in ("names", "descriptions") or zc.split not in ("train", "test") \
+            or zc.network not in ("teacher", "student"):
+        raise SystemExit("error: --class-vectors must be names|descriptions, --split train|test and "
+                         "--network teacher|student")
     device = training.resolve_device(zc.device)
     t0 = time.perf_counter()
     if zc.ckpt:
@@ -1609,10 +1627,10 @@ def zero_shot(zc: ZeroShotConfig) -> dict:
             raise SystemExit(f"error: {zc.ckpt} is not an lss.py checkpoint (method {ckpt.get('method')!r})")
         tcfg = dict(ckpt["config"])
         backbone = Backbone(tcfg, "proj")
-        backbone.load_state_dict(ckpt["backbone"])  # the teacher
+        backbone.load_state_dict(ckpt["backbone"] if zc.network == "teacher" else student_backbone_state(ckpt))
         text = text_tower(CLIP(CLIPConfig(**tcfg["clip_arch"])))
         text.load_state_dict(ckpt["text"])
-        what, step = f"teacher of {zc.ckpt}", ckpt.get("step")
+        what, step = f"{zc.network} of {zc.ckpt}", ckpt.get("step")
         del ckpt
     else:
         clip = load_clip(zc.clip)

@@ -30,6 +30,11 @@ def _isolated_cache(tmp_path_factory):
     os.environ["NANOVIDEOSSL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
+def load_ckpt(path):
+    """A checkpoint as the scripts write it: tensors and plain containers only."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def textured_frames(n, h=48, w=64, seed=0):
     """Frames that differ from each other in every pixel block, so a wrong frame can never pass as the right one."""
     rng = np.random.default_rng(seed)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import data
-from conftest import ROOT
+from conftest import ROOT, load_ckpt as load
 
 TINY = ["--frames", "4", "--stride", "2", "--size", "32", "--canvas", "32", "32", "--batch-size", "8",
         "--head-hidden", "64", "--workers", "0", "--log-every", "1"]
@@ -26,9 +26,6 @@ def run(args, timeout=600, env=None, torchrun=0):
 def cvrl_args(tiny_synthetic, out, *extra):
     return [str(ROOT / "cvrl.py"), "--dataset", "synthetic", "--data", str(tiny_synthetic), "--out", str(out)] + TINY + list(extra)
 
-
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def test_smoke_trains_checkpoints_and_eval_linear_reads_it(tiny_synthetic, tmp_path):

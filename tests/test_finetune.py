@@ -16,7 +16,7 @@ import cvrl
 import data
 import training
 import eval_linear as E
-from conftest import ROOT
+from conftest import ROOT, load_ckpt as load
 
 import finetune  # noqa: E402
 
@@ -40,9 +40,6 @@ def ok(r):
     assert r.returncode == 0, f"exit {r.returncode}\nSTDOUT\n{r.stdout[-3000:]}\nSTDERR\n{r.stderr[-3000:]}"
     return r
 
-
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @pytest.fixture(scope="module")

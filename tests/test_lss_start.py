@@ -4,14 +4,13 @@ the image tower is trained, and a resumed run equals an uninterrupted one."""
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 
 import lss
+from conftest import ROOT, load_ckpt as load
 
-ROOT = Path(__file__).resolve().parents[1]
 import lss_start  # noqa: E402
 
 TINY = ["--width", "64", "--layers", "2", "--embed-dim", "32", "--text-width", "64", "--text-layers", "1",
@@ -26,9 +25,6 @@ def start(root, out, *extra, check=True, dataset="synthetic"):
         assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r
 
-
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 
 import lss
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, load_ckpt as load  # noqa: E402
 CKPT_KEYS = {"method", "config", "step", "epoch", "backbone", "student", "teacher", "optimizer", "center", "text",
              "concept_names", "skipped", "versions"}
 # a CLIP and views small enough that a step takes a fraction of a second on one core
@@ -36,9 +35,6 @@ def run_py(args, timeout=300, **env):
     assert r.returncode == 0, f"exit {r.returncode}\nSTDOUT\n{r.stdout[-4000:]}\nSTDERR\n{r.stderr[-4000:]}"
     return r
 
-
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # ----------------------------------------------------------------------------- subprocess smoke run
