@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import lss
 
 from conftest import ROOT, load_ckpt as load  # noqa: E402
+
 CKPT_KEYS = {"method", "config", "step", "epoch", "backbone", "student", "teacher", "optimizer", "center", "text",
              "concept_names", "skipped", "versions"}
 # a CLIP and views small enough that a step takes a fraction of a second on one core
@@ -34,7 +35,6 @@ def run_py(args, timeout=300, **env):
                        env={**os.environ, **env})
     assert r.returncode == 0, f"exit {r.returncode}\nSTDOUT\n{r.stdout[-4000:]}\nSTDERR\n{r.stderr[-4000:]}"
     return r
-
 
 
 # ----------------------------------------------------------------------------- subprocess smoke run
@@ -328,12 +328,22 @@ def test_oracle_control_trains_on_the_truth_and_reports_teacher_and_student(tiny
     """--targets oracle: every target is the true class (target_acc 1), the teacher's own accuracy is logged beside
     it, zero-shot is reported for the teacher and the student at the end, and eval_linear.py probes either."""
     out = tmp_path / "oracle"
-    run_py(["lss.py", *tiny_args(tiny_synthetic, out, "--max-steps", "3", "--targets", "oracle")])
+    r = run_py(["lss.py", *tiny_args(tiny_synthetic, out, "--max-steps", "3", "--targets", "oracle")])
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     steps = [r for r in log if "loss" in r]
     assert all(r["target_acc"] == 1.0 for r in steps)
     assert all(0.0 <= r["teacher_acc"] <= 1.0 for r in steps)
     assert [r["step"] for r in log if "student_zero_shot_top1" in r] == [3]
+    # the run's own claim: the frozen CLIP (step 0) against both networks at the end, as logged
+    z0, zt = [r["zero_shot_top1"] for r in log if "zero_shot_top1" in r]
+    zs = next(r["student_zero_shot_top1"] for r in log if "student_zero_shot_top1" in r)
+    assert (f"zero-shot, the frozen CLIP at step 0 -> now: student {z0:.1f} -> {zs:.1f} ({zs - z0:+.1f}), "
+            f"teacher {z0:.1f} -> {zt:.1f} ({zt - z0:+.1f})") in r.stdout
+    # lss.py zero-shot evaluates either network of the checkpoint, and agrees with the run's own numbers
+    for network, want in (("student", zs), ("teacher", zt)):
+        got = lss.main(["zero-shot", "--ckpt", str(out / "checkpoint.pt"), "--network", network, "--workers", "0",
+                        "--test-clips", "2", "--batch-size", "4"])
+        assert got["top1"] == want, network
     ckpt = load(out / "checkpoint.pt")
     assert not all(torch.equal(ckpt["student"][k], ckpt["teacher"][k]) for k in ckpt["teacher"])
     res = {}
