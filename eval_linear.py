@@ -607,7 +607,10 @@ def resolve_config(cfg: Config, ckpt_cfg: dict) -> Config:
                       fold=cfg.fold if cfg.fold is not None else ckpt_cfg.get("fold", 1))
     else:
         cfg = replace(cfg, fold=1 if cfg.fold is None else cfg.fold)
-    cfg = replace(cfg, synthetic=replace(data.synthetic_world(ckpt_cfg), **cfg.synthetic))  # the checkpoint's world
+    # the checkpoint's world, with the knobs given on the command line (a dict there; a Config built in code holds
+    # the default SyntheticWorld: nothing given)
+    given = cfg.synthetic if isinstance(cfg.synthetic, dict) else {}
+    cfg = replace(cfg, synthetic=replace(data.synthetic_world(ckpt_cfg), **given))
     try:
         dataset, why = data.resolve_dataset(cfg.dataset, cfg.data)  # --dataset auto: from the folder
     except data.DatasetError as e:

@@ -456,8 +456,9 @@ class Mean:
     def check_finite(self, step: int, advice: str):
         """Raise FloatingPointError if the watched value was NaN or infinite at a step since the last check."""
         if self.bad is not None and bool(self.bad):
-            raise FloatingPointError(f"{self.watch} is not finite at a step between {self.checked + 1} and {step}; "
-                                     f"stopping, the last checkpoint (written before those steps) is kept. Try {advice}")
+            when = f"at step {step}" if step == self.checked + 1 else f"at a step between {self.checked + 1} and {step}"
+            raise FloatingPointError(f"{self.watch} is not finite {when}; stopping, the last checkpoint (written "
+                                     f"before it) is kept. Try {advice}")
         self.bad, self.checked = None, step
 
 
@@ -580,13 +581,7 @@ FONTS = ["DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/
 
 def picture_font(size: int = 11):
     from PIL import ImageFont
-    candidates = list(FONTS)
-    try:
-        import matplotlib  # ships DejaVu Sans (the study's extra)
-        candidates.insert(0, os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data/fonts/ttf/DejaVuSans.ttf"))
-    except ImportError:
-        pass
-    for name in candidates:
+    for name in FONTS:
         try:
             return ImageFont.truetype(name, size)
         except OSError:

@@ -74,7 +74,7 @@ def picture(method: str, method_argv, out, num_videos: int = 3, tile: int = 64) 
     `tile` pixels wide per frame; everything else at the same scale (a 16-px local view is a quarter of a 32-px one)."""
     module = importlib.import_module(method)
     cfg = module.parse_args(list(method_argv))
-    videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train", cfg.world)
+    videos = data.load_split(cfg.dataset, cfg.data, cfg.annotations, cfg.fold, "train", cfg.synthetic)
     if method == "cvrl":
         sampler = module.PairSampler(cfg.frames, cfg.stride, cfg.interval, cfg.power)
     else:

@@ -134,7 +134,9 @@ def test_trains_through_unreadable_files_and_reports_them(tiny_synthetic, tmp_pa
     skipped = (out / "skipped.txt").read_text().splitlines()
     assert sorted(s.split(":")[0] for s in skipped) == sorted(
         [str(root / "Archery" / "v_Archery_g30_c01.avi"), str(root / "Biking" / "v_Biking_g31_c01.avi")])
-    assert load(out / "checkpoint.pt")["step"] == 6
+    # the folder is small enough to be checked up front: the 2 broken files are set aside before training, so an
+    # epoch is the 14 readable videos, 1 step of 8
+    assert load(out / "checkpoint.pt")["step"] == 3
 
 
 def test_bad_dataset_root_is_refused_clearly(tmp_path):

@@ -184,8 +184,8 @@ def test_bad_flags_and_wrong_checkpoints_get_a_message(cvrl_ckpt, full_run, tmp_
     refused(["--ckpt", str(cvrl_ckpt), "--out", str(cvrl_ckpt.parent), *TINY], "was not written by scripts/finetune.py")
     # resuming a fine-tuning run as a from-scratch run would mix two runs
     refused(["--ckpt", str(cvrl_ckpt), "--out", str(full_run), "--random-init", *TINY], "other backbone weights")
-    # a checkpoint, but not of cvrl.py/lss.py: the command line gets the message, exit 1, no traceback
+    # a checkpoint, but not of cvrl.py/lss.py: the command line gets the message, exit 2 (a usage error), no traceback
     torch.save({"model": {"w": torch.zeros(2)}}, tmp_path / "other.pt")
     r = run(["--ckpt", str(tmp_path / "other.pt")])
-    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "is not a cvrl.py/lss.py checkpoint" in r.stderr

@@ -61,7 +61,7 @@ def test_captions_say_what_is_drawn():
         # the picture: the shape's pixels (full intensity) have the named colour, give or take the stills' noise ...
         rgb = np.array(pretrain_clip.STILL_COLOURS[a["colour"]]) * 255
         full = np.abs(img.astype(float) - rgb).max(-1) < 4 * 255 * pretrain_clip.STILL_NOISE
-        assert full.sum() > 3, cap
+        assert full.sum() >= 2, cap  # a small shape late in "shrinking" covers 2-3 pixels
         # ... and sit in the named third of the frame (rows: top/middle/bottom, columns: left/centre/right)
         ys, xs = np.nonzero(full)
         row, col = [(r, c) for r, line in enumerate(pretrain_clip.POSITIONS) for c, name in enumerate(line)
