@@ -213,8 +213,7 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
         Row("lss-start", "InfoNCE-pretrained image tower, frozen (the start; no LSS)", ("lss_fix",), "lss_start",
             ref="lss-init"),
         Row("lss-from-start", "LSS from the InfoNCE-pretrained start", ("lss_fix",), "lss",
-            ("--init", "clip", "--clip", "{base}/clip.pt", "--tau-s", "0.1", "--tau-t", "0.04") + OLD_LSS,
-            base="lss-start",
+            ("--init", "clip", "--clip", "{base}/clip.pt", "--tau-s", "0.1", "--tau-t", "0.04"), base="lss-start",
             ref="lss-start"),
         # the same start without CVRL's MLP head: InfoNCE on the joint-space feature itself, the one whose cosines to
         # the concepts are LSS's logits (the head's BatchNorm lets the tower keep a direction common to all videos)

@@ -2,6 +2,7 @@
 commands it builds (each parsed by its script's own parser), the README block, byte-stable plots, and one real
 subprocess run of the smoke preset on the tiny synthetic dataset. The fake runners below stand in for the
 subprocesses: they record which jobs run and return made-up accuracies."""
+import dataclasses
 import json
 import math
 import subprocess
@@ -18,6 +19,7 @@ import data
 import training
 import eval_linear
 import lss
+from data import SyntheticWorld
 from conftest import ROOT
 
 import replicate as R  # noqa: E402
@@ -147,6 +149,15 @@ def parse(cmd):
     return eval_linear.parse_args(argv)
 
 
+def knob(cfg, name):
+    """A setting of a parsed command: a field of its own, or a knob of its synthetic world (a SyntheticWorld in a
+    method's config; in eval_linear.py's, the dict of the knobs given on its command line)."""
+    if name not in {f.name for f in dataclasses.fields(SyntheticWorld)}:
+        return getattr(cfg, name)
+    world = cfg.synthetic
+    return world.get(name) if isinstance(world, dict) else getattr(world, name)
+
+
 @pytest.mark.parametrize("preset", sorted(R.PRESETS))
 def test_every_command_parses_and_sets_what_its_row_says(preset, tmp_path):
     P = R.PRESETS[preset]
@@ -172,8 +183,12 @@ def test_every_command_parses_and_sets_what_its_row_says(preset, tmp_path):
             assert (ft.data_fraction, ft.epochs) == ((0.1, 10 * full.epochs) if "labels10" in job.row.name
                                                      else (1.0, full.epochs))
             continue
-        probe = cfgs[-1]
+        probe = cfgs[1] if len(cfgs) > 1 else cfgs[0]  # train, probe[, the student's probe]
         assert probe.seed == job.seed and probe.json.endswith(f"{job.row.name}/seed{job.seed}/linear.json")
+        if job.row.student:
+            student = cfgs[2]
+            assert len(cfgs) == 3 and student.network == "student" and probe.network == "backbone"
+            assert student.json == probe.json.replace("/linear.json", "/student.json") and student.ckpt == probe.ckpt
         assert probe.dataset == "synthetic" and probe.data == str(tmp_path / "videos")  # data flags passed through
         if job.row.kind == "random":
             base = by_id[job.needs]
@@ -208,24 +223,23 @@ def test_every_command_parses_and_sets_what_its_row_says(preset, tmp_path):
             b, lr = job.row.name.removeprefix("search-b").split("-lr")
             expected = dict(batch_size=int(b), lr=float(lr), epochs=18)
         if job.row.kind == "lss":  # the random-init group keeps its settings; the pretrained group is lss.py's default
-            pre = job.row.groups[0] in ("lss_pre", "trail")
+            pre = job.row.groups[0] in ("lss_pre", "lss_space", "controls")
             assert train.init == ("tiny" if pre else "random" if job.row.name != "lss-from-start" else "clip"), job.id
-            if not pre and job.row.name != "lss-from-start":
-                assert (train.trail, train.templates, train.size) == (0.0, "kinetics", 48), job.id
-            if pre:
-                assert train.trail == float(job.row.name.split("-trail")[1]) if "-trail" in job.row.name \
-                    else train.trail == lss.Config.trail
+            if not pre and job.row.name != "lss-from-start":  # the videos and views they ran with, pinned
+                assert (knob(train, "trail"), knob(train, "context"), train.size, train.local_views) == (0.0, 0.0, 48, 4)
+                assert train.templates == "kinetics", job.id
+            if pre:  # lss.py's defaults: its world, views and schedule
+                assert train.synthetic == lss.Config().synthetic and train.ema_horizon == lss.Config.ema_horizon
                 assert (train.epochs == 0) == job.row.name.startswith("clip-frozen"), job.id
-                if "-trail" in job.row.name:
-                    assert probe.trail == train.trail  # eval_linear.py with --dataset would not inherit it
+                assert train.targets == ("oracle" if "oracle" in job.row.name else "teacher"), job.id
         if job.row.name.startswith("lss-pre-"):
             expected = {"lss-pre-distill": dict(lambda_up=0.0, lambda_ca=0.0), "lss-pre-up": dict(lambda_ca=0.0),
                         "lss-pre-ca": dict(lambda_up=0.0)}.get(job.row.name, {})
         if job.row.name.startswith("cvrl-nuisance"):
             expected = dict(nuisance=float(job.row.name.removeprefix("cvrl-nuisance")))
-            assert probe.nuisance == expected["nuisance"]
+            assert knob(probe, "nuisance") == expected["nuisance"]  # eval_linear.py with --dataset would not inherit it
         for k, v in expected.items():
-            assert getattr(train, k) == v, (job.id, k)
+            assert knob(train, k) == v, (job.id, k)
     # the supervised upper bound trains the very network and clips of the CVRL rows
     sup = next((parse(j.cmds[0]) for j in jobs if j.row.kind == "supervised"), None)
     if sup is not None:
@@ -533,6 +547,6 @@ def test_committed_tables_regenerate_from_their_records(preset):
         if old != new:
             assert job.row.name.startswith("lss") and preset in ("quick", "lss-explore"), job.id
             assert len(old) == len(new) and old[0][0] == new[0][0] == "lss.py" and new[1:] == old[1:], job.id
-            init = Counter(("--init", "random")) if job.row.name != "lss-from-start" else Counter()
-            assert Counter(new[0]) - Counter(old[0]) == pinned + init and not Counter(old[0]) - Counter(new[0])
+            assert Counter(new[0]) - Counter(old[0]) == pinned + Counter(("--init", "random"))
+            assert not Counter(old[0]) - Counter(new[0])
     assert R.format_table(R.summarize(rows, jobs, records)) == (d / "table.md").read_text()
