@@ -35,6 +35,31 @@ def load_ckpt(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+class HostReads:
+    """Counts, inside a `with`, every read of a tensor's value by the host made from a method file (cvrl.py, lss.py,
+    training.py): .item(), .cpu(), .tolist(), .numpy(), bool(), float(), int(). On a GPU each is a sync that empties
+    the device's queue; a training step should make none (the loop reads its logs every --log-every steps). Reads
+    inside data.py are not counted: the augmentation draws its parameters on the host, from a CPU generator."""
+    NAMES = ("item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__")
+    FILES = ("cvrl.py", "lss.py", "training.py")
+
+    def __enter__(self):
+        import traceback
+        self.calls, self._saved = [], {n: getattr(torch.Tensor, n) for n in self.NAMES}
+        for name, fn in self._saved.items():
+            def counted(t, *a, _fn=fn, _name=name, **k):
+                where = traceback.extract_stack(limit=2)[0]
+                if os.path.basename(where.filename) in self.FILES:
+                    self.calls.append(f"{_name} at {os.path.basename(where.filename)}:{where.lineno}")
+                return _fn(t, *a, **k)
+            setattr(torch.Tensor, name, counted)
+        return self
+
+    def __exit__(self, *exc):
+        for name, fn in self._saved.items():
+            setattr(torch.Tensor, name, fn)
+
+
 def textured_frames(n, h=48, w=64, seed=0):
     """Frames that differ from each other in every pixel block, so a wrong frame can never pass as the right one."""
     rng = np.random.default_rng(seed)

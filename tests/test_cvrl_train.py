@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import data
-from conftest import ROOT, load_ckpt as load
+import cvrl
+from conftest import ROOT, HostReads, load_ckpt as load
 
 TINY = ["--frames", "4", "--stride", "2", "--size", "32", "--canvas", "32", "32", "--batch-size", "8",
         "--head-hidden", "64", "--workers", "0", "--log-every", "1"]
@@ -142,3 +143,18 @@ def test_trains_through_unreadable_files_and_reports_them(tiny_synthetic, tmp_pa
 def test_bad_dataset_root_is_refused_clearly(tmp_path):
     r = run([str(ROOT / "cvrl.py"), "--dataset", "folder", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert r.returncode != 0 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_training_step_makes_no_host_sync():
+    """cvrl.train_step returns its log values as device tensors and reads none of them on the host: on a GPU the
+    next batch's copy and augmentation can queue behind the model (the loop reads the logs every --log-every)."""
+    cfg = cvrl.parse_args(["--frames", "4", "--size", "32", "--head-hidden", "64", "--arch", "tiny"])
+    encoder = cvrl.build_encoder(cfg.arch)
+    model = torch.nn.Sequential(encoder, cvrl.ProjectionHead(encoder.feature_dim, cfg.head_hidden, cfg.head_out,
+                                                             cfg.head_layers))
+    optimizer = cvrl.configure_optimizer(model, 0.1, cfg.weight_decay, cfg.momentum, cfg.optimizer)
+    video = torch.randint(0, 256, (4, 2, 4, 40, 40, 3), dtype=torch.uint8)  # (B, 2 clips, T, H, W, 3)
+    with HostReads() as reads:
+        out = cvrl.train_step(cfg, model, optimizer, video, 1, 0.1, cvrl.augment_configs(cfg))
+    assert reads.calls == [], reads.calls
+    assert all(torch.is_tensor(v) and v.numel() == 1 and torch.isfinite(v) for v in out.values())

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import lss
 
-from conftest import ROOT, load_ckpt as load  # noqa: E402
+from conftest import ROOT, HostReads, load_ckpt as load  # noqa: E402
 
 CKPT_KEYS = {"method", "config", "step", "epoch", "backbone", "student", "teacher", "optimizer", "center", "text",
              "concept_names", "skipped", "versions"}
@@ -182,7 +182,9 @@ def test_train_step_gradients_only_reach_the_student(tiny_synthetic, tmp_path):
     concepts0 = {k: v.clone() for k, v in lss_loss.named_buffers() if k != "center"}
     center0 = lss_loss.center.clone()
     step = 3  # past step 0, where the warmup's lr is 0
-    metrics = lss.train_step(cfg, lss.MultiView(student_vit), teacher, lss_loss, optimizer, schedule, video, step)
+    with HostReads() as reads:  # no host sync inside a step: the loop reads the logs every --log-every steps
+        metrics = lss.train_step(cfg, lss.MultiView(student_vit), teacher, lss_loss, optimizer, schedule, video, step)
+    assert reads.calls == [], reads.calls
     assert all(torch.is_tensor(v) and v.numel() == 1 for v in metrics.values())  # left on the device: no sync
     assert all(torch.isfinite(v) for v in metrics.values())
     assert optimizer.param_groups[0]["lr"] == schedule["lr"][step] > 0
