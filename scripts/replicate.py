@@ -516,7 +516,7 @@ def read_log(path: Path) -> list[dict]:
     if path.exists():
         for line in path.read_text().splitlines():
             rec = json.loads(line)
-            if "loss" in rec or "zero_shot_top1" in rec:
+            if "loss" in rec or any(k.endswith("zero_shot_top1") for k in rec):  # the teacher's or the student's
                 by_step.setdefault(rec["step"], {}).update(rec)
     return [by_step[s] for s in sorted(by_step)]
 

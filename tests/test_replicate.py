@@ -550,3 +550,14 @@ def test_committed_tables_regenerate_from_their_records(preset):
             assert Counter(new[0]) - Counter(old[0]) == pinned + Counter(("--init", "random"))
             assert not Counter(old[0]) - Counter(new[0])
     assert R.format_table(R.summarize(rows, jobs, records)) == (d / "table.md").read_text()
+
+
+def test_read_log_keeps_both_networks_zero_shot(tmp_path):
+    """lss.py logs the teacher's and the student's zero-shot at the end as two records of the same step."""
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(json.dumps(r) for r in [
+        {"step": 0, "zero_shot_top1": 50.0}, {"step": 2, "loss": 1.0}, {"step": 2, "student_zero_shot_top1": 61.0},
+        {"step": 2, "zero_shot_top1": 55.0}, {"step": 2, "lr": 0.1}]) + "\n")
+    recs = R.read_log(log)
+    assert [r["step"] for r in recs] == [0, 2]
+    assert recs[1] == {"step": 2, "loss": 1.0, "student_zero_shot_top1": 61.0, "zero_shot_top1": 55.0}
