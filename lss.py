@@ -1388,17 +1388,23 @@ def train(cfg: Config):
     if steps.step == 0 and not run.checkpoint_path.exists():
         checkpoint(0)  # --epochs 0: the start itself, checkpointed for eval_linear.py (the frozen baseline)
     if zs and steps.step > 0:
-        end = {"student": zs(steps.step, student_vit, "student")["top1"],  # the network the README reports
-               "teacher": zs(steps.step, teacher)["top1"]}  # SVT evaluates it; the checkpoint's "backbone"
-        if start_zs is not None:  # the method's claim, in its own log: the frozen CLIP (step 0) against the end
-            run.print("zero-shot, the frozen CLIP at step 0 -> now: " + ", ".join(
-                f"{k} {start_zs:.1f} -> {v:.1f} ({v - start_zs:+.1f})" for k, v in end.items()))
+        zero_shot_at_the_end(zs, steps.step, student_vit, teacher, start_zs, run)
     ckpt_arg, flags = training.quote(run.checkpoint_path), f" --dataset {cfg.dataset}" if cfg.dataset != "synthetic" else ""
     training.finish(run, skipped, steps.step, (
         f"look: python scripts/neighbours.py --ckpt {ckpt_arg} --out {training.quote(run.out / 'neighbours.png')}"
         if cfg.dataset == "unlabeled" else  # nothing to evaluate on: what the features find similar instead
         f"evaluate: python eval_linear.py --ckpt {ckpt_arg}{flags} --network student\n"
         f"          python lss.py zero-shot --ckpt {ckpt_arg}{flags}"))
+
+
+def zero_shot_at_the_end(zs, step: int, student_vit, teacher, start_zs: float | None, run: training.Run):
+    """Both networks' zero-shot at the end, and the method's claim in the run's own log: the frozen CLIP (step 0)
+    against each of them."""
+    end = {"student": zs(step, student_vit, "student")["top1"],  # the network the README reports
+           "teacher": zs(step, teacher)["top1"]}  # SVT evaluates it; the checkpoint's "backbone"
+    if start_zs is not None:
+        run.print("zero-shot, the frozen CLIP at step 0 -> now: " + ", ".join(
+            f"{k} {start_zs:.1f} -> {v:.1f} ({v - start_zs:+.1f})" for k, v in end.items()))
 
 
 def logged_start_zero_shot(out) -> float | None:
