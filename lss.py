@@ -1394,7 +1394,7 @@ def train(cfg: Config):
         f"look: python scripts/neighbours.py --ckpt {ckpt_arg} --out {training.quote(run.out / 'neighbours.png')}"
         if cfg.dataset == "unlabeled" else  # nothing to evaluate on: what the features find similar instead
         f"evaluate: python eval_linear.py --ckpt {ckpt_arg}{flags} --network student\n"
-        f"          python lss.py zero-shot --ckpt {ckpt_arg}{flags}"))
+        f"          python lss.py zero-shot --ckpt {ckpt_arg}{flags} --network student"))
 
 
 def zero_shot_at_the_end(zs, step: int, student_vit, teacher, start_zs: float | None, run: training.Run):
