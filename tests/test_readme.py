@@ -99,6 +99,11 @@ def test_quick_start_claims():
     cvrl_doc = (ROOT / "docs" / "cvrl.md").read_text()
     diffs = [float(x) for x in re.findall(r"\*\*\+(\d+\.\d)\*\*", cvrl_doc)]
     assert f"by {min(diffs)}-{max(diffs)} points" in text
+    # LSS's: the study's student zero-shot and the frozen CLIP's, over 3 seeds
+    rows = {r["name"]: r for r in json.loads(
+        (ROOT / "results" / "replicate" / "lss-pretrained" / "results.json").read_text())["rows"]}
+    zs, frozen = rows["lss-pre"]["student_zero_shot_top1"]["mean"], rows["clip-frozen"]["zero_shot_top1"]["mean"]
+    assert f"at about {zs:.0f}% zero-shot, where the frozen CLIP it adapts names {frozen:.0f}%" in text
 
 
 def test_every_local_link_exists():
