@@ -1159,7 +1159,11 @@ def ensure_synthetic(root=None, world: SyntheticWorld = SyntheticWorld()) -> str
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp", dir=root.parent))
         print(f"generating the synthetic dataset once into {root} ...", file=sys.stderr)
-        make_synthetic(tmp, world)
+        try:
+            make_synthetic(tmp, world)
+        except BaseException:  # an error or Ctrl-C half-way: leave no half-written folder behind in the cache
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     except OSError as e:  # a read-only or full cache
         raise DatasetError(f"cannot write the synthetic videos into {root.parent} ({e.strerror or e}): point "
                            f"NANOVIDEOSSL_CACHE (or --data) at a writable folder with ~100 MB free") from e

@@ -195,13 +195,13 @@ def picture(r: dict, path: Path):
     ax[0].axhline(r["video_zero_shot"], color="C1", ls="--", label="global view (8 frames)")
     ax[0].axhline(r["stills_zero_shot"], color="C2", ls=":", label="stills")
     ax[0].axhline(r["chance"], color="grey", lw=0.8, label="chance")
-    ax[0].set(xlabel="frame of the video", ylabel="zero-shot top-1 %", title="the frozen CLIP over time", ylim=(0, 100))
-    ax[0].legend(fontsize=7)
+    ax[0].set(xlabel="frame of the video", ylabel="zero-shot top-1 %", title="the frozen CLIP over time", ylim=(0, 104))
+    ax[0].legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.0, 0.92))  # below the stills line
     q = r["calibration"]["quartiles_most_to_least_confident"]
     ax[1].bar(range(4), q, color="C0")
     ax[1].axhline(r["chance"], color="grey", lw=0.8)
     ax[1].set(xticks=range(4), xticklabels=["most", "2nd", "3rd", "least"], xlabel="confidence quartile",
-              ylabel="zero-shot top-1 %", title=f"calibration (AUROC {r['calibration']['auroc']:.2f})", ylim=(0, 100))
+              ylabel="zero-shot top-1 %", title=f"calibration (AUROC {r['calibration']['auroc']:.2f})", ylim=(0, 104))
     fig.tight_layout()
     fig.savefig(path, dpi=100, metadata={"Software": None})
     plt.close(fig)

@@ -116,11 +116,12 @@ GROUPS = {
     "lss_fix": "LSS from random init: attempts to keep the teacher off the uniform distribution (not in --quick)",
     "search": "CVRL at the quick preset's budget (18 epochs): batch size and lr (preset cvrl-search, not in --quick)",
     "lss_pre": "LSS from the pretrained tiny CLIP (lss.py's default start): does it improve on the frozen CLIP, and "
-               "do the uniform prior and concept alignment add to distillation? (preset lss-pretrained)",
+               "do the uniform prior and concept alignment add to distillation? (presets lss-pretrained: the frozen CLIP "
+               "and LSS; lss-ablations: the ablations)",
     "lss_space": "LSS from the pretrained tiny CLIP: category space (class names) vs description space (the "
-                 "classes' descriptions) (preset lss-pretrained)",
+                 "classes' descriptions) (preset lss-ablations)",
     "controls": "LSS controls: the true class as the target for 100% / 50% / 25% of the videos, the rest the "
-                "teacher's (how good must the targets be?) (preset lss-pretrained)",
+                "teacher's (how good must the targets be?) (presets lss-pretrained: 100%; lss-ablations: 50%, 25%)",
     "finetune": "CVRL transfer by fine-tuning: pretrained vs from scratch, same network, recipe and steps (top-1 of "
                 "the fine-tuned network, not a probe; preset finetune)",
 }

@@ -179,6 +179,16 @@ def test_synthetic_is_never_generated_into_a_users_folder(phone, tmp_path):
     assert (tmp_path / "new" / "classes.txt").exists()
 
 
+def test_an_interrupted_synthetic_generation_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
+    def interrupted(out, world):
+        (out / "half.mp4").write_bytes(b"x")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(data, "make_synthetic", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        data.ensure_synthetic(tmp_path / "world")
+    assert list(tmp_path.iterdir()) == []  # no folder, no temporary folder: the next run generates afresh
+
+
 # ----------------------------------------------------------------------------- the index
 
 def test_index_is_reused_without_listing_and_rebuilt_when_the_folder_changes(tmp_path, monkeypatch):
