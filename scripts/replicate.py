@@ -328,6 +328,7 @@ PRESETS = {
         nuisance=[0.0],
         rows=["clip-frozen", "lss-pre-distill", "lss-pre-up", "lss-pre-ca", "lss-pre-desc"]
         + [f"lss-oracle{round(f * 100)}" for f in ORACLE_FRACTIONS],
+        beside="lss-pretrained",  # target_quality.png draws LSS itself and the full oracle from that grid beside
     ),
     "cvrl-search": dict(  # CPU: how the quick preset's CVRL flags were chosen, two seeds (~30 min on 2 cores)
         seeds=[0, 1],
@@ -768,9 +769,11 @@ def mean_curve(curves: list) -> tuple[list, list]:
     return steps, [statistics.fmean(m[s] for m in maps) for s in steps]
 
 
-def make_plots(summary: list[dict], jobs: list[Job], records: dict, out: Path) -> list[Path]:
-    """curves.png (training loss vs step, mean over seeds, one panel per kind) and bars.png (top-1 mean ± std per
-    row). Agg backend, matplotlib's default style and no metadata: the same numbers give the same bytes."""
+def make_plots(summary: list[dict], jobs: list[Job], records: dict, out: Path, beside=()) -> list[Path]:
+    """curves.png (training loss vs step, mean over seeds, one panel per kind), bars.png (top-1 mean ± std per
+    row) and, for the LSS controls, target_quality.png (gain over the frozen CLIP against target quality, this grid's
+    rows with those of `beside`, another grid's per-job records). Agg backend, matplotlib's default style and no
+    metadata: the same numbers give the same bytes."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -818,7 +821,43 @@ def make_plots(summary: list[dict], jobs: list[Job], records: dict, out: Path) -
             written.append(out / "bars.png")
             fig.savefig(written[-1], dpi=100, metadata={"Software": None})
             plt.close(fig)
+        points = target_quality_points([*beside, *(records[j.id] for j in jobs if j.id in records)])
+        if len({p[0] for p in points}) >= 2:  # at least two rows: a curve, not a point
+            fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+            for ax, i, what in ((axes[0], 2, "linear probe"), (axes[1], 3, "zero-shot")):
+                for n, label in enumerate(dict.fromkeys(p[0] for p in points)):  # rows, in grid order
+                    mine = [p for p in points if p[0] == label]
+                    ax.scatter([p[1] for p in mine], [p[i] for p in mine], color=f"C{n}", s=18, label=label)
+                means = [(statistics.fmean(p[1] for p in points if p[0] == lab),  # each row's mean over seeds
+                          statistics.fmean(p[i] for p in points if p[0] == lab))
+                         for lab in dict.fromkeys(p[0] for p in points)]
+                ax.plot(*zip(*sorted(means)), color="grey", lw=1, zorder=0)  # the curve through the rows' means
+                ax.axhline(0, color="k", lw=0.8, ls="--")
+                ax.set(xlabel="target right % (training views; the teacher's, or the truth)",
+                       ylabel=f"student {what} top-1 minus the frozen CLIP's (points)", title=what)
+            axes[0].legend(fontsize=7, loc="upper left")
+            fig.suptitle("LSS gain over the frozen CLIP against the quality of its targets (one point per seed)",
+                         fontsize=10)
+            fig.tight_layout()
+            written.append(out / "target_quality.png")
+            fig.savefig(written[-1], dpi=100, metadata={"Software": None})
+            plt.close(fig)
     return written
+
+
+def target_quality_points(records: list[dict]) -> list[tuple]:
+    """(row label, target right %, student probe gain, student zero-shot gain), one per seed of every LSS row that
+    logged its targets' accuracy (LSS itself and the oracle controls), each against its frozen start of the same
+    seed (the same grid's). records: per-job records (results.json's "jobs"), of one grid or several."""
+    rows = {r.name: r for r in build_rows()}
+    ok = {(r["row"], r["seed"]): r for r in records if r.get("status") == "ok"}
+    points = []
+    for (name, seed), rec in ok.items():
+        ref = ok.get((rows[name].ref, seed)) if name in rows else None
+        if ref and rec.get("target_acc") is not None and rec.get("student_top1") is not None:
+            points.append((rows[name].label, rec["target_acc"], rec["student_top1"] - ref["top1"],
+                           rec["student_zero_shot_top1"] - ref["zero_shot_top1"]))
+    return sorted(points, key=lambda p: p[1])  # by target quality: the legend reads from LSS to the oracle
 
 
 # ----------------------------------------------------------------------------- environment and README
@@ -899,6 +938,9 @@ def parse_args(argv=None):
                    help="the file whose marked block --update-readme rewrites (the study's narrative lives there)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="print every job's commands and exit")
+    p.add_argument("--report", action="store_true",
+                   help="run nothing: write the table, results.json and plots from the jobs finished so far (a grid "
+                        "whose rows ran with different seeds, or one still running elsewhere)")
     a = p.parse_args(argv)
     if a.quick:
         a.preset = "quick"
@@ -948,7 +990,8 @@ def main(argv=None, runner=run_job) -> int:
     if previous.get("jobs") and "invocations" not in previous:
         invocations.append({"elapsed_seconds": None, "note": "earlier invocation(s) not timed (older script)"})
     this = {"date": env["date"], "parallel": parallel, "elapsed_seconds": 0.0}
-    invocations.append(this)
+    if not a.report:  # a report runs nothing: it adds no time to the grid's
+        invocations.append(this)
     t_start = time.perf_counter()
 
     def write_results(records):
@@ -961,13 +1004,19 @@ def main(argv=None, runner=run_job) -> int:
         return summary
 
     try:
-        records = run_grid(jobs, runner, on_update=write_results, parallel=parallel)
+        if a.report:  # the finished jobs only (the same test of a reusable result as run_grid's)
+            records = {j.id: prev for j in jobs if (prev := read_json(j.dir / "result.json"))
+                       and prev.get("status") == "ok" and prev.get("key") == j.key}
+            print(f"report: {len(records)} of {len(jobs)} jobs finished; nothing is run")
+        else:
+            records = run_grid(jobs, runner, on_update=write_results, parallel=parallel)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished jobs are saved in {rel(out)}; run the same command to resume")
         return 130
     summary = write_results(records)
     table = (out / "table.md").read_text()
-    plots = [] if a.no_plots else make_plots(summary, jobs, records, out)
+    beside = (read_json(out.parent / P["beside"] / "results.json") or {}).get("jobs", []) if P.get("beside") else []
+    plots = [] if a.no_plots else make_plots(summary, jobs, records, out, beside)
     print("\n" + table)
     print(f"wrote {rel(out / 'results.json')}, {rel(out / 'table.md')}" + "".join(f", {rel(p)}" for p in plots))
     if a.update_readme:
@@ -977,7 +1026,7 @@ def main(argv=None, runner=run_job) -> int:
         else:
             print(f"{a.readme} has no {README_BEGIN} ... {README_END} markers; paste this block where the results "
                   f"belong:\n\n{block}")
-    failed = [j.id for j in jobs if records[j.id]["status"] != "ok"]
+    failed = [j.id for j in jobs if j.id in records and records[j.id]["status"] != "ok"]
     if failed:
         print(f"{len(failed)} job(s) failed: {', '.join(failed)} (errors and log tails in "
               f"{rel(out / 'results.json')}; re-run the same command to retry them)", file=sys.stderr)

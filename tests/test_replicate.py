@@ -442,6 +442,35 @@ def test_plots_are_byte_identical_for_the_same_numbers(grid, tmp_path, monkeypat
     assert "matplotlib is not installed" in capsys.readouterr().out
 
 
+def test_report_writes_the_finished_jobs_and_runs_nothing(grid):
+    assert grid(FakeRunner(interrupt_after=3)) == 130  # 3 of 6 jobs finished
+    runner = FakeRunner()
+    assert grid(runner, "--report") == 0
+    assert runner.calls == []
+    saved = json.loads((grid.out / "results.json").read_text())
+    assert [(j["row"], j["seed"]) for j in saved["jobs"]] == [("cvrl", 0), ("random-init", 0), ("cvrl-uniform", 0)]
+    assert len(saved["invocations"]) == 1  # the report added no invocation (it took none of the grid's time)
+    assert {r["name"]: r["top1"]["n"] for r in saved["rows"]} == {"cvrl": 1, "random-init": 1, "cvrl-uniform": 1}
+    assert (grid.out / "table.md").read_text() == R.format_table(saved["rows"])
+
+
+def test_target_quality_points_are_per_seed_gains_over_the_same_seeds_frozen_clip(tmp_path):
+    def rec(row, seed, **k):
+        return {"row": row, "seed": seed, "status": "ok", **k}
+    frozen = [rec("clip-frozen", s, top1=60.0 + s, zero_shot_top1=58.75) for s in (0, 1)]
+    lss = [rec("lss-pre", s, top1=0, student_top1=66.0, student_zero_shot_top1=62.0, target_acc=49.0 + s)
+           for s in (0, 1)]
+    oracle = [rec("lss-oracle", 0, top1=0, student_top1=80.0, student_zero_shot_top1=70.0, target_acc=100.0),
+              rec("lss-oracle50", 1, top1=0, student_top1=70.0, student_zero_shot_top1=65.0, target_acc=75.0),
+              rec("lss-oracle25", 2, top1=0, student_top1=70.0, student_zero_shot_top1=65.0, target_acc=62.0)]
+    pts = R.target_quality_points(frozen + lss + oracle)  # seed 2 has no frozen run: its point is left out
+    labels = {r.name: r.label for r in R.build_rows()}
+    assert pts == [(labels["lss-pre"], 49.0, 6.0, 3.25), (labels["lss-pre"], 50.0, 5.0, 3.25),
+                   (labels["lss-oracle50"], 75.0, 9.0, 6.25), (labels["lss-oracle"], 100.0, 20.0, 11.25)]
+    written = R.make_plots([], [], {}, tmp_path, beside=frozen + lss + oracle)
+    assert [p.name for p in written] == ["target_quality.png"]
+
+
 # ----------------------------------------------------------------------------------------------- real subprocesses
 
 def run_replicate(*args):
