@@ -308,27 +308,30 @@ class DividedSpaceTimeBlock(ResidualAttentionBlock):
         return x + drop_path(self.mlp(self.ln_2(x)), self.drop_path, self.training)
 
 
-# The two resizes below run outside torch.compile's graph (compiler.disable): inductor has generated an invalid
-# Triton kernel for them fused with the token concatenation (docs/lss.md). They are tiny (one embedding table per
-# call), so running them eagerly costs nothing.
-@torch.compiler.disable
+# The two resizes below are nearest-neighbour interpolation written as a gather: the source index of each target
+# position is computed here from Python ints, so torch.compile sees constant indices and one plain indexing op (no
+# graph break; F.interpolate fused with the token concatenation once gave inductor an invalid kernel, docs/lss.md).
+def nearest_indices(in_size, out_size):
+    """Source index of each of out_size positions, as F.interpolate(mode='nearest') picks it: floor(i * in / out)."""
+    return [i * in_size // out_size for i in range(out_size)]
+
+
 def resize_pos_embed(pos, grid):
     """(1+g*g, D) CLIP positional embedding -> (1+grid*grid, D). Nearest, as SVT does for its 96 px local views
     (bicubic, timm's choice, would be smoother; nearest keeps every value a pretrained one)."""
     g = round((pos.shape[0] - 1) ** 0.5)
     if g == grid:
         return pos
-    patch_pos = rearrange(pos[1:], "(h w) d -> 1 d h w", h=g)  # (1, D, g, g)
-    patch_pos = F.interpolate(patch_pos, size=(grid, grid), mode="nearest")  # (1, D, grid, grid)
-    return torch.cat([pos[:1], rearrange(patch_pos, "1 d h w -> (h w) d")], dim=0)  # (1+grid*grid, D)
+    src = nearest_indices(g, grid)  # source row (and column) of each target row (and column)
+    index = [0] + [1 + r * g + c for r in src for c in src]  # the CLS row, then the target grid row by row
+    return pos[index]  # (1+grid*grid, D)
 
 
-@torch.compiler.disable
 def resize_time_embed(time, T):
     """(1, T0, D) time embedding -> (1, T, D), nearest over time, as SVT does for other clip lengths."""
     if T == time.shape[1]:
         return time
-    return rearrange(F.interpolate(rearrange(time, "1 t d -> 1 d t"), size=T, mode="nearest"), "1 d t -> 1 t d")
+    return time[:, nearest_indices(time.shape[1], T)]  # (1, T, D)
 
 
 class VideoViT(nn.Module):

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 import open_clip  # the reference CLIP (test extra)
 
@@ -201,6 +202,61 @@ def test_video_vit_other_resolution_and_length(tiny_clip):
     small.positional_embedding = nn.Parameter(lss.resize_pos_embed(small.positional_embedding.data, 2))
     with torch.no_grad():
         torch.testing.assert_close(video(img[:, None]), small(img), atol=1e-5, rtol=0)
+
+
+# The embedding resizes are gathers with indices computed in Python; these are the F.interpolate calls they replace.
+def _interpolate_pos_embed(pos, grid):
+    g = round((pos.shape[0] - 1) ** 0.5)
+    patch_pos = rearrange(pos[1:], "(h w) d -> 1 d h w", h=g)  # (1, D, g, g)
+    patch_pos = F.interpolate(patch_pos, size=(grid, grid), mode="nearest")  # (1, D, grid, grid)
+    return torch.cat([pos[:1], rearrange(patch_pos, "1 d h w -> (h w) d")], dim=0)  # (1+grid*grid, D)
+
+
+def _interpolate_time_embed(time, T):
+    return rearrange(F.interpolate(rearrange(time, "1 t d -> 1 d t"), size=T, mode="nearest"), "1 d t -> 1 t d")
+
+
+def test_nearest_indices_are_interpolate_nearest():
+    for n_in in range(1, 41):
+        src = torch.arange(n_in, dtype=torch.float64).view(1, 1, n_in)
+        for n_out in range(1, 41):
+            want = F.interpolate(src, size=n_out, mode="nearest").view(-1).long().tolist()
+            assert lss.nearest_indices(n_in, n_out) == want, (n_in, n_out)
+
+
+def test_embedding_resizes_equal_interpolate():
+    """Bit-identical values, down- and up-sampling. The gradient too where no source repeats (downsampling, as for
+    local views); where one does, the repeats' gradients are summed in an order neither op promises: close."""
+    torch.manual_seed(0)
+    for g, grid in [(4, 2), (4, 3), (14, 6), (7, 5), (4, 6), (2, 5), (7, 12), (3, 3)]:
+        pos = torch.randn(1 + g * g, 16, requires_grad=True)
+        got, want = lss.resize_pos_embed(pos, grid), _interpolate_pos_embed(pos, grid)
+        assert got.shape == (1 + grid * grid, 16) and torch.equal(got, want), (g, grid)
+        up = torch.randn_like(got)
+        (g_got,), (g_want,) = torch.autograd.grad(got, pos, up), torch.autograd.grad(want, pos, up)
+        assert torch.equal(g_got, g_want) if grid <= g else torch.allclose(g_got, g_want), (g, grid)
+    for T0, T in [(8, 4), (8, 3), (4, 2), (5, 4), (4, 8), (3, 7), (8, 8)]:
+        time = torch.randn(1, T0, 16, requires_grad=True)
+        got, want = lss.resize_time_embed(time, T), _interpolate_time_embed(time, T)
+        assert got.shape == (1, T, 16) and torch.equal(got, want), (T0, T)
+        up = torch.randn_like(got)
+        (g_got,), (g_want,) = torch.autograd.grad(got, time, up), torch.autograd.grad(want, time, up)
+        assert torch.equal(g_got, g_want) if T <= T0 else torch.allclose(g_got, g_want), (T0, T)
+
+
+def test_video_vit_traces_without_graph_breaks():
+    """torch.compile captures the student's forward as one graph: the MultiView pass over a global view and a smaller
+    local view with fewer frames (both embeddings resized), in train mode with stochastic depth. One trace covers
+    both view shapes: lss.py compiles the ViT itself, whose forward this trace inlines once per shape."""
+    torch.manual_seed(0)
+    vit = lss.VideoViT(32, 8, 64, 1, 1, 16, num_frames=4, drop_path=0.1).train()
+    views = [torch.randn(2, 4, 3, 32, 32), torch.randn(4, 2, 3, 16, 16)]  # (B, T, C, H, W): global, local
+    torch._dynamo.reset()
+    try:
+        e = torch._dynamo.explain(lss.MultiView(vit))(views)  # traces only: no compiler needed
+    finally:
+        torch._dynamo.reset()
+    assert (e.graph_count, e.graph_break_count) == (1, 0), e.break_reasons
 
 
 # ----------------------------------------------------------------------------- concept spaces
