@@ -9,6 +9,11 @@ it by hand).
                    + channels_last_3d (CVRL), + torch.compile, + fused optimizer. FLOPs are counted analytically
                    (torch.utils.flop_counter on the meta device: conv, matmul and attention; 2 FLOPs per MAC) and
                    cross-checked against docs/perf.md.
+  1b. step as run  the training scripts' own steps, cvrl.train_step and lss.train_step (their augmentation, views,
+                   losses, EMA teacher, optimizer, schedules, log values), from a uint8 batch in pinned host memory
+                   copied to the device each step, beside section 1's step of the same model; graph breaks of the
+                   compiled step; then the CVRL step fed by the real training loader (workers = cores - 2) on videos
+                   in `scripts/reencode.py`'s format: clips/s and the fraction of the time spent waiting for data.
   2. input pipeline clips/s that data.py delivers (decode in DataLoader workers + augmentation on the device) on
                    videos this script encodes itself (H.264 with x264's default keyframe interval and with a keyframe
                    every 16 frames, MPEG-4 Part 2 AVI like UCF101), decoded frames per clip, CVRL's two-clip
@@ -24,6 +29,7 @@ it by hand).
     python scripts/bench.py --preset gpu         # the real shapes: R3D-50 16x224, ViT-B/16 8x224, 224 crops
     python scripts/bench.py --preset smoke       # tiniest shapes, < 1 min (the test suite runs this)
     python scripts/bench.py --only pipeline --workers 12
+    python scripts/bench.py --preset gpu --only asrun --asrun-modes compiled   # 1b, the compiled steps as run
     python scripts/bench.py --only reencode          # the re-encode formats only (cpu preset: ~2 minutes)
 
 BENCHMARKS.md keeps the data of every preset it has seen (in a comment at its end): a GPU run adds its section
@@ -37,6 +43,7 @@ import gc
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -58,13 +65,18 @@ sys.path.insert(0, str(ROOT))
 import cvrl  # noqa: E402
 import data  # noqa: E402
 import reencode  # noqa: E402  (scripts/reencode.py, beside this file)
-from lss import VideoViT  # noqa: E402  (model class only; LSS's training code is not used here)
+import lss  # noqa: E402  (section 1b runs lss.train_step itself)
+import training  # noqa: E402
+from lss import VideoViT  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s, 2 per MAC), by substring of torch.cuda.get_device_name(). MFU is always
 # against the bf16 peak, also for the fp32 rows (that is the point of the comparison). perf.md §3.
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12), ("A100", 312e12)]
 PENDING = "pending: no GPU was available when this file was generated"
 PERF_MD = {"r3d50 16x224": 45.52e9, "ViT-B/16 divST 8x224": 195.8e9}  # MACs, docs/perf.md §1
+# Which rule a run's training FLOPs (and so its MFU) were counted by: 2 = train_flops_per_clip's (backward without
+# the first convolution's input gradient). Runs recorded before it have no "flop_rule" (backward = 2 x forward).
+FLOP_RULE = 2
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -126,42 +138,58 @@ def _reencode_variants(small=False):
             Reencode("MJPEG q4 (AVI)", codec="mjpeg", ext=".avi", note="all-intra")]
 
 
+# asrun (section 1b): the loader row's videos, `videos` camera-like sources of `source` = (W, H, fps, seconds)
+# re-encoded by reencode_video's defaults at `short_side` (whose size is also the host batch's canvas), and its
+# untimed and timed steps in rounds of one batch per worker. LSS models' `views`: lss.py's --local-* flags.
 PRESETS = {
     "smoke": dict(
-        models=[dict(kind="cvrl", name="CVRL tiny 4x32", arch="tiny", frames=4, size=32, batch=4, head_hidden=64),
+        models=[dict(kind="cvrl", name="CVRL tiny 4x32", arch="tiny", frames=4, stride=2, size=32, batch=4,
+                     head_hidden=64),
                 dict(kind="lss", name="LSS ViT 2x32 (w64, 2 blocks, patch 8)", width=64, layers=2, heads=1, patch=8,
-                     frames=2, size=32, batch=2, out_dim=32, concepts=16)],
+                     frames=2, size=32, batch=2, out_dim=32, concepts=16,
+                     views=dict(local_views=2, local_frames=2, local_size=16, local_stride=1))],
         compile=False, warmup=0, windows=2, per_window=1, flop_checks=1,
         formats=_formats(small=True), seconds=2, n_videos=1, clip=(8, 2), crop=32,
         decode_clips=2, loader_batch=2, loader_batches=2, pair_reps=2, rounds=1, wait_model="tiny", wait_steps=2,
         wait_batch=2, wait_crop=32, wait_formats=1,
         augment=dict(B=2, T=4, H=60, W=80, size=32, windows=2),
         reencode=dict(source=(128, 96, 15, 2), rounds=1, clips=2, pairs=1),
-        reencode_variants=_reencode_variants(small=True), decoders=dict(clips=2, pairs=2, rounds=1)),
+        reencode_variants=_reencode_variants(small=True), decoders=dict(clips=2, pairs=2, rounds=1),
+        asrun=dict(source=(128, 96, 15, 2), short_side=64, videos=2, loader=True, loader_warm_rounds=1,
+                   loader_rounds=4)),
     "cpu": dict(
-        models=[dict(kind="cvrl", name="CVRL tiny 8x48", arch="tiny", frames=8, size=48, batch=8, head_hidden=512),
+        models=[dict(kind="cvrl", name="CVRL tiny 8x48", arch="tiny", frames=8, stride=2, size=48, batch=8,
+                     head_hidden=512),
                 dict(kind="lss", name="LSS ViT 4x64 (patch 16, w192, 4 blocks)", width=192, layers=4, heads=3,
-                     patch=16, frames=4, size=64, batch=2, out_dim=512, concepts=400)],
+                     patch=16, frames=4, size=64, batch=2, out_dim=512, concepts=400,
+                     views=dict(local_views=2, local_frames=2, local_size=32, local_stride=2))],
         compile=True, warmup=1, windows=5, per_window=1,
         formats=_formats(), seconds=10, n_videos=2, clip=(16, 2), crop=112,
         decode_clips=24, loader_batch=4, loader_batches=8, pair_reps=6, rounds=3, wait_model="tiny", wait_steps=8,
         wait_batch=4, wait_crop=48, wait_formats=2,
         augment=dict(B=4, T=16, H=256, W=340, size=224, windows=3),
         reencode=dict(source=(640, 480, 30, 10), rounds=5, clips=12, pairs=6),
-        reencode_variants=_reencode_variants(), decoders=dict(clips=16, pairs=10, rounds=3)),
+        reencode_variants=_reencode_variants(), decoders=dict(clips=16, pairs=10, rounds=3),
+        asrun=dict(source=(640, 480, 30, 6), short_side=256, videos=2, loader=True, loader_warm_rounds=1,
+                   loader_rounds=8)),
     "gpu": dict(
-        models=[dict(kind="cvrl", name="CVRL R3D-50 16x224", arch="r3d50", frames=16, size=224, batch=None,
-                     head_hidden=2048, batch_start=64, batch_cap=1024),
+        # asrun_batch: section 1b's batch in clips when section 1 did not find one in the same call (the largest
+        # bf16 batch on an H200, BENCHMARKS.md); halved where the step as run does not fit
+        models=[dict(kind="cvrl", name="CVRL R3D-50 16x224", arch="r3d50", frames=16, stride=2, size=224, batch=None,
+                     head_hidden=2048, batch_start=64, batch_cap=1024, asrun_batch=256),
                 dict(kind="lss", name="LSS ViT-B/16 8x224 (divided space-time)", width=768, layers=12, heads=12,
                      patch=16, frames=8, size=224, batch=None, out_dim=512, concepts=400, batch_start=16,
-                     batch_cap=512)],
+                     batch_cap=512, asrun_batch=64,
+                     views=dict(local_views=8, local_frames=8, local_size=96, local_stride=4))],  # SVT's views
         compile=True, warmup=5, windows=5, per_window=10,
         formats=_formats(), seconds=10, n_videos=4, clip=(16, 2), crop=224,
         decode_clips=48, loader_batch=32, loader_batches=12, pair_reps=16, rounds=4, wait_model="r3d50", wait_steps=30,
         wait_batch=32, wait_crop=224, wait_formats=2,
         augment=dict(B=64, T=16, H=256, W=340, size=224, windows=5),
         reencode=dict(source=(640, 480, 30, 10), rounds=5, clips=12, pairs=6),
-        reencode_variants=_reencode_variants(), decoders=dict(clips=16, pairs=10, rounds=3)),
+        reencode_variants=_reencode_variants(), decoders=dict(clips=16, pairs=10, rounds=3),
+        asrun=dict(source=(640, 480, 30, 6), short_side=256, videos=2, loader=True, loader_warm_rounds=1,
+                   loader_rounds=2)),
 }
 
 
@@ -235,17 +263,21 @@ def time_steps(step, device, warmup, windows, per_window):
     return statistics.median(times), times
 
 
+def _on_meta(build):
+    try:
+        with torch.device("meta"):
+            return build()
+    except (NotImplementedError, RuntimeError):  # a constructor that needs real data (e.g. .tolist()): build on CPU
+        return build().to("meta")
+
+
 def count_macs(build, shape):
     """Forward MACs of build() on one input of `shape` (batch 1), counted on the meta device: no memory, no time.
     torch.utils.flop_counter counts 2 FLOPs per MAC for conv/linear/matmul and the attention matmuls (on the
     meta device SDPA decomposes into bmm, which is counted; CPU's fused SDPA kernel is not registered with the
     counter). BatchNorm, activations, softmax and pooling are not counted, as in every model zoo's GFLOPs."""
     from torch.utils.flop_counter import FlopCounterMode
-    try:
-        with torch.device("meta"):
-            model = build()
-    except (NotImplementedError, RuntimeError):  # a constructor that needs real data (e.g. .tolist()): build on CPU
-        model = build().to("meta")
+    model = _on_meta(build)
     x = torch.empty(shape, device="meta")
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         model(x)
@@ -361,19 +393,44 @@ def build_lss_step(m, batch, device, v):
     return step, (student, teacher, opt, x)
 
 
-def fwd_macs(m):
+def fwd_macs(m, frames=None, size=None, stem=False):
+    """Forward MACs per clip of the model row `m` (another frame count or crop side: LSS's local views); with
+    stem=True, those of its first convolution alone."""
+    frames, size = frames or m["frames"], size or m["size"]
+    count = first_conv_macs if stem else count_macs
     if m["kind"] == "cvrl":
         def build():
             enc = cvrl.build_encoder(m["arch"])
             return nn.Sequential(enc, cvrl.ProjectionHead(enc.feature_dim, m["head_hidden"], 128, 3).eval())
-        return count_macs(build, (1, 3, m["frames"], m["size"], m["size"]))
-    return count_macs(lambda: VideoViT(m["size"], m["patch"], m["width"], m["layers"], m["heads"], m["out_dim"],
-                                       num_frames=m["frames"]), (1, m["frames"], 3, m["size"], m["size"]))
+        return count(build, (1, 3, frames, size, size))
+    return count(lambda: VideoViT(m["size"], m["patch"], m["width"], m["layers"], m["heads"], m["out_dim"],
+                                  num_frames=m["frames"]), (1, frames, 3, size, size))
 
 
-def train_flops_per_clip(m, macs):
-    """2 FLOPs per MAC; backward = 2 x forward. CVRL: fwd+bwd = 3 fwd. LSS: student 3 fwd + teacher 1 fwd."""
-    return 2 * macs * (3 if m["kind"] == "cvrl" else 4)
+def first_conv_macs(build, shape):
+    """Forward MACs of the first convolution build()'s forward applies (R3D's stem, the ViT's patchify conv1), on
+    one input of `shape`, counted on the meta device: its output size x (input channels / groups x kernel volume)."""
+    model = _on_meta(build)
+    calls = []
+    hooks = [mod.register_forward_hook(lambda mod, inp, out: calls.append(
+                 out.numel() * mod.in_channels // mod.groups * int(np.prod(mod.kernel_size))))
+             for mod in model.modules() if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    with torch.no_grad():
+        model(torch.empty(shape, device="meta"))
+    for h in hooks:
+        h.remove()
+    return calls[0] if calls else 0
+
+
+def train_flops_per_clip(m, macs, stem_macs):
+    """Training FLOPs per clip. How FLOPs are counted (BENCHMARKS.md says the same): forward = 2 FLOPs per MAC of
+    every conv, linear and attention matmul (count_macs; BatchNorm, LayerNorm, activations, softmax, pooling, the
+    losses, the augmentation and the optimizer are not counted); backward = 2 x forward (the gradients of the input
+    and of the weights, each as costly as the forward) minus the input gradient of the first convolution, which
+    autograd never computes because the clip needs no gradient (R3D-50 16x224: 4.72 GMAC, 9.4 GFLOP of the 273 a
+    3 x forward rule would count). CVRL: fwd + bwd. LSS: the student's fwd + bwd and the EMA teacher's fwd."""
+    fwd_bwd = 3 * 2 * macs - 2 * stem_macs
+    return fwd_bwd if m["kind"] == "cvrl" else fwd_bwd + 2 * macs
 
 
 def _free(device):
@@ -439,11 +496,12 @@ def bench_models(P, device, log):
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as cvrl.py/lss.py do
     for m in P["models"]:
-        macs = fwd_macs(m)
-        flops_clip = train_flops_per_clip(m, macs)
+        macs, stem = fwd_macs(m), fwd_macs(m, stem=True)
+        flops_clip = train_flops_per_clip(m, macs, stem)
         batch = m["batch"] if m["batch"] else find_batch(m, device, log)
-        res = dict(name=m["name"], kind=m["kind"], fwd_gmac_per_clip=macs / 1e9,
-                   train_gflop_per_clip=flops_clip / 1e9, batch_clips=batch, batch_source="preset" if m["batch"]
+        res = dict(name=m["name"], kind=m["kind"], fwd_gmac_per_clip=macs / 1e9, stem_gmac_per_clip=stem / 1e9,
+                   flop_rule=FLOP_RULE, train_gflop_per_clip=flops_clip / 1e9, batch_clips=batch,
+                   batch_source="preset" if m["batch"]
                    else "largest power of 2 that fits (bf16 eager)", rows=[])
         log(f"  {m['name']}: {macs / 1e9:.3f} GMAC fwd/clip, batch {batch} clips")
         builder = build_cvrl_step if m["kind"] == "cvrl" else build_lss_step
@@ -505,6 +563,359 @@ def bench_models(P, device, log):
                 finish(row, t)
             pending = None
             _free(device)
+        out["models"].append(res)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 1b. the step as run
+# ----------------------------------------------------------------------------------------------------------------------
+# Section 1 times the model alone, on float clips already on the device. A training step does more: the uint8 batch
+# crosses from host memory, data.augment draws and applies every view's crop and colour on the device, LSS makes
+# 2 global + L local views and evaluates its losses on the concept spaces, the EMA teacher and the centre are
+# updated, and the log values are summed on the device (and brought to the host every log_every steps). This section
+# times the training scripts' own cvrl.train_step and lss.train_step, on networks, optimizers and schedules built as
+# cvrl.train and lss.train build them, from a uint8 batch in pinned host memory (an ordinary tensor on a CPU) copied
+# to the device each step as the loop copies a batch; beside it, section 1's step of the same model at the same
+# batch. Then the "loader" row: the CVRL step fed by the training loader itself, on videos in the format
+# `python scripts/reencode.py` writes, reporting clips/s and how much of the time the loop waits for data.
+
+ASRUN_STEPS = 10_000  # the schedules' length in steps (lr warmup and cosine, EMA momentum): step numbers wrap past it
+
+
+def matching_variant(kind, device, compiled):
+    """Section 1's variant that does what the training script does on this device: bf16 autocast (--amp auto) and,
+    for CVRL, channels_last_3d on a GPU, fp32 on a CPU; torch.compile with --compile; the optimizer not fused."""
+    gpu = device.type == "cuda"
+    name = ("bf16 + channels_last_3d" if kind == "cvrl" else "bf16 autocast") if gpu else "fp32"
+    if compiled:
+        name = name.replace(" autocast", "") + " + torch.compile"
+    return dict(name=name, bf16=gpu, cl3d=gpu and kind == "cvrl", compile=compiled, fused=False)
+
+
+def random_concepts(K, D, device, seed=0):
+    """LSS's concept spaces with the sizes of a run on Kinetics-400's first K class names (K category vectors; the
+    descriptions lss_concepts.json has for them, 5 per class, with their class assignment), filled with random unit
+    vectors: no text-tower weights can be downloaded here, and the step's cost does not depend on the values."""
+    names = lss.load_concepts_file()["labels"]["kinetics400"]
+    if K > len(names):
+        raise ValueError(f"random_concepts: K={K} concepts asked, but Kinetics-400 has {len(names)} class names; "
+                         f"lower 'concepts' in the preset")
+    desc, _ = lss.descriptions_for(names[:K])
+    counts = torch.tensor([len(desc[n]) for n in names[:K]])
+    g = torch.Generator().manual_seed(seed)
+    spaces = dict(C_cat=F.normalize(torch.randn(K, D, generator=g), dim=-1),                    # (K, D)
+                  C_desc=F.normalize(torch.randn(int(counts.sum()), D, generator=g), dim=-1),  # (M, D)
+                  assign=torch.repeat_interleave(torch.arange(K), counts))                     # (M,)
+    return {k: v.to(device) for k, v in spaces.items()}
+
+
+def _log_due(mean, step, every):
+    """The loop's log line: a NaN check and the step means brought to the host (on a GPU, a sync)."""
+    if (step + 1) % every == 0:
+        mean.check_finite(step + 1, "a lower lr")
+        mean.read()
+
+
+def build_cvrl_asrun(m, videos, device, compiled):
+    """cvrl.train's network, optimizer, lr schedule and augmentations for `videos` videos (2 clips each) per step.
+    -> (run_step(video, step): the loop body, cvrl.train_step on uint8 (B, 2, T, H, W, 3) on the device, its log
+    values summed by training.Mean; cfg; what must stay alive)."""
+    cfg = cvrl.Config(arch=m["arch"], frames=m["frames"], stride=m.get("stride", 2), size=m["size"],
+                      head_hidden=m["head_hidden"], temperature=0.1, batch_size=videos, compile=compiled,
+                      canvas=tuple(m["canvas"]))
+    encoder = cvrl.build_encoder(cfg.arch)
+    model = nn.Sequential(encoder, cvrl.ProjectionHead(encoder.feature_dim, cfg.head_hidden, cfg.head_out,
+                                                       cfg.head_layers)).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last_3d)
+    lr = cfg.lr * videos / 1024
+    optimizer = cvrl.configure_optimizer(model, lr, cfg.weight_decay, cfg.momentum, cfg.optimizer)
+    if compiled:
+        model[0] = torch.compile(model[0])  # the encoder only, as cvrl.train does
+    model.train()
+    aug = cvrl.augment_configs(cfg)
+    warmup = round(cfg.warmup_epochs / cfg.epochs * ASRUN_STEPS)
+    mean = training.Mean()
+
+    def run_step(video, step):
+        step %= ASRUN_STEPS
+        mean.add(cvrl.train_step(cfg, model, optimizer, video, step,
+                                 training.warmup_cosine(step, ASRUN_STEPS, warmup, lr), aug))
+        _log_due(mean, step, cfg.log_every)
+    return run_step, cfg, (model, optimizer)
+
+
+def build_lss_asrun(m, videos, device, compiled):
+    """lss.train's student, EMA teacher, loss on the concept spaces (random unit vectors: random_concepts),
+    optimizer and schedules, for `videos` videos (2 global + L local views each) per step; --init random builds the
+    CLIP with the network sizes of section 1's LSS row. -> (run_step(video, step), cfg, what must stay alive)."""
+    v = m["views"]
+    cfg = lss.Config(init="random", width=m["width"], layers=m["layers"], patch=m["patch"], embed_dim=m["out_dim"],
+                     text_width=64, text_layers=1, frames=m["frames"], size=m["size"], canvas=tuple(m["canvas"]),
+                     local_views=v["local_views"], local_frames=v["local_frames"], local_size=v["local_size"],
+                     local_stride=v["local_stride"], batch_size=videos, epochs=1, compile=compiled)
+    cfg = lss.resolve_temperatures(cfg, None)  # --init random's temperatures, as lss.parse_args sets them
+    clip = lss.CLIP(lss.clip_config_from_flags(cfg))
+    if clip.cfg.vision_heads != m["heads"]:
+        raise ValueError(f"{m['name']}: lss.py gives width {m['width']} {clip.cfg.vision_heads} heads, the preset "
+                         f"{m['heads']}: make them agree (heads = width // 64)")
+    student_vit, teacher, _ = lss.build_networks(cfg, clip, device, print)
+    del clip  # and its text tower: the concept vectors are random
+    lss_loss = lss.LSSLoss(random_concepts(m["concepts"], m["out_dim"], device), cfg)
+    optimizer = torch.optim.AdamW(lss.param_groups(student_vit, cfg.new_lr_scale), lr=0.0,
+                                  weight_decay=cfg.weight_decay)
+    schedule = lss.make_schedules(cfg, ASRUN_STEPS, cfg.lr * videos / 256)
+    if compiled:  # in place, as lss.train does
+        student_vit.compile(dynamic=False)
+        teacher.compile(dynamic=False)
+    student = lss.MultiView(student_vit)
+    student.train()
+    mean = training.Mean()
+
+    def run_step(video, step):
+        step %= ASRUN_STEPS
+        mean.add(lss.train_step(cfg, student, teacher, lss_loss, optimizer, schedule, video, step))
+        _log_due(mean, step, cfg.log_every)
+    return run_step, cfg, (student, teacher, lss_loss, optimizer)
+
+
+def graph_breaks():
+    """torch._dynamo's counters since they were last cleared: graph breaks (with their reasons, one line each) and
+    the graphs compiled."""
+    from torch._dynamo.utils import counters
+    reasons = []
+    for key, n in counters["graph_break"].items():
+        fn = re.search(r"<function (\S+) at", key)
+        reasons.append(f"{n} x {key.splitlines()[0].strip()[:90]}" + (f" ({fn.group(1)})" if fn else ""))
+    return dict(graph_breaks=sum(counters["graph_break"].values()), graphs=counters["stats"].get("unique_graphs", 0),
+                graph_break_reasons=reasons)
+
+
+def asrun_canvas(A):
+    """(H, W) of the videos the loader row reads: the source scaled as reencode_video scales it."""
+    W, H, _, _ = A["source"]
+    w, h = reencode._reencode_size(W, H, A["short_side"])
+    return h, w
+
+
+def asrun_videos(A, cache, log):
+    """A['videos'] camera-like sources (x264's default keyframe interval, as filmed), each re-encoded by
+    reencode.reencode_video with its defaults, i.e. in the format `python scripts/reencode.py` writes (H.264, a
+    keyframe every 16 frames, tune fastdecode, CRF 23), short side A['short_side']. Cached."""
+    W, H, fps, secs = A["source"]
+    cache.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(A["videos"]):
+        src = cache / f"asrun-src-v1-{W}x{H}-{fps}fps-{secs}s-{i}.mp4"
+        if not src.exists():
+            tmp = src.with_name(src.name + ".tmp.mp4")
+            data.write_video(tmp, textured_video(3000 + i, W, H, int(secs * fps)), fps, "libx264",
+                             {"crf": "23", "threads": "1"})
+            os.replace(tmp, src)
+        dst = cache / f"asrun-reencoded-v1-{W}x{H}-{fps}fps-{secs}s-short{A['short_side']}-{i}.mp4"
+        if not dst.exists():  # reencode_video writes a temporary file and renames it: never a half-written dst
+            reencode.reencode_video(src, dst, A["short_side"])
+        paths.append(str(dst))
+    log(f"  loader videos: {len(paths)} x {W}x{H} {secs} s, re-encoded by reencode.reencode_video's defaults")
+    return paths
+
+
+def loader_row(run_step, cfg, videos, paths, canvas, device, workers, A, log):
+    """The CVRL step fed by the training loader, built and looped over as cvrl.train does: data.VideoDataset with
+    cvrl.PairSampler, data.make_loader (pinned memory on a GPU), training.Steps (which adds up the time the loop
+    waits for a batch), the batch copied to the device, run_step. The first A['loader_warm_rounds'] x workers steps
+    (worker start-up, then the batches decoded in parallel while the first ones were) are not timed; then
+    A['loader_rounds'] x workers steps, up to a final sync."""
+    warm, n = A["loader_warm_rounds"] * workers, A["loader_rounds"] * workers
+    reps = -(-(warm + n + 1) * videos // len(paths))  # enough videos for every step below, in one epoch
+    videolist = data.VideoList(paths * reps, [0] * (len(paths) * reps), ["x"])
+    dataset = data.VideoDataset(videolist, cvrl.PairSampler(cfg.frames, cfg.stride, cfg.interval, cfg.power),
+                                canvas=canvas, resample=True, min_frames=cfg.frames)
+    loader = data.make_loader(dataset, videos, workers, shuffle=True, drop_last=True, seed=cfg.seed)
+    steps = training.Steps(loader, 0, warm + n, len(loader), 0, videos)
+    try:
+        for step, batch in steps:
+            video = batch["video"].to(device, non_blocking=True)  # (B, 2, T, H, W, 3) uint8: two clips per video
+            run_step(video, step)
+            if step + 1 == warm:
+                sync(device)
+                t0, wait0 = time.perf_counter(), steps.wait
+        sync(device)
+        dt, wait = time.perf_counter() - t0, steps.wait - wait0
+    finally:
+        del loader  # its workers stop
+    row = dict(videos_per_step=videos, clips_per_step=2 * videos, workers=workers, steps_timed=n, warm_steps=warm,
+               canvas=list(canvas), step_s=dt / n, clips_per_s=2 * videos * n / dt, data_wait=wait / dt)
+    log(f"    loader: {workers} workers, {videos} videos/step: {row['clips_per_s']:.1f} clips/s, waiting for data "
+        f"{row['data_wait']:.0%} of the time")
+    return row
+
+
+def bench_asrun(P, device, cache, log, batches=None, compiled_modes=None):
+    """Per model: cvrl.train_step / lss.train_step as run (eager; also compiled on a GPU when the preset compiles),
+    section 1's matching eager step at the same batch, and for CVRL the loader row. `batches`: {model name: clips}
+    found by section 1 in this call (otherwise the preset's batch, or its asrun_batch on a GPU); halved where the
+    step as run does not fit."""
+    A = P["asrun"]
+    gpu = device.type == "cuda"
+    peak = peak_flops(device)
+    modes = compiled_modes if compiled_modes is not None else [False, True] if P["compile"] and gpu else [False]
+    canvas = asrun_canvas(A)
+    workers = max(1, len(os.sched_getaffinity(0)) - 2)
+    out = dict(peak_flops_bf16=peak, flop_rule=FLOP_RULE, canvas=list(canvas), models=[], loader=[],
+               host="pinned host memory" if gpu else "ordinary host memory (a CPU run: nothing to pin for)")
+    if gpu:
+        torch.backends.cudnn.benchmark = True  # as cvrl.py does (lss.py leaves it off; its convolution is 2-D)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as training.start does
+    for m in P["models"]:
+        m = dict(m, canvas=canvas)
+        cv = m["kind"] == "cvrl"
+        batch, source = next((b, s) for b, s in ((m["batch"], "preset"), ((batches or {}).get(m["name"]),
+                             "section 1's, found in this call"), (m.get("asrun_batch"), "preset (asrun_batch)")) if b)
+        videos = max(1, batch // 2)
+        macs, stem = fwd_macs(m), fwd_macs(m, stem=True)
+        per_video = 2 * train_flops_per_clip(m, macs, stem)  # section 1's step: 2 clips per video
+        asrun_per_video = per_video
+        views = ""
+        if not cv:  # the student also trains on the local views
+            v = m["views"]
+            lmacs = fwd_macs(m, frames=v["local_frames"], size=v["local_size"])
+            lstem = fwd_macs(m, frames=v["local_frames"], size=v["local_size"], stem=True)
+            asrun_per_video += v["local_views"] * (6 * lmacs - 2 * lstem)
+            views = (f"2 global views {m['frames']}x{m['size']} (student and teacher) + {v['local_views']} local "
+                     f"{v['local_frames']}x{v['local_size']} (student) per video")
+        res = dict(name=m["name"], kind=m["kind"], batch_source=source, train_gflop_per_video=per_video / 1e9,
+                   asrun_train_gflop_per_video=asrun_per_video / 1e9, views=views, rows=[], notes=[])
+        log(f"  {m['name']}: {videos} videos/step ({asrun_per_video / 1e9:.3f} GFLOP per video as run)")
+        specs = []
+        for compiled in modes:
+            specs.append(("as run", compiled))
+            if not compiled:
+                specs.append(("model only", False))
+        live = []  # CPU: (row, step, keep, flops per video, raw step, cfg) waiting for round-robin windows
+        keep_last = None  # the last step as run (the compiled one, if any): (raw step, cfg, keep, variant)
+
+        def finish(row, times, flops):
+            sec = statistics.median(times)
+            b = row["videos_per_step"]
+            row.update(step_s=sec, window_s=times, steps_per_s=1 / sec, videos_per_s=b / sec, clips_per_s=2 * b / sec,
+                       tflops=flops * b / sec / 1e12, mfu=flops * b / sec / peak if peak else None,
+                       peak_mem_gb=torch.cuda.max_memory_allocated(device) / 2 ** 30 if gpu else None)
+            log(f"    {row['row']:<10} {row['variant']:<44} {row['clips_per_s']:8.2f} clips/s"
+                + (f"  MFU {row['mfu']:.1%}" if row["mfu"] else "") + f"  (first step {row['first_step_s']:.1f} s)")
+
+        for what, compiled in specs:
+            asrun = what == "as run"
+            if asrun:
+                variant = ("cvrl" if cv else "lss") + ".train_step" + (", --compile" if compiled else "")
+            else:
+                variant = matching_variant(m["kind"], device, compiled)["name"]
+            row = dict(row=what, variant=variant, compiled=compiled, notes=[])
+            res["rows"].append(row)
+            flops = asrun_per_video if asrun else per_video
+            step = keep = raw = None
+            while True:  # a GPU step that does not fit is retried at half the batch
+                row["videos_per_step"] = videos
+                if gpu:
+                    torch.cuda.reset_peak_memory_stats(device)
+                try:
+                    torch.manual_seed(0)
+                    if compiled:
+                        from torch._dynamo.utils import counters
+                        counters.clear()
+                    if asrun:
+                        raw, cfg, keep = (build_cvrl_asrun if cv else build_lss_asrun)(m, videos, device, compiled)
+                        K = 2 if cv else 2 + cfg.local_views
+                        host = torch.randint(0, 256, (videos, K, m["frames"], *canvas, 3), dtype=torch.uint8,
+                                             generator=torch.Generator().manual_seed(0))  # (B, K, T, H, W, 3)
+                        if gpu:
+                            host = host.pin_memory()
+                        keep, count = (keep, host), [0]
+
+                        def host_step(raw=raw, host=host, count=count):
+                            raw(host.to(device, non_blocking=True), count[0])  # the batch crosses, as in the loop
+                            count[0] += 1
+                        step = host_step
+                    else:
+                        step, keep = (build_cvrl_step if cv else build_lss_step)(
+                            m, 2 * videos, device, matching_variant(m["kind"], device, compiled))
+                    t0 = time.perf_counter()
+                    step()  # first call: compiles, autotunes, allocates
+                    sync(device)
+                    row["first_step_s"] = time.perf_counter() - t0
+                    break
+                except torch.cuda.OutOfMemoryError:
+                    step = keep = raw = None
+                    _free(device)
+                    if videos == 1:
+                        row["error"] = "OutOfMemoryError at 1 video per step"
+                        break
+                    res["notes"].append(f"{what} ({variant}) did not fit at {videos} videos per step: halved")
+                    videos //= 2
+                except Exception as e:  # noqa: BLE001 -- one failing row (no compiler) must not stop the others
+                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                    log(f"    {variant}: {row['error']}")
+                    break
+            if "error" in row:
+                continue
+            if asrun:
+                row["notes"].append(f"fed from a uint8 batch in {out['host']}, copied to the device every step")
+                if compiled:
+                    row.update(graph_breaks())
+                    row["notes"].append(f"{row['graph_breaks']} graph break(s), {row['graphs']} graph(s)"
+                                        + (": " + "; ".join(row["graph_break_reasons"]) if row["graph_breaks"] else ""))
+                    row["notes"].append("compiled: the encoder (as cvrl.py --compile)" if cv else
+                                        "compiled: student and teacher (as lss.py --compile)")
+                else:
+                    row["notes"].append("not compiled")
+                if not cv:
+                    row["notes"].append(f"{views}; clips/s counts the 2 global clips of a video, MFU the local views "
+                                        f"too; concept vectors: random unit vectors ({m['concepts']} categories and "
+                                        f"their descriptions; no text-tower weights can be downloaded)")
+            else:
+                row["notes"].append("section 1's step: float clips already on the device")
+            if not gpu:
+                for _ in range(P["warmup"]):
+                    step()
+                live.append((row, step, keep, flops, raw, cfg if asrun else None))
+                continue
+            try:
+                finish(row, time_steps(step, device, P["warmup"], P["windows"], P["per_window"])[1], flops)
+            except Exception as e:  # noqa: BLE001 -- e.g. out of memory in a later step: recorded, the rest go on
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                log(f"    {variant}: {row['error']}")
+            if asrun and "error" not in row:
+                keep_last = (raw, cfg, keep, variant)  # the loader row runs the last step as run
+            step = keep = raw = None  # noqa: F841
+            _free(device)
+        if live:  # CPU: windows round-robin over the rows, so load drifts on a shared machine hit every row alike
+            times = [[] for _ in live]
+            for _ in range(P["windows"]):
+                for i, (row, step, *_) in enumerate(live):
+                    times[i].append(time_steps(step, device, 0, 1, P["per_window"])[0])
+            for (row, _, _, flops, _, _), t in zip(live, times):
+                finish(row, t, flops)
+            last = [x for x in live if x[0]["row"] == "as run"]
+            keep_last = (last[-1][4], last[-1][5], last[-1][2], last[-1][0]["variant"]) if last else None
+            live = None
+        res["videos_per_step"] = videos
+        if cv and A.get("loader") and keep_last is not None:
+            raw, cfg, _, variant = keep_last
+            try:
+                r = loader_row(raw, cfg, videos, asrun_videos(A, cache, log), canvas, device, workers, A, log)
+                r.update(name=m["name"], step=variant,
+                         format=f"H.264 {canvas[1]}x{canvas[0]}, a keyframe every 16 frames, x264 tune fastdecode, "
+                                f"CRF 23 (`reencode.reencode_video`'s defaults, from a {A['source'][0]}x"
+                                f"{A['source'][1]} camera-like source)")
+                out["loader"].append(r)
+            except Exception as e:  # noqa: BLE001 -- reported in the row, as the other rows' errors
+                out["loader"].append(dict(name=m["name"], error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+                log(f"    loader: {out['loader'][-1]['error']}")
+        keep_last = None
+        if any(modes):
+            torch._dynamo.reset()
+        _free(device)
         out["models"].append(res)
     return out
 
@@ -1213,6 +1624,120 @@ def _provenance(sec, env):
     return [f"*(measured {m['date']} by `{m['command']}`, load average {', '.join(map(str, m['load_avg']))})*", ""]
 
 
+def _flop_rule_note(mod):
+    """How a model row's training FLOPs were counted: the rule of train_flops_per_clip, or the earlier one."""
+    who = "fwd + bwd" if mod["kind"] == "cvrl" else "student fwd + bwd, teacher fwd"
+    if mod.get("flop_rule") == FLOP_RULE:
+        return f"{who}; bwd = 2 x fwd less the stem's input gradient, {mod['stem_gmac_per_clip']:.3f} GMAC"
+    return (f"{who}, counted by the earlier rule, bwd = 2 x fwd with the stem's input gradient: GFLOP and MFU "
+            f"slightly high, see 'How FLOPs are counted'")
+
+
+def _section1_row(r, name, variant):
+    """Section 1's measured row of model `name` for `variant` (else the same variant with the fused optimizer,
+    which is all a time-limited GPU call may have measured) -> (row, its batch in clips) or (None, None)."""
+    for mod in (r.get("model") or {}).get("models", []):
+        if mod["name"] != name:
+            continue
+        for cand in (variant, variant + " + fused SGD", variant + " + fused AdamW"):
+            row = next((x for x in mod["rows"] if x["variant"] == cand and "clips_per_s" in x), None)
+            if row:
+                return row, mod["batch_clips"]
+    return None, None
+
+
+ASRUN_HEADER = ["| model | row | videos/step | steps/s | clips/s | achieved | MFU | peak memory | first step | notes |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+LOADER_HEADER = ["| model | step | video format | workers | videos/step | steps timed | clips/s | waiting for data | "
+                 "step as run from host memory, clips/s |", "|---|---|---|---|---|---|---|---|---|"]
+
+
+def render_asrun(a, r, env, lines):
+    lines += ["### 1b. Step as run: the training scripts' own steps", ""] + _provenance(a, env) + [
+              "cvrl.train_step and lss.train_step with the training scripts' networks, optimizers (not fused), "
+              "schedules, augmentation, views, losses, EMA teacher and centre, built as cvrl.train and lss.train build "
+              f"them, fed from a uint8 batch of decoded videos ({a['canvas'][0]}x{a['canvas'][1]}, the size the "
+              f"loader row's files decode to) in {a['host']}, copied to the device every step as the loop copies a "
+              "batch (no decoding); the loop's log values are summed on the device "
+              "and read every 10 steps. *model only* = section 1's step of the same model at the same batch, on float "
+              "clips already on the device (the variant that matches what the script runs here). clips/s counts 2 "
+              "clips per video (CVRL's two clips, LSS's two global views); MFU counts what the step computes (LSS: "
+              "the local views too). Timing as in section 1.", ""] + ASRUN_HEADER
+    for mod in a["models"]:
+        for row in mod["rows"]:
+            notes = "; ".join(row.get("notes", []))
+            if "error" in row:
+                lines.append(f"| {mod['name']} | {row['row']}: {row['variant']} | {row['videos_per_step']} | error: "
+                             f"{row['error']} | | | | | | {notes} |")
+                continue
+            lines.append(f"| {mod['name']} | {row['row']}: {row['variant']} | {row['videos_per_step']} | "
+                         f"{row['steps_per_s']:.3f} | **{row['clips_per_s']:.2f}** | {_flops(row['tflops'] * 1e12)} | "
+                         f"{_f(row['mfu'], '{:.1%}')} | {_f(row['peak_mem_gb'], '{:.1f} GB')} | "
+                         f"{row['first_step_s']:.1f} s | {notes} |")
+            if row["row"] == "as run" and row["compiled"]:  # its model-only row is section 1's compiled one
+                dev = torch.device("cpu" if env["device"].startswith("CPU") else "cuda")
+                variant = matching_variant(mod["kind"], dev, True)["name"]
+                ref, batch = _section1_row(r, mod["name"], variant)
+                if ref is None:
+                    lines.append(f"| {mod['name']} | model only: {variant} | | not measured in this run's section 1 "
+                                 "| | | | | | |")
+                else:
+                    lines.append(f"| {mod['name']} | model only: {ref['variant']} (section 1) | {batch // 2} | "
+                                 f"{ref['steps_per_s']:.3f} | **{ref['clips_per_s']:.2f}** | "
+                                 f"{_flops(ref['tflops'] * 1e12) if ref.get('tflops') else 'n/a'} | "
+                                 f"{_f(ref.get('mfu'), '{:.1%}')} | {_f(ref.get('peak_mem_gb'), '{:.1f} GB')} | "
+                                 f"{_f(ref.get('first_step_s'), '{:.1f} s')} | section 1's row of this run |")
+    notes = [n for mod in a["models"] for n in mod.get("notes", [])]
+    lines.append("")
+    if notes:
+        lines += [f"- {n}" for n in notes] + [""]
+    if a.get("loader"):
+        lines += ["**Loader row**: the CVRL step as run fed by the training loader itself, built and looped over as "
+                  "cvrl.train does (data.VideoDataset with cvrl.PairSampler, data.make_loader with pinned memory on "
+                  "a GPU, training.Steps, which adds up the time the loop waits for a batch), workers = cores - 2 (at "
+                  "least 1). The first round of batches (one per worker) is not timed; *waiting for data* = time "
+                  "blocked on the loader / total time, up to a final sync.", ""] + LOADER_HEADER
+        for row in a["loader"]:
+            asrun = next((x for mod in a["models"] if mod["name"] == row["name"] for x in mod["rows"]
+                          if x["row"] == "as run" and x["variant"] == row.get("step") and "clips_per_s" in x), None)
+            if "error" in row:
+                lines.append(f"| {row['name']} | | | | | | error: {row['error']} | | |")
+                continue
+            lines.append(f"| {row['name']} | {row['step']} | {row['format']} | {row['workers']} | "
+                         f"{row['videos_per_step']} | {row['steps_timed']} | **{row['clips_per_s']:.2f}** | "
+                         f"**{row['data_wait']:.0%}** | {_f(asrun and asrun['clips_per_s'])} |")
+        lines.append("")
+
+
+def render_asrun_pending(lines):
+    """The GPU rows of section 1b, before any GPU has measured them."""
+    pending = "pending (no GPU lent yet)"
+    lines += ["## Step as run on a GPU — " + pending, "",
+              "Command: `python scripts/bench.py --preset gpu --only asrun` (sections 2c and 2d of "
+              "`scripts/gpu_check.sh`). What the rows are: section 1b of the CPU presets below.", ""] + ASRUN_HEADER
+    for name, kind in (("CVRL R3D-50 16x224", "cvrl"), ("LSS ViT-B/16 8x224 (divided space-time)", "lss")):
+        for what, compiled in (("as run", False), ("model only", False), ("as run", True), ("model only", True)):
+            variant = (f"{kind}.train_step" + (", --compile" if compiled else "") if what == "as run" else
+                       matching_variant(kind, torch.device("cuda"), compiled)["name"])
+            lines.append(f"| {name} | {what}: {variant} | {pending} | | | | | | | |")
+    lines += ["", "Loader row:", ""] + LOADER_HEADER + [
+              f"| CVRL R3D-50 16x224 | cvrl.train_step, --compile | H.264 342x256, a keyframe every 16 frames, x264 "
+              f"tune fastdecode, CRF 23 (`reencode.reencode_video`'s defaults) | cores - 2 | | | {pending} | "
+              f"{pending} | |", ""]
+
+
+FLOPS_NOTE = (
+    "How FLOPs are counted (scripts/bench.py `train_flops_per_clip`): forward = 2 FLOPs per multiply-accumulate of "
+    "every convolution, linear layer and attention matmul (torch.utils.flop_counter on the meta device); backward = "
+    "2 x forward (input and weight gradients) minus the input gradient of the first convolution (R3D's stem, the "
+    "ViT's patch embedding), which autograd never computes because the clip needs no gradient. Not counted: "
+    "BatchNorm and LayerNorm, activations, softmax, pooling, the losses, the augmentation, the optimizer and the EMA "
+    "update. CVRL R3D-50 16x224: 3 x 2 x 45.53 - 2 x 4.72 (stem) = 263.7 GFLOP per clip trained (273.2 before the "
+    "stem's input gradient was left out); LSS ViT-B/16 8x224: student 3 x 2 x 196.23 - 2 x 0.92 (patch embedding) "
+    "+ teacher 2 x 196.23 = 1568.0 GFLOP per clip (1569.8 before). Model rows recorded before this rule say so; "
+    "their MFU is high by those ratios (CVRL 3.6%, LSS 0.1%).")
+
+
 def render_run(r, lines):
     env, P = r["env"], r["preset"]
     lines += [f"## Preset `{P}` — {env['device']}", "",
@@ -1247,8 +1772,7 @@ def render_run(r, lines):
         lines.append("")
         for mod in m["models"]:
             lines += [f"**{mod['name']}** — {mod['fwd_gmac_per_clip']:.3f} GMAC fwd per clip, "
-                      f"{mod['train_gflop_per_clip']:.2f} GFLOP per clip trained "
-                      f"({'fwd+bwd = 3 fwd' if mod['kind'] == 'cvrl' else 'student 3 fwd + teacher 1 fwd'}), batch "
+                      f"{mod['train_gflop_per_clip']:.2f} GFLOP per clip trained ({_flop_rule_note(mod)}), batch "
                       f"{mod['batch_clips']} clips ({mod['batch_source']})", "",
                       "| variant | steps/s | clips/s | achieved | MFU | peak memory | first step |",
                       "|---|---|---|---|---|---|---|"]
@@ -1260,6 +1784,8 @@ def render_run(r, lines):
                              f"{_flops(row['tflops'] * 1e12)} | {_f(row['mfu'], '{:.1%}')} | "
                              f"{_f(row['peak_mem_gb'], '{:.1f} GB')} | {row['first_step_s']:.1f} s |")
             lines.append("")
+    if r.get("asrun"):
+        render_asrun(r["asrun"], r, env, lines)
     if r.get("pipeline"):
         p = r["pipeline"]
         ws = sorted({1, p["workers_max"]})
@@ -1346,11 +1872,13 @@ def write_markdown(path, runs):
              "Generated by `scripts/bench.py` — do not edit by hand. Regenerate with `python scripts/bench.py` "
              "(CPU preset) or `python scripts/bench.py --preset gpu`; each run replaces its own preset's section (per "
              "device for the gpu preset) and keeps the others (their data sit in a comment at the end of this file). What is measured and how: "
-             "the docstring of scripts/bench.py. Targets and published numbers: docs/perf.md.", ""]
+             "the docstring of scripts/bench.py. Targets and published numbers: docs/perf.md.", "", FLOPS_NOTE, ""]
     gpus = sorted((k for k in runs if k.startswith("gpu")), key=lambda k: runs[k]["env"].get("date", ""), reverse=True)
     order = gpus + [p for p in ("cpu", "smoke") if p in runs] + [p for p in runs if p not in gpus + ["cpu", "smoke"]]
     if not gpus:
         render_pending(lines)
+    if not any(runs[k].get("asrun") for k in gpus):
+        render_asrun_pending(lines)
     for p in order:
         render_run(runs[p], lines)
     lines += [f"{DATA_TAG}\n{json.dumps(runs, separators=(',', ':'))}\n-->", ""]
@@ -1391,9 +1919,14 @@ def merge_runs(parts):
         raise SystemExit(f"error: --merge needs runs of one preset, got {sorted(presets)}")
     run = dict(preset=presets.pop(), env=parts[0]["env"], timing=parts[0].get("timing", {}), notes=[])
     for p in parts:
-        for sec in ("pipeline", "augment", "reencode"):
+        for sec in ("pipeline", "augment", "reencode", "decoders"):
             if p.get(sec):
                 run[sec] = p[sec]
+        if p.get("asrun"):  # per-model calls (gpu_check.sh's 2c and 2d): rows and loader rows concatenated
+            if "asrun" not in run:
+                run["asrun"] = dict(p["asrun"], models=[], loader=[])
+            run["asrun"]["models"] += p["asrun"]["models"]
+            run["asrun"]["loader"] += p["asrun"].get("loader", [])
         if p.get("model"):
             if "model" not in run:
                 run["model"] = dict(p["model"], models=[])
@@ -1402,7 +1935,7 @@ def merge_runs(parts):
     return run
 
 
-SECTIONS = ["model", "pipeline", "augment", "reencode", "decoders"]
+SECTIONS = ["model", "asrun", "pipeline", "augment", "reencode", "decoders"]
 
 
 def main(argv=None):
@@ -1410,7 +1943,7 @@ def main(argv=None):
     ap.add_argument("--preset", choices=list(PRESETS), default=None,
                     help="shapes and repetitions (default: gpu when a GPU is visible, else cpu)")
     ap.add_argument("--only", action="append", choices=SECTIONS,
-                    help="run only this section (repeatable); default all four")
+                    help="run only this section (repeatable; asrun = 1b, the step as run); default all of them")
     ap.add_argument("--out-md", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--out-json", default=str(ROOT / "results" / "bench.json"))
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
@@ -1429,6 +1962,10 @@ def main(argv=None):
     ap.add_argument("--variants", default=None,
                     help="model section: run only these variants, names as printed, separated by ';' (the others are "
                          "listed as not run); for a time-limited GPU lease")
+    ap.add_argument("--asrun-modes", choices=["both", "eager", "compiled"], default="both",
+                    help="section 1b: both = the eager step as run and section 1's matching step, plus the compiled "
+                         "step as run on a GPU when the preset compiles; eager; compiled = only the compiled step as "
+                         "run (beside section 1's compiled row, if the same section has one; on a CPU too)")
     ap.add_argument("--formats", default=None,
                     help="pipeline section: only the formats whose name contains this text (e.g. 'GOP 16')")
     ap.add_argument("--augment-cpu", choices=["yes", "no"], default="yes",
@@ -1469,11 +2006,14 @@ def main(argv=None):
     run = dict(preset=preset, env=env, timing=dict(warmup=P["warmup"], windows=P["windows"], per_window=P["per_window"]))
     t_all = time.perf_counter()
     cache = Path(a.video_cache) if a.video_cache else ROOT / "results" / "cache" / "bench-videos"
-    if {"pipeline", "reencode", "decoders"} & set(sections):
+    if {"asrun", "pipeline", "reencode", "decoders"} & set(sections):
         cache.mkdir(parents=True, exist_ok=True)
     devices = ([torch.device("cpu")] if a.augment_cpu == "yes" or device.type != "cuda" else []) \
         + ([device] if device.type == "cuda" else [])  # the augmentation section's
+    found = lambda: {mod["name"]: mod["batch_clips"] for mod in run.get("model", {}).get("models", [])}  # noqa: E731
     steps = {"model": ("1. model step", lambda: bench_models(P, device, log)),
+             "asrun": ("1b. step as run", lambda: bench_asrun(P, device, cache, log, found(), {
+                 "both": None, "eager": [False], "compiled": [True]}[a.asrun_modes])),
              "pipeline": ("2. input pipeline", lambda: bench_pipeline(P, device, max(1, a.workers), cache, log)),
              "augment": ("3. augmentation", lambda: bench_augment(P, devices, log)),
              "reencode": ("4. re-encode formats", lambda: bench_reencode(P, cache, log, device)),

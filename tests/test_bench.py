@@ -1,6 +1,7 @@
 """scripts/bench.py (smoke run, FLOP counter) and scripts/reencode.py. No timing assertions: the numbers
 depend on the machine and its load; only structure and exact counts are checked."""
 import json
+import os
 import subprocess
 import sys
 
@@ -28,7 +29,7 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run = json.loads(js.read_text())
     assert run["preset"] == "smoke"
-    assert {"model", "pipeline", "augment", "reencode", "decoders"} <= set(run)
+    assert {"model", "asrun", "pipeline", "augment", "reencode", "decoders"} <= set(run)
     # 1. every model has every variant, each measured, skipped or with its error recorded
     assert [m["kind"] for m in run["model"]["models"]] == ["cvrl", "lss"]
     for m in run["model"]["models"]:
@@ -71,10 +72,48 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path):
     # markdown: generated, honest about the missing GPU, carries its data for the next run to merge
     text = md.read_text()
     assert "# Benchmarks" in text and "python scripts/bench.py --preset gpu" in text
-    assert "### 4. Re-encode formats" in text and "### 5. Decoders" in text
+    assert "### 4. Re-encode formats" in text and "### 5. Decoders" in text and "### 1b. Step as run" in text
+    assert "How FLOPs are counted" in text
     if not torch.cuda.is_available():
         assert bench.PENDING in text
     assert bench.previous_runs(md)["smoke"]["preset"] == "smoke"
+
+
+def test_bench_step_as_run_and_loader_row(tmp_path):
+    """Section 1b at the smoke preset's sizes (tiny networks, a few steps, 86x64 videos), on the CPU: cvrl.train_step
+    and lss.train_step as run from a host batch, section 1's step beside each, and the CVRL step fed by the real
+    training loader; then the markdown it renders, with the GPU rows still pending."""
+    out = bench.bench_asrun(bench.PRESETS["smoke"], torch.device("cpu"), tmp_path / "videos", lambda s: None)
+    assert [m["kind"] for m in out["models"]] == ["cvrl", "lss"] and out["canvas"] == [64, 86]
+    for m in out["models"]:
+        rows = {r["row"]: r for r in m["rows"]}
+        assert sorted(rows) == ["as run", "model only"] and len(m["rows"]) == 2
+        for r in m["rows"]:
+            assert "error" not in r, r
+            assert r["clips_per_s"] > 0 and r["clips_per_s"] == pytest.approx(2 * r["videos_per_s"])
+            assert r["mfu"] is None  # no peak FLOPs on a CPU
+        assert rows["as run"]["variant"] == m["kind"] + ".train_step" and "not compiled" in rows["as run"]["notes"]
+        assert rows["model only"]["variant"] == "fp32"  # what the scripts run on a CPU (--amp auto: off)
+    lss_row = out["models"][1]
+    assert any("random unit vectors" in n for n in lss_row["rows"][0]["notes"])
+    assert lss_row["asrun_train_gflop_per_video"] > lss_row["train_gflop_per_video"]  # the local views
+    (loader,) = out["loader"]
+    assert "error" not in loader, loader
+    assert loader["clips_per_s"] > 0 and 0 <= loader["data_wait"] <= 1
+    assert loader["workers"] == max(1, len(os.sched_getaffinity(0)) - 2) and loader["steps_timed"] >= 4
+    # every variant the section matches against section 1 is one section 1 measures (on a CPU compiled steps as run
+    # are not timed by default; section 1's compiled CVRL row there is channels_last_3d, which cvrl.py leaves off)
+    for kind in ("cvrl", "lss"):
+        for dev, compiled in (("cpu", False), ("cuda", False), ("cuda", True)):
+            names = [v["name"] for v in bench.variants(kind, True, dev == "cuda")]
+            assert bench.matching_variant(kind, torch.device(dev), compiled)["name"] in names
+    env = dict(date="d", command="c", device="CPU only (no GPU visible)", cpu="x", cpu_cores=2, load_avg=[0.0],
+               torch="t", torchvision="tv", av="a", cudnn=None, cuda=None, git="", python="3")
+    md = tmp_path / "B.md"
+    bench.write_markdown(md, {"smoke": dict(preset="smoke", env=env, timing={}, asrun=out)})
+    text = md.read_text()
+    assert "### 1b. Step as run" in text and "**Loader row**" in text and "random unit vectors" in text
+    assert "Step as run on a GPU — pending (no GPU lent yet)" in text
 
 
 def test_markdown_keeps_other_presets(tmp_path):
@@ -99,9 +138,20 @@ def test_merge_combines_partial_runs(tmp_path):
     model = lambda name: dict(peak_flops_bf16=989e12, bf16_base=True, flop_check=[], models=[dict(  # noqa: E731
         name=name, kind="cvrl", fwd_gmac_per_clip=1.0, train_gflop_per_clip=6.0, batch_clips=64, batch_source="x",
         rows=[row])])
+    # gpu_check.sh's 2c: the compiled step as run of MODEL-A (its model-only row: section 1's compiled one, here
+    # only with the fused optimizer) and the loader row
+    asrun_row = dict(row="as run", variant="cvrl.train_step, --compile", compiled=True, videos_per_step=32,
+                     first_step_s=50.0, step_s=0.2, steps_per_s=5.0, videos_per_s=160.0, clips_per_s=320.0,
+                     tflops=80.0, mfu=0.08, peak_mem_gb=30.0, graph_breaks=0, notes=["0 graph break(s), 1 graph(s)"])
+    asrun = dict(peak_flops_bf16=989e12, flop_rule=bench.FLOP_RULE, canvas=[256, 342], host="pinned host memory",
+                 models=[dict(name="MODEL-A", kind="cvrl", rows=[asrun_row], notes=[])],
+                 loader=[dict(name="MODEL-A", step="cvrl.train_step, --compile", format="FORMAT", workers=14,
+                              videos_per_step=32, steps_timed=28, clips_per_s=123.0, data_wait=0.42)])
+    compiled = dict(row, variant="bf16 + channels_last_3d + torch.compile + fused SGD", clips_per_s=777.0)
     parts = [dict(preset="gpu", env=env, timing=dict(warmup=1, windows=1, per_window=1), model=model("MODEL-A")),
              dict(preset="gpu", env=env, timing={}, model=model("MODEL-B")),
-             dict(preset="gpu", env=env, notes=["NOTE-ONE"])]
+             dict(preset="gpu", env=env, notes=["NOTE-ONE"], asrun=asrun)]
+    parts[0]["model"]["models"][0]["rows"].append(compiled)
     files = []
     for i, p in enumerate(parts):
         files.append(tmp_path / f"{i}.json")
@@ -110,6 +160,10 @@ def test_merge_combines_partial_runs(tmp_path):
     assert bench.main(["--merge", *map(str, files), "--out-md", str(md)]) == 0
     text = md.read_text()
     assert "**MODEL-A**" in text and "**MODEL-B**" in text and "- NOTE-ONE" in text and bench.PENDING not in text
+    assert "| MODEL-A | as run: cvrl.train_step, --compile | 32 |" in text and "0 graph break(s)" in text
+    assert "| MODEL-A | model only: bf16 + channels_last_3d + torch.compile + fused SGD (section 1) | 32 |" in text
+    assert "**777.00**" in text and "**123.00** | **42%** | 320.00 |" in text
+    assert "pending (no GPU lent yet)" not in text  # a GPU section has the step as run now
     files[1].write_text(json.dumps(dict(parts[1], preset="cpu")))
     with pytest.raises(SystemExit, match="one preset"):
         bench.main(["--merge", *map(str, files), "--out-md", str(md)])
@@ -125,11 +179,22 @@ def test_flop_counter_single_conv_is_exactly_two_flops_per_mac():
 
 def test_flop_counter_matches_analytic_r3d50():
     # perf.md §1: R3D-50 (CVRL), 16x224^2 -> 45.52 GMAC forward (convs only; BN, ReLU, pooling not counted)
-    macs = bench.count_macs(lambda: cvrl.build_encoder("r3d50"), (1, 3, 16, 224, 224))
+    build, shape = lambda: cvrl.build_encoder("r3d50"), (1, 3, 16, 224, 224)
+    macs = bench.count_macs(build, shape)
     assert macs / 1e9 == pytest.approx(45.5, rel=0.03)
-    # and the training FLOPs convention: 3 x forward x 2 FLOPs per MAC
-    m = dict(kind="cvrl")
-    assert bench.train_flops_per_clip(m, macs) == 6 * macs
+    # its stem: 3 -> 64 channels, kernel 5x7x7, output 8x112x112 (perf.md: 4.72 GMAC)
+    stem = bench.first_conv_macs(build, shape)
+    assert stem == 64 * (8 * 112 * 112) * (3 * 5 * 7 * 7)
+    # the training FLOPs convention: forward x 2 FLOPs per MAC, backward = 2 x forward without the stem's input
+    # gradient (the clip needs none): 263.7 GFLOP per clip, not the 6 x 45.5 = 273.2 of the earlier rule
+    assert bench.train_flops_per_clip(dict(kind="cvrl"), macs, stem) == 6 * macs - 2 * stem
+    assert bench.train_flops_per_clip(dict(kind="lss"), macs, stem) == 8 * macs - 2 * stem  # + the teacher's fwd
+    m = dict(kind="cvrl", arch="r3d50", frames=16, size=224, head_hidden=2048)
+    assert bench.train_flops_per_clip(m, bench.fwd_macs(m), bench.fwd_macs(m, stem=True)) / 1e9 == \
+        pytest.approx(263.7, abs=0.1)
+    # the ViT's first convolution is its patch embedding, applied to each of the T frames
+    vit = dict(kind="lss", width=64, layers=1, heads=1, patch=8, frames=2, size=32, out_dim=32)
+    assert bench.fwd_macs(vit, stem=True) == 2 * (4 * 4) * 64 * (3 * 8 * 8)
 
 
 def test_flop_counter_counts_attention_on_meta():
