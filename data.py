@@ -1311,6 +1311,12 @@ def _worker_init(worker_id):
     seed = torch.initial_seed() % 2 ** 32
     np.random.seed(seed)
     random.seed(seed)
+    # A process group of its own: torchrun's agent stops a training process by signalling its whole group, and so
+    # does Ctrl-C in a terminal. A worker that took that SIGTERM would die at once, and the training process would die
+    # of the lost worker (a RuntimeError at any point) instead of saving its checkpoint. The training process stops
+    # its workers itself when it ends; a worker whose training process is killed notices and exits (torch's watchdog).
+    if hasattr(os, "setpgid"):
+        os.setpgid(0, 0)
 
 
 def make_loader(dataset, batch_size, workers=2, shuffle=True, drop_last=True, seed=0, rank=0, world_size=1,

@@ -304,6 +304,13 @@ def start(cfg, method: str) -> tuple[Run, dict | None]:
         if ckpt.get("method") != method:
             raise SystemExit(f"error: {run.checkpoint_path} is a {ckpt.get('method')!r} checkpoint, not a {method}.py "
                              f"one: pass another --out")
+    if run.world > 1:  # every process resumes from the checkpoint the first one wrote, or none does
+        steps = [None] * run.world
+        dist.all_gather_object(steps, None if ckpt is None else ckpt.get("step"))
+        if len(set(steps)) > 1:
+            raise SystemExit(f"error: the processes see different checkpoints in --out {run.out} (step per process, "
+                             f"None for none: {steps}): on several machines --out must be one folder they all share "
+                             f"(only the first process writes it, every process resumes from it)")
     return run, ckpt
 
 
@@ -365,7 +372,8 @@ class Steps:
     sampler (set_epoch); a run resumed mid-epoch skips the batches that epoch already used, so it sees exactly the
     data an uninterrupted run would. During a step, `epoch_end` says whether it closes an epoch (or the run): the
     moment to checkpoint; `wait` and `busy` add up the seconds spent waiting for data and computing. `step` counts
-    the steps done (the body of step s sees s; after it, s + 1)."""
+    the steps done (the body of step s sees s; after it, s + 1). Inside interruptible() with several processes,
+    every process asks after every step whether any was sent Ctrl-C or SIGTERM, and all stop there together."""
 
     def __init__(self, loader, start: int, total: int, per_epoch: int, max_steps: int = 0, batch_size: int = 1):
         self.loader, self.step, self.total, self.per_epoch, self.batch_size = loader, start, total, per_epoch, batch_size
@@ -386,6 +394,7 @@ class Steps:
                 self.step += 1
                 t_ready = time.perf_counter()
                 self.busy += t_ready - t_batch
+                _signals.stop_if_any()  # several processes inside interruptible(): all stop after the same step
                 if self.epoch_end:
                     break
 
@@ -465,13 +474,26 @@ class Mean:
 @contextlib.contextmanager
 def interruptible(run: Run, save):
     """Ctrl-C (SIGINT) and SIGTERM (what SLURM, Kubernetes and torchrun's agent send before they kill) save the
-    checkpoint through `save()` and exit 130 / 143: the same command resumes where the run stopped."""
+    checkpoint through `save()` and exit 130 / 143: the same command resumes where the run stopped.
+
+    One process stops where the signal finds it. Several processes (torchrun, one machine or many) must not: each
+    would stop at its own point, one of them inside a step's all-reduce waiting for a peer that has already left to
+    save, until torchrun's SIGKILL 30 s later, and no checkpoint is written. There a signal is only noted; after every
+    step all processes ask each other whether any of them was signalled (Steps, _Signals.stop_if_any) and stop
+    together after that same step, so `save()` runs on all of them at one step, as it does at an epoch's end."""
     def on_term(signum, frame):
         raise _Terminated()
 
-    previous = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set from the main thread
+        if run.world > 1:
+            _signals.watch(run)
+            previous = {s: signal.signal(s, _signals.note) for s in (signal.SIGINT, signal.SIGTERM)}
+        else:
+            previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
     try:
         yield
+        _signals.stop_if_any()  # a signal noted after the last step's question: stop now, not after what follows
     except (KeyboardInterrupt, _Terminated) as e:
         term = isinstance(e, _Terminated)
         run.print(f"\n{'terminated (SIGTERM)' if term else 'interrupted'}: saving {run.checkpoint_path}; "
@@ -479,12 +501,47 @@ def interruptible(run: Run, save):
         save()
         raise SystemExit(143 if term else 130)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _signals.watching = False
+        for s, h in previous.items():  # None: a handler set outside Python; restore the closest default
+            signal.signal(s, h if h is not None else signal.SIG_DFL if s == signal.SIGTERM else signal.default_int_handler)
 
 
-class _Terminated(Exception):
-    """SIGTERM, turned into an exception at the point the loop had reached."""
+class _Terminated(BaseException):
+    """SIGTERM, turned into an exception. A BaseException, like KeyboardInterrupt: code that catches Exception (a
+    video that fails to decode is skipped, data.py) must not swallow it and train on."""
+
+
+class _Signals:
+    """The Ctrl-C / SIGTERM that a process of a multi-process loop has been sent and not yet acted on. A signal
+    belongs to a process, so there is one of these per process (`_signals`): interruptible() turns it on around the
+    loop, its handler notes the signal, and Steps asks stop_if_any() after every step."""
+
+    def __init__(self):
+        self.watching, self.signum, self.group = False, 0, None
+
+    def watch(self, run: Run):
+        self.watching, self.signum = True, 0
+        if run.device.type == "cuda" and self.group is None:  # NCCL reduces GPU tensors only: the question goes
+            self.group = dist.new_group(backend="gloo")       # through a gloo group of its own, on the CPU
+
+    def note(self, signum, frame):
+        self.signum = max(self.signum, signum)
+
+    def stop_if_any(self):
+        """Every process at the same point (after a step): was any of them signalled? One all-reduce of one number
+        on the CPU, so it never waits for the GPU. If so, every process raises what the signal means (SIGTERM wins
+        over Ctrl-C), and interruptible() saves and exits."""
+        if not self.watching:
+            return
+        signum = torch.tensor([self.signum])  # 0: none; SIGINT 2; SIGTERM 15
+        dist.all_reduce(signum, op=dist.ReduceOp.MAX, group=self.group)
+        if signum.item() == signal.SIGTERM:
+            raise _Terminated()
+        if signum.item() == signal.SIGINT:
+            raise KeyboardInterrupt()
+
+
+_signals = _Signals()
 
 
 def finish(run: Run, skipped: list, steps: int, next_steps: str):
