@@ -520,29 +520,37 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        # The whole group at once with torch._foreach_* ops: each is one multi-tensor kernel on a GPU (a handful of
+        # launches per group instead of a dozen per tensor) and, on the CPU, exactly the per-tensor op in a loop, so
+        # the numbers are those of the per-tensor loop in the docstring's formula (a test checks it bit for bit).
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for w in group["params"]:
-                if w.grad is None:
-                    continue
-                g = w.grad
-                if group["weight_decay"] != 0:
-                    g = g.add(w, alpha=group["weight_decay"])
-                scale = group["lr"]
-                if group["lars_adapt"]:
-                    w_norm, g_norm = torch.linalg.vector_norm(w), torch.linalg.vector_norm(g)
-                    trust = torch.where((w_norm > 0) & (g_norm > 0),
-                                        group["trust_coefficient"] * w_norm / g_norm, torch.ones_like(w_norm))
-                    scale = scale * trust
-                state = self.state[w]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(w)
-                v = state["momentum_buffer"]
-                v.mul_(group["momentum"]).add_(g * scale)
-                w.sub_(v)
+            params = [w for w in group["params"] if w.grad is not None]
+            if not params:
+                continue
+            grads = [w.grad for w in params]
+            if group["weight_decay"] != 0:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])  # g + wd * w
+            if group["lars_adapt"]:
+                w_norm = torch.stack(torch._foreach_norm(params))  # (n,) one norm per tensor
+                g_norm = torch.stack(torch._foreach_norm(grads))
+                trust = torch.where((w_norm > 0) & (g_norm > 0), group["trust_coefficient"] * w_norm / g_norm,
+                                    torch.ones_like(w_norm))  # (n,)
+                # g_i times its own lr * trust_i. torch's multi-tensor kernels take per-tensor scalars only as host
+                # numbers (reading these would be a sync), so this one op runs tensor by tensor on a GPU
+                steps = torch._foreach_mul(grads, list((group["lr"] * trust).unbind()))
+            else:
+                steps = torch._foreach_mul(grads, group["lr"])
+            for w in params:
+                if "momentum_buffer" not in self.state[w]:
+                    self.state[w]["momentum_buffer"] = torch.zeros_like(w)
+            v = [self.state[w]["momentum_buffer"] for w in params]
+            torch._foreach_mul_(v, group["momentum"])  # v <- m v + lr * trust * g
+            torch._foreach_add_(v, steps)
+            torch._foreach_sub_(params, v)  # w <- w - v
         return loss
 
 
@@ -553,7 +561,10 @@ def configure_optimizer(model: nn.Module, lr: float, weight_decay: float = 1e-6,
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     if optimizer == "sgd":
         groups = [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=False)
+        # On a GPU, fused: the whole update (weight decay, momentum, step) in a few multi-tensor kernels. On the CPU,
+        # torch's default (a per-tensor loop), whose numbers every CPU run so far was trained with.
+        fused = True if decay and decay[0].device.type == "cuda" else None
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=False, fused=fused)
     if optimizer == "lars":
         groups = [dict(params=decay, weight_decay=weight_decay, lars_adapt=True),
                   dict(params=no_decay, weight_decay=0.0, lars_adapt=False)]
@@ -601,7 +612,7 @@ class Config:
     # machinery
     device: str = "auto"            # auto | cpu | cuda
     workers: int = 2                # DataLoader worker processes per GPU/process (decode on the CPU)
-    compile: bool = False           # torch.compile the encoder (GPU: faster after a minute of compiling)
+    compile: bool = False           # torch.compile encoder + head + loss (GPU: faster after a minute of compiling)
     amp: str = "auto"               # auto (bf16 on GPU, off on CPU) | bf16 | off
     seed: int = 0
     out: str = "runs/cvrl"          # output dir: checkpoint.pt, config.json, log.jsonl, skipped.txt
@@ -638,27 +649,41 @@ def parse_args(argv=None) -> Config:
 
 # ----------------------------------------------------------------------------- one training step
 
-def train_step(cfg: Config, model: nn.Module, optimizer, video: torch.Tensor, step: int, lr: float,
-               aug: tuple, rank: int = 0) -> dict:
-    """One CVRL step on a batch of decoded videos, uint8 (B, 2, T, H, W, 3) on the device: both clips of every video
-    are augmented (their own spatial augmentation, drawn from a generator seeded by the step and process, so a
-    resumed run repeats it), embedded in ONE forward pass (every BN batch holds both views, as the official code's
-    [clip1 of all videos; clip2 of all videos]), and the NT-Xent loss pulls the two clips of each video together.
-    `model` is encoder + head (inside DDP under torchrun). Returns log values as tensors on the device: nothing here
-    waits for the GPU."""
-    g = torch.Generator().manual_seed(training.step_seed(cfg.seed, step, rank))
-    x1 = data.augment(data.to_bcthw(video[:, 0]), cfg.size, aug[0], g)  # (B, C, T, S, S) in [0, 1]
-    x2 = data.augment(data.to_bcthw(video[:, 1]), cfg.size, aug[1], g)
+def forward_loss(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, temperature: float, amp: bool):
+    """The forward half of a step: both views of every video through encoder + head in ONE pass (so every BN batch
+    holds both views, as the official code's [clip1 of all videos; clip2 of all videos]), then the NT-Xent loss.
+    x1, x2: (B, C, T, S, S) float views. Returns (z (2B, head_out), loss).
+
+    It is a function of its own so that --compile compiles it whole, `torch.compile(forward_loss)`: the network and the
+    loss in one graph, so inductor fuses the head's and the loss's small ops too, not only the encoder's. `model` may be
+    the DDP-wrapped network (torchrun): DDP's own forward then runs eagerly, dynamo compiles the module it wraps (its
+    DDPOptimizer cuts the graph at the gradient buckets, so the all-reduces still overlap the backward) and the loss
+    as a graph of its own. The gather of the embeddings across processes stays outside the compiled graphs
+    (all_gather_with_grad says why)."""
     x = torch.cat([x1, x2])  # (2B, C, T, S, S)
     if x.device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last_3d)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    use_amp = cfg.amp == "bf16" or (cfg.amp == "auto" and x.device.type == "cuda")
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_amp):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         z = model(x)  # (2B, head_out)
         B = x1.shape[0]
-        loss = nt_xent(z[:B], z[B:], cfg.temperature)
+        loss = nt_xent(z[:B], z[B:], temperature)
+    return z, loss
+
+
+def train_step(cfg: Config, model: nn.Module, optimizer, video: torch.Tensor, step: int, lr: float,
+               aug: tuple, rank: int = 0, loss_fn=forward_loss) -> dict:
+    """One CVRL step on a batch of decoded videos, uint8 (B, 2, T, H, W, 3) on the device: both clips of every video
+    are augmented (their own spatial augmentation, drawn from a generator seeded by the step and process, so a
+    resumed run repeats it), embedded and scored by `loss_fn` (forward_loss, or its torch.compile'd version), and the
+    NT-Xent loss pulls the two clips of each video together. `model` is encoder + head (inside DDP under torchrun).
+    Returns log values as tensors on the device: nothing here waits for the GPU."""
+    g = torch.Generator().manual_seed(training.step_seed(cfg.seed, step, rank))
+    x1 = data.augment(data.to_bcthw(video[:, 0]), cfg.size, aug[0], g)  # (B, C, T, S, S) in [0, 1]
+    x2 = data.augment(data.to_bcthw(video[:, 1]), cfg.size, aug[1], g)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    use_amp = cfg.amp == "bf16" or (cfg.amp == "auto" and x1.device.type == "cuda")
+    z, loss = loss_fn(model, x1, x2, cfg.temperature, use_amp)  # (2B, head_out), scalar
     loss_avg = loss.detach().clone()  # every process logs the same value
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(loss_avg, op=dist.ReduceOp.AVG)
@@ -667,8 +692,9 @@ def train_step(cfg: Config, model: nn.Module, optimizer, video: torch.Tensor, st
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))  # measure, don't clip
     optimizer.step()
     with torch.no_grad():  # instance discrimination accuracy: is the other clip the nearest of the batch?
+        B = x1.shape[0]
         zn = F.normalize(z.float(), dim=1)
-        acc = (zn[:B] @ zn[B:].T).argmax(1).eq(torch.arange(B, device=x.device)).float().mean()
+        acc = (zn[:B] @ zn[B:].T).argmax(1).eq(torch.arange(B, device=z.device)).float().mean()
     return dict(loss=loss_avg, contrastive_acc=acc, grad_norm=grad_norm)
 
 
@@ -731,12 +757,16 @@ def train(cfg: Config):
         model[0].load_state_dict({k.removeprefix("encoder."): v for k, v in ckpt["backbone"].items()})
         model[1].load_state_dict(ckpt["head"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        if "fused" in optimizer.defaults:  # SGD: loading also brought back the saved run's `fused`, a choice of its device
+            for group in optimizer.param_groups:
+                group["fused"] = optimizer.defaults["fused"]
         start_step, skipped = ckpt["step"], list(ckpt.get("skipped", [])) or skipped
         run.print(f"resumed from {run.checkpoint_path} at step {start_step} (epoch {start_step // steps_per_epoch})")
-    if cfg.compile:
-        model[0] = torch.compile(model[0])
     ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                     else None) if run.world > 1 else model
+    # --compile: encoder, head and loss as one compiled function (forward_loss says what that means under DDP). The
+    # model itself stays uncompiled, so its state-dict keys (and the checkpoint) are the same with and without.
+    loss_fn = torch.compile(forward_loss) if cfg.compile else forward_loss
     labels = f"{len(videos.classes)} classes" if videos.classes else "no labels"
     run.print(f"CVRL | {videos.name}: {len(videos)} videos, {labels} | encoder {cfg.arch} "
               f"({sum(p.numel() for p in encoder.parameters()) / 1e6:.2f}M params) | {run.world} process(es) on "
@@ -759,16 +789,18 @@ def train(cfg: Config):
 
     # the loop: a step per batch, a log line every --log-every steps, a checkpoint at every epoch's end
     aug = augment_configs(cfg)
-    steps = training.Steps(loader, start_step, total_steps, steps_per_epoch, cfg.max_steps, cfg.batch_size)
+    # Prefetcher: on a GPU the next batch's copy to the device runs on a side stream while this step computes
+    steps = training.Steps(training.Prefetcher(loader, device), start_step, total_steps, steps_per_epoch, cfg.max_steps,
+                           cfg.batch_size)
     mean = training.Mean(start_step)
     model.train()
     bar = tqdm(total=total_steps, initial=start_step, disable=not run.master, unit="step", dynamic_ncols=True)
     with bar, training.interruptible(run, lambda: checkpoint(steps.step)):
         for step, batch in steps:
             training.report_bad(batch, skipped, run)
-            video = batch["video"].to(device, non_blocking=True)  # (B, 2, T, H, W, 3) uint8: two clips per video
+            video = batch["video"]  # (B, 2, T, H, W, 3) uint8 on the device (Prefetcher): two clips per video
             mean.add(train_step(cfg, ddp_model, optimizer, video, step, training.warmup_cosine(step, total_steps, warmup_steps, lr),
-                                aug, run.rank))
+                                aug, run.rank, loss_fn))
             bar.update(1)
             if steps.log_due(cfg.log_every):
                 mean.check_finite(step + 1, advice)
@@ -845,7 +877,17 @@ def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """(B, D) on each of W processes -> (W*B, D), rank-major, differentiable. Identity without a process group."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
+        return x  # (torch.compile reads these as constants: one process compiles the loss without a break)
+    return _all_gather_eager(x)
+
+
+# Outside torch.compile's graph, always. torch 2.14's differentiable collectives (torch.distributed.nn.functional)
+# raise "not supported under torch.compile" when traced; the traceable ones (_functional_collectives) have no
+# gradient except a private *_autograd variant whose backward (a reduce-scatter on NCCL) we could not test without
+# GPUs. The gather moves 2 x B x 128 numbers per step, so running it eagerly, between the compiled network and the
+# compiled logits, costs a graph break and nothing measurable.
+@torch.compiler.disable
+def _all_gather_eager(x: torch.Tensor) -> torch.Tensor:
     # torch 2.14 marks this function deprecated and suggests _functional_collectives.all_gather_single, which does
     # NOT propagate gradients (only its private *_autograd twin does). That would silently give the bug above,
     # so we keep the public differentiable one and silence the warning. .contiguous(): pytorch#120386.

@@ -1512,6 +1512,13 @@ def _blur(x, sigma, radius, out=None):
     return y if out is None else out.copy_(y)
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor of draws or indices on `device`. On a GPU a plain .to() from ordinary (pageable) memory waits
+    until the device has finished all the work queued before it, a host sync each time; copied from pinned memory
+    with non_blocking it joins the queue instead, and the host goes on launching the next ops."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
 def _on_groups(x, chosen, fn, *args):
     """x[chosen] = fn(x[chosen], *(a[chosen] for a in args)), `chosen` a CPU bool (G,): only the chosen groups are
     computed; when all are (always, on the CPU path's one-group blocks), fn writes into x directly (out=x)."""
@@ -1519,7 +1526,7 @@ def _on_groups(x, chosen, fn, *args):
     if len(sel) == len(x):
         fn(x, *args, out=x)
     elif len(sel):
-        sel = sel.to(x.device)
+        sel = _to_device(sel, x.device)
         x[sel] = fn(x[sel], *(a[sel] for a in args))
 
 
@@ -1573,14 +1580,14 @@ def augment(video: torch.Tensor, size: int, cfg: AugmentConfig = AugmentConfig()
     # ceil(box/out) samples per output pixel, so downscaling is anti-aliased; aligned=True makes a full-frame box
     # reproduce the frame exactly.
     boxes = p["boxes"].repeat_interleave(Fr, 0)                                                   # (B*T, 4)
-    rois = torch.cat([torch.arange(B * T, dtype=torch.float)[:, None], boxes], 1).to(dev)
+    rois = _to_device(torch.cat([torch.arange(B * T, dtype=torch.float)[:, None], boxes], 1), dev)
     frames = rearrange(video, "b c t h w -> (b t) c h w").float()                                 # (B*T, C, H, W)
     x = roi_align(frames, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True) / 255.0
     x = rearrange(x, "(g f) c h w -> g f c h w", g=G)                                             # (G, F, C, s, s)
-    flip = torch.nonzero(p["flip"]).flatten().to(dev)
+    flip = _to_device(torch.nonzero(p["flip"]).flatten(), dev)  # nonzero of a CPU tensor: no wait for the GPU
     if len(flip):
         x[flip] = x[flip].flip(-1)
-    _photometric(x, {k: v.to(dev) if k in ("factors", "sigma") else v for k, v in p.items()}, cfg, size)
+    _photometric(x, {k: _to_device(v, dev) if k in ("factors", "sigma") else v for k, v in p.items()}, cfg, size)
     return rearrange(x, "g f c h w -> (g f) c h w").view(B, T, C, size, size).permute(0, 2, 1, 3, 4).contiguous()
 
 

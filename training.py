@@ -7,9 +7,9 @@ Read it top to bottom:
   2. processes    the device, torchrun (one process per GPU, gloo on CPU)
   3. checkpoints  atomic writes that survive Ctrl-C, SIGTERM and a full disk; reads that refuse code; resume checks
   4. the loop     plain functions a resumable loop calls: the steps of a run across epochs (resuming mid-epoch,
-                  timing the waits for data), unreadable videos reported, averaged log values, Ctrl-C and SIGTERM
-                  that save before exiting. No framework and no callbacks: cvrl.py, lss.py and scripts/ call these
-                  from loops they write out themselves.
+                  timing the waits for data, the next batch copied to the GPU during the step), unreadable videos
+                  reported, averaged log values, Ctrl-C and SIGTERM that save before exiting. No framework and no
+                  callbacks: cvrl.py, lss.py and scripts/ call these from loops they write out themselves.
   5. pictures     a grid of images with text (the PNGs of scripts/show.py, scripts/neighbours.py, lss.py zero-shot)
 """
 from __future__ import annotations
@@ -364,6 +364,49 @@ def note_data_change(run: Run, ckpt: dict, num_videos: int, steps_per_epoch: int
         run.print(f"note: the training videos changed since this run started ({num_videos} now, {before} then): an "
                   f"epoch is now {steps_per_epoch} steps (was {ckpt.get('steps_per_epoch')}), and the run goes on "
                   f"from step {ckpt['step']} to {total_steps}")
+
+
+class Prefetcher:
+    """A loader whose batches arrive on `device`, the next one's copy already under way: `Steps(Prefetcher(loader,
+    device), ...)`. On a GPU, while the loop runs step n, batch n+1 is copied from the loader's pinned memory on a
+    side CUDA stream, so the copy overlaps step n's kernels instead of queueing behind them on the default stream.
+    Every tensor of the batch dict moves ("video", "label", "index"); the rest ("bad", "failed") passes as it is, so
+    report_bad works unchanged. On the CPU it is the loader itself, batch for batch: nothing is copied or fetched
+    early, and a CPU run is exactly what it was without it.
+
+    Two rules of CUDA streams make this correct. The consumer's stream waits for the side stream before it touches
+    the batch (wait_stream: an ordering on the GPU, not a wait on the host). And each tensor, allocated on the side
+    stream, is marked as used on the consumer's stream (record_stream), or the caching allocator could hand its memory
+    to the next copy while the step still reads it."""
+
+    def __init__(self, loader, device: torch.device):
+        self.loader, self.device = loader, device
+        self.sampler = loader.sampler  # Steps calls sampler.set_epoch() on it
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        if self.device.type != "cuda":
+            yield from self.loader
+            return
+        side = torch.cuda.Stream(self.device)
+        batches = iter(self.loader)
+        ahead = self._copy(next(batches, None), side)
+        while ahead is not None:
+            batch, current = ahead, torch.cuda.current_stream(self.device)
+            current.wait_stream(side)  # the copy of `batch` is done before anything after this runs
+            for v in batch.values():
+                if torch.is_tensor(v):
+                    v.record_stream(current)
+            ahead = self._copy(next(batches, None), side)  # n+1 starts copying now, while the caller computes n
+            yield batch
+
+    def _copy(self, batch, stream):
+        if batch is None:
+            return None
+        with torch.cuda.stream(stream):  # non_blocking from pinned memory: an asynchronous copy on the side stream
+            return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 class Steps:

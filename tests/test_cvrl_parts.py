@@ -398,6 +398,80 @@ def test_lars_step_length():
     torch.testing.assert_close(lin.bias.detach(), b0 - 2.0 * gb)
 
 
+class PerTensorLARS(cvrl.LARS):
+    """The LARS step as it was written before the multi-tensor version: one tensor at a time (the reference)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for w in group["params"]:
+                if w.grad is None:
+                    continue
+                g = w.grad
+                if group["weight_decay"] != 0:
+                    g = g.add(w, alpha=group["weight_decay"])
+                scale = group["lr"]
+                if group["lars_adapt"]:
+                    w_norm, g_norm = torch.linalg.vector_norm(w), torch.linalg.vector_norm(g)
+                    trust = torch.where((w_norm > 0) & (g_norm > 0),
+                                        group["trust_coefficient"] * w_norm / g_norm, torch.ones_like(w_norm))
+                    scale = scale * trust
+                state = self.state[w]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(w)
+                v = state["momentum_buffer"]
+                v.mul_(group["momentum"]).add_(g * scale)
+                w.sub_(v)
+
+
+def lars_pair(device="cpu"):
+    """Two identical small models (+ an unused parameter that never gets a gradient, and a zero weight whose trust
+    ratio falls back to 1), one under cvrl.LARS, one under the per-tensor reference, same groups."""
+    import copy
+    torch.manual_seed(0)
+    a = _small_model()
+    a.unused = nn.Parameter(torch.randn(3, 3))  # decayed group, grad stays None
+    a.zero = nn.Parameter(torch.zeros(4, 4))  # ||w|| = 0: trust 1
+    a.to(device)
+    b = copy.deepcopy(a)
+    make = lambda m, cls: cls([dict(params=[p for p in m.parameters() if p.ndim > 1], weight_decay=1e-2, lars_adapt=True),
+                               dict(params=[p for p in m.parameters() if p.ndim <= 1], weight_decay=0.0, lars_adapt=False)],
+                              lr=0.5, momentum=0.9)
+    return (a, make(a, cvrl.LARS)), (b, make(b, PerTensorLARS))
+
+
+def lars_steps(pairs, device="cpu", steps=4):
+    """A few steps with changing lr and data; yields after each step."""
+    g = torch.Generator().manual_seed(1)
+    for s in range(steps):
+        x = torch.rand(4, 3, 8, 48, 48, generator=g).to(device)
+        for model, opt in pairs:
+            for group in opt.param_groups:
+                group["lr"] = 0.5 / (s + 1)
+            opt.zero_grad(set_to_none=True)
+            (model(x).square().mean() + (model.zero * torch.ones(4, 4, device=device)).sum()).backward()
+            opt.step()
+        yield s
+
+
+def test_foreach_lars_equals_the_per_tensor_loop_bit_for_bit():
+    """On the CPU the multi-tensor LARS is the per-tensor loop exactly: weights and momentum buffers torch.equal
+    after every step, with weight decay, the non-adapted BN/bias group, a parameter without gradient and a zero one."""
+    (a, oa), (b, ob) = pairs = lars_pair()
+    for _ in lars_steps(pairs):
+        for (na, pa), pb in zip(a.named_parameters(), b.parameters()):
+            assert torch.equal(pa, pb), na
+            if pa.grad is not None:
+                assert torch.equal(oa.state[pa]["momentum_buffer"], ob.state[pb]["momentum_buffer"]), na
+    assert a.unused.grad is None and a.unused not in oa.state
+    assert not torch.equal(a.zero, torch.zeros(4, 4))  # it moved (trust 1)
+
+
+def test_sgd_is_fused_only_on_cuda():
+    opt = cvrl.configure_optimizer(_small_model(), lr=0.1, optimizer="sgd")
+    assert all(not g["fused"] for g in opt.param_groups)  # CPU: torch's default per-tensor loop, as before
+
+
 def test_lr_schedule():
     total, warmup, base = 1000, 100, 0.32
     lrs = [training.warmup_cosine(s, total, warmup, base) for s in range(total + 1)]

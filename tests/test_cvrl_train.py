@@ -11,6 +11,7 @@ import torch
 
 import data
 import cvrl
+import training
 from conftest import ROOT, HostReads, load_ckpt as load
 
 TINY = ["--frames", "4", "--stride", "2", "--size", "32", "--canvas", "32", "32", "--batch-size", "8",
@@ -158,3 +159,53 @@ def test_a_training_step_makes_no_host_sync():
         out = cvrl.train_step(cfg, model, optimizer, video, 1, 0.1, cvrl.augment_configs(cfg))
     assert reads.calls == [], reads.calls
     assert all(torch.is_tensor(v) and v.numel() == 1 and torch.isfinite(v) for v in out.values())
+
+
+def test_prefetcher_on_the_cpu_is_the_loader_itself(tiny_synthetic):
+    """On the CPU the Prefetcher copies nothing and fetches nothing early: the same batches, in the same order, with
+    their "bad" lists, and the sampler and length Steps uses."""
+    videos = data.load_split("synthetic", str(tiny_synthetic), split="train")
+    dataset = data.VideoDataset(videos, cvrl.PairSampler(4, 2, "decreasing", 1.0), canvas=(32, 32), min_frames=4)
+    loader = data.make_loader(dataset, 8, 0, seed=3)
+    pre = training.Prefetcher(loader, torch.device("cpu"))
+    assert pre.sampler is loader.sampler and len(pre) == len(loader) == 4
+    plain = list(loader)
+    loader.sampler.set_epoch(0)
+    fetched = list(pre)
+    assert len(fetched) == len(plain) == 4
+    for a, b in zip(plain, fetched):
+        assert a.keys() == b.keys() and a["bad"] == b["bad"] and a["failed"] == b["failed"]
+        assert all(torch.equal(a[k], b[k]) for k in ("video", "label", "index"))
+    # Steps drives it as it drives a loader: epochs, a mid-epoch resume, the step count
+    steps = training.Steps(pre, 2, 8, 4, 0, 8)
+    got = [(s, b["index"]) for s, b in steps]
+    assert [s for s, _ in got] == list(range(2, 8)) and torch.equal(got[0][1], plain[2]["index"])
+
+
+def test_forward_loss_compiles_to_one_graph():
+    """--compile compiles cvrl.forward_loss: encoder, head and loss in one graph with no break (one process; under
+    torchrun the gather of the embeddings is deliberately left out of the graph). dynamo.explain traces only."""
+    import torch._dynamo as dynamo
+    encoder = cvrl.build_encoder("tiny")
+    model = torch.nn.Sequential(encoder, cvrl.ProjectionHead(encoder.feature_dim, 64))
+    x1, x2 = torch.rand(4, 3, 4, 32, 32), torch.rand(4, 3, 4, 32, 32)
+    for amp in (False, True):
+        e = dynamo.explain(cvrl.forward_loss)(model, x1, x2, 0.2, amp)
+        assert e.graph_count == 1 and e.graph_break_count == 0, e.break_reasons
+    dynamo.reset()
+
+
+@pytest.mark.slow
+def test_compiled_run_matches_eager(tiny_synthetic, tmp_path):
+    """cvrl.py --compile on the CPU (inductor's C++ backend; minutes on 2 cores): same losses as eager to float
+    rounding. Needs a C++ compiler."""
+    if not shutil.which("g++") and not shutil.which("c++"):
+        pytest.skip("torch.compile on the CPU needs a C++ compiler")
+    losses = {}
+    for name, extra in (("eager", []), ("compile", ["--compile"])):
+        out = tmp_path / name
+        r = run(cvrl_args(tiny_synthetic, out, "--epochs", "1", "--max-steps", "2", *extra), timeout=1200)
+        assert r.returncode == 0, r.stderr[-3000:]
+        losses[name] = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(losses["eager"]) == 2
+    assert losses["compile"] == pytest.approx(losses["eager"], rel=1e-4)

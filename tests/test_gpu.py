@@ -154,3 +154,122 @@ def test_cvrl_two_processes_nccl(tiny_synthetic, tmp_path):
     run_py([ROOT / "cvrl.py", "--dataset", "synthetic", "--data", tiny_synthetic, "--out", out, *CVRL_ARGS,
             "--epochs", "1", "--batch-size", "4"], torchrun=2)
     assert torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)["step"] == 4
+
+
+# ----------------------------------------------------------------------------- the step's GPU machinery (issue 28)
+# Prefetcher (side-stream copies), compiled forward_loss, fused SGD / multi-tensor LARS, and a step without a host sync.
+
+import contextlib  # noqa: E402
+
+import data  # noqa: E402
+import training  # noqa: E402
+
+
+@contextlib.contextmanager
+def no_sync_allowed():
+    """Any operation that makes the host wait for the GPU (a .item(), a blocking copy, a stream synchronize) raises."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_prefetcher_on_cuda_yields_the_plain_batches(tiny_synthetic):
+    videos = data.load_split("synthetic", str(tiny_synthetic), split="train")
+    dataset = data.VideoDataset(videos, cvrl.PairSampler(4, 2, "decreasing", 1.0), canvas=(32, 32), min_frames=4)
+    loader = data.make_loader(dataset, 8, 0, seed=3, pin_memory=True)
+    plain = [{k: v.cuda() if torch.is_tensor(v) else v for k, v in b.items()} for b in loader]
+    loader.sampler.set_epoch(0)
+    cuda = torch.device("cuda")
+    got = []
+    for b in training.Prefetcher(loader, cuda):
+        assert b["video"].device.type == "cuda" and b["index"].device.type == "cuda"
+        got.append({k: v.clone() if torch.is_tensor(v) else v for k, v in b.items()})  # used on the default stream
+    assert len(got) == len(plain) == 4
+    for a, b in zip(plain, got):
+        assert a["bad"] == b["bad"] and all(torch.equal(a[k], b[k]) for k in ("video", "label", "index"))
+    # the consumer's side of it (wait_stream, record_stream) never makes the host wait for the GPU
+    batches = [{k: v.pin_memory() if torch.is_tensor(v) else v for k, v in b.items()} for b in loader]
+
+    class Pinned:  # a loader of already pinned batches: the loader's own pinning thread is not under test here
+        sampler = loader.sampler
+
+        def __iter__(self):
+            return iter(batches)
+
+    with no_sync_allowed():
+        n = sum(1 for _ in training.Prefetcher(Pinned(), cuda))
+    assert n == 4
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_compiled_forward_loss_matches_eager(amp):
+    torch.manual_seed(0)
+    enc = cvrl.build_encoder("r3d18")
+    model = nn.Sequential(enc, cvrl.ProjectionHead(enc.feature_dim, 256, 128, 3)).cuda()
+    model = model.to(memory_format=torch.channels_last_3d)
+    x1, x2 = torch.rand(8, 3, 8, 64, 64, device="cuda"), torch.rand(8, 3, 8, 64, 64, device="cuda")
+    out = {}
+    for name, fn in (("eager", cvrl.forward_loss), ("compiled", torch.compile(cvrl.forward_loss))):
+        model.zero_grad(set_to_none=True)
+        z, loss = fn(model, x1, x2, 0.1, amp)
+        loss.backward()
+        out[name] = (z.float(), loss.item(), grad_vector(model))
+    (ze, le, ge), (zc, lc, gc) = out["eager"], out["compiled"]
+    tol = 2e-2 if amp else 1e-3  # bf16: 3 significant digits; fp32: TF32 convolutions and another summation order
+    assert abs(lc - le) / le < tol, (le, lc)
+    assert F.cosine_similarity(ze.flatten(), zc.flatten(), dim=0) > 1 - tol
+    assert F.cosine_similarity(ge, gc, dim=0) > (0.75 if amp else 0.99)  # see test_bf16_autocast_close_to_fp32_cvrl
+
+
+def test_fused_sgd_step_matches_the_default_one():
+    torch.manual_seed(0)
+    enc = cvrl.build_encoder("tiny")
+    a = nn.Sequential(enc, cvrl.ProjectionHead(enc.feature_dim, 64)).cuda()
+    b = nn.Sequential(cvrl.build_encoder("tiny"), cvrl.ProjectionHead(enc.feature_dim, 64)).cuda()
+    b.load_state_dict(a.state_dict())
+    fused = cvrl.configure_optimizer(a, 0.5, 1e-2, 0.9, "sgd")
+    assert all(g["fused"] for g in fused.param_groups)
+    plain = cvrl.configure_optimizer(b, 0.5, 1e-2, 0.9, "sgd")
+    for g in plain.param_groups:
+        g["fused"] = False  # torch's default on CUDA: the foreach implementation
+    x = torch.rand(3, 4, 3, 8, 48, 48, device="cuda")
+    for step in range(3):
+        for model, opt in ((a, fused), (b, plain)):
+            opt.zero_grad(set_to_none=True)
+            model(x[step]).square().mean().backward()
+            opt.step()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_foreach_lars_on_cuda_matches_the_per_tensor_loop():
+    """The CPU test (test_cvrl_parts) checks bit equality; on CUDA the multi-tensor norms sum in another order."""
+    from test_cvrl_parts import lars_pair, lars_steps
+    (a, _), (b, _) = pairs = lars_pair("cuda")
+    for _ in lars_steps(pairs, "cuda"):
+        pass
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "lars"])
+def test_a_training_step_on_cuda_makes_no_host_sync(optimizer):
+    """The whole of cvrl.train_step (augmentation of both views with blur and solarize, forward, loss, backward,
+    fused SGD or multi-tensor LARS) under torch.cuda.set_sync_debug_mode("error")."""
+    cfg = cvrl.parse_args(["--frames", "4", "--size", "32", "--head-hidden", "64", "--arch", "tiny", "--device", "cuda",
+                           "--optimizer", optimizer])
+    encoder = cvrl.build_encoder(cfg.arch)
+    model = nn.Sequential(encoder, cvrl.ProjectionHead(encoder.feature_dim, cfg.head_hidden, cfg.head_out,
+                                                       cfg.head_layers)).cuda().to(memory_format=torch.channels_last_3d)
+    opt = cvrl.configure_optimizer(model, 0.1, cfg.weight_decay, cfg.momentum, cfg.optimizer)
+    video = torch.randint(0, 256, (8, 2, 4, 40, 40, 3), dtype=torch.uint8, device="cuda")  # (B, 2, T, H, W, 3)
+    aug = cvrl.augment_configs(cfg)
+    assert aug[0].blur_p > 0 and aug[1].solarize_p > 0
+    cvrl.train_step(cfg, model, opt, video, 0, 0.1, aug)  # first step: lazy initialisations (cuBLAS, cuDNN) may sync
+    with no_sync_allowed():
+        for step in (1, 2):
+            out = cvrl.train_step(cfg, model, opt, video, step, 0.1, aug)
+    assert all(torch.isfinite(v) for v in out.values())
