@@ -1364,14 +1364,16 @@ def train(cfg: Config):
     zs = zero_shot_during_training(cfg, text, config, run)
     start_zs = zs(0, teacher)["top1"] if zs and start_step == 0 else logged_start_zero_shot(run.out)
     # the loop: a step per batch, a log line every --log-every steps, a checkpoint at every epoch's end
-    steps = training.Steps(loader, start_step, total_steps, steps_per_epoch, cfg.max_steps, cfg.batch_size)
+    # Prefetcher: on a GPU the next batch's copy to the device runs on a side stream while this step computes
+    steps = training.Steps(training.Prefetcher(loader, device), start_step, total_steps, steps_per_epoch,
+                           cfg.max_steps, cfg.batch_size)
     mean = training.Mean(start_step)
     student.train()
     bar = tqdm(total=total_steps, initial=start_step, disable=not run.master, unit="step", dynamic_ncols=True)
     with bar, training.interruptible(run, lambda: checkpoint(steps.step)):
         for step, batch in steps:
             training.report_bad(batch, skipped, run)
-            video = batch["video"].to(device, non_blocking=True)  # (B, 2+L, T, H, W, 3) uint8
+            video = batch["video"]  # (B, 2+L, T, H, W, 3) uint8, on the device (Prefetcher)
             labels = None if concept_of is None else concept_of[batch["label"].to(device)]  # (B,) never for LSS itself
             oracle = None if oracle_videos is None else oracle_videos[batch["index"].to(device)]  # (B,) the control
             mean.add(train_step(cfg, student, teacher, lss_loss, optimizer, schedule, video, step, labels, oracle))
