@@ -519,21 +519,19 @@ def interruptible(run: Run, save):
     """Ctrl-C (SIGINT) and SIGTERM (what SLURM, Kubernetes and torchrun's agent send before they kill) save the
     checkpoint through `save()` and exit 130 / 143: the same command resumes where the run stopped.
 
-    One process stops where the signal finds it. Several processes (torchrun, one machine or many) must not: each
-    would stop at its own point, one of them inside a step's all-reduce waiting for a peer that has already left to
-    save, until torchrun's SIGKILL 30 s later, and no checkpoint is written. There a signal is only noted; after every
-    step all processes ask each other whether any of them was signalled (Steps, _Signals.stop_if_any) and stop
-    together after that same step, so `save()` runs on all of them at one step, as it does at an epoch's end."""
-    def on_term(signum, frame):
-        raise _Terminated()
-
+    One process stops where the signal finds it (the exception is raised at once), and the signal is also noted: an
+    exception raised inside a destructor or a C library's callback is dropped by Python ("Exception ignored"), and
+    the note still stops the run after the step. Several processes (torchrun, one machine or many) must not stop
+    where the signal finds them: each would stop at its own point, one of them inside a step's all-reduce waiting for
+    a peer that has already left to save, until torchrun's SIGKILL 30 s later, and no checkpoint is written. There a
+    signal is only noted; after every step all processes ask each other whether any of them was signalled (Steps,
+    _Signals.stop_if_any) and stop together after that same step, so `save()` runs on all of them at one step, as it
+    does at an epoch's end."""
     previous = {}
     if threading.current_thread() is threading.main_thread():  # signal handlers can only be set from the main thread
-        if run.world > 1:
-            _signals.watch(run)
-            previous = {s: signal.signal(s, _signals.note) for s in (signal.SIGINT, signal.SIGTERM)}
-        else:
-            previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
+        _signals.watch(run)
+        handler = _signals.note if run.world > 1 else _signals.note_and_raise
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
         _signals.stop_if_any()  # a signal noted after the last step's question: stop now, not after what follows
@@ -555,20 +553,24 @@ class _Terminated(BaseException):
 
 
 class _Signals:
-    """The Ctrl-C / SIGTERM that a process of a multi-process loop has been sent and not yet acted on. A signal
-    belongs to a process, so there is one of these per process (`_signals`): interruptible() turns it on around the
-    loop, its handler notes the signal, and Steps asks stop_if_any() after every step."""
+    """The Ctrl-C / SIGTERM that a training process has been sent and not yet acted on. A signal belongs to a
+    process, so there is one of these per process (`_signals`): interruptible() turns it on around the loop, its
+    handler notes the signal, and Steps asks stop_if_any() after every step."""
 
     def __init__(self):
-        self.watching, self.signum, self.group = False, 0, None
+        self.watching, self.signum, self.group, self.world = False, 0, None, 1
 
     def watch(self, run: Run):
-        self.watching, self.signum = True, 0
-        if run.device.type == "cuda" and self.group is None:  # NCCL reduces GPU tensors only: the question goes
-            self.group = dist.new_group(backend="gloo")       # through a gloo group of its own, on the CPU
+        self.watching, self.signum, self.world = True, 0, run.world
+        if run.world > 1 and run.device.type == "cuda" and self.group is None:  # NCCL reduces GPU tensors only: the
+            self.group = dist.new_group(backend="gloo")  # question goes through a gloo group of its own, on the CPU
 
     def note(self, signum, frame):
         self.signum = max(self.signum, signum)
+
+    def note_and_raise(self, signum, frame):  # one process: stop here, now
+        self.note(signum, frame)
+        raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
     def stop_if_any(self):
         """Every process at the same point (after a step): was any of them signalled? One all-reduce of one number
@@ -576,11 +578,14 @@ class _Signals:
         over Ctrl-C), and interruptible() saves and exits."""
         if not self.watching:
             return
-        signum = torch.tensor([self.signum])  # 0: none; SIGINT 2; SIGTERM 15
-        dist.all_reduce(signum, op=dist.ReduceOp.MAX, group=self.group)
-        if signum.item() == signal.SIGTERM:
+        signum = self.signum  # 0: none; SIGINT 2; SIGTERM 15
+        if self.world > 1:
+            signum = torch.tensor([signum])
+            dist.all_reduce(signum, op=dist.ReduceOp.MAX, group=self.group)
+            signum = int(signum)
+        if signum == signal.SIGTERM:
             raise _Terminated()
-        if signum.item() == signal.SIGINT:
+        if signum == signal.SIGINT:
             raise KeyboardInterrupt()
 
 

@@ -1176,17 +1176,31 @@ def bench_pipeline(P, device, workers, cache, log):
 # 3. augmentation
 # ----------------------------------------------------------------------------------------------------------------------
 
-def torchvision_loop(video, size):
+def torchvision_loop(video, size, cfg=None):
     """Per-clip torchvision.transforms.v2: each clip as a (T, C, H, W) tensor, so one draw of parameters is shared
-    by its frames. The same ops as data.AugmentConfig()'s defaults."""
+    by its frames. The same ops as data.AugmentConfig()'s defaults, and cfg's blur and solarize when it has them
+    (Gaussian blur of data.augment's kernel size, size // 10 rounded to odd; solarize at 0.5 on [0, 1] values)."""
     from torchvision.transforms import v2
-    tf = v2.Compose([v2.RandomResizedCrop(size, scale=(0.3, 1.0), ratio=(0.5, 2.0), antialias=True),
-                     v2.RandomHorizontalFlip(0.5),
-                     v2.RandomApply([v2.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
-                     v2.RandomGrayscale(0.2),
-                     v2.ToDtype(torch.float32, scale=True)])
+    cfg = cfg or data.AugmentConfig()
+    ops = [v2.RandomResizedCrop(size, scale=(0.3, 1.0), ratio=(0.5, 2.0), antialias=True),
+           v2.RandomHorizontalFlip(0.5),
+           v2.RandomApply([v2.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+           v2.RandomGrayscale(0.2),
+           v2.ToDtype(torch.float32, scale=True)]
+    if cfg.blur_p:
+        ops.append(v2.RandomApply([v2.GaussianBlur(2 * max(1, (size // 10) // 2) + 1, cfg.blur_sigma)], p=cfg.blur_p))
+    if cfg.solarize_p:
+        ops.append(v2.RandomSolarize(0.5, p=cfg.solarize_p))
+    tf = v2.Compose(ops)
     out = [tf(clip.transpose(0, 1)).transpose(0, 1) for clip in video]  # (C, T, H, W) -> (T, C, H, W) and back
     return torch.stack(out)  # (B, C, T, size, size)
+
+
+# The augmentations timed: SimCLR's colour ops alone (data.AugmentConfig()), and what cvrl.py runs: each video's two
+# clips get the two views' configs (cvrl.augment_configs: view 1 blur p=1; view 2 blur p=0.1, solarize p=0.2).
+AUGMENT_OPS = {"crop, flip, jitter, grayscale": (data.AugmentConfig(), data.AugmentConfig()),
+               "cvrl.py's two views (+ blur, solarize)": (
+                   data.AugmentConfig(blur_p=1.0), data.AugmentConfig(blur_p=0.1, solarize_p=0.2))}
 
 
 def bench_augment(P, devices, log):
@@ -1194,17 +1208,22 @@ def bench_augment(P, devices, log):
     res = dict(batch=f"uint8 ({a['B']}, 3, {a['T']}, {a['H']}, {a['W']}) -> {a['size']}x{a['size']}", rows=[])
     gen = torch.Generator().manual_seed(0)
     base = torch.randint(0, 256, (a["B"], 3, a["T"], a["H"], a["W"]), dtype=torch.uint8, generator=gen)
+    half = a["B"] // 2  # the first half of the clips gets view 1's config, the rest view 2's (as a CVRL batch)
     for dev in devices:
         video = base.to(dev)
-        g = torch.Generator().manual_seed(0)
-        ours, _ = time_steps(lambda: data.augment(video, a["size"], data.AugmentConfig(), g), dev, 1, a["windows"], 1)
-        theirs, _ = time_steps(lambda: torchvision_loop(video, a["size"]), dev, 1, a["windows"], 1)
-        row = dict(device=str(dev), augment_s=ours, torchvision_s=theirs, augment_clips_per_s=a["B"] / ours,
-                   torchvision_clips_per_s=a["B"] / theirs, speedup=theirs / ours)
-        res["rows"].append(row)
-        log(f"  {dev}: data.augment {ours * 1e3:.0f} ms/batch ({row['augment_clips_per_s']:.1f} clips/s), "
-            f"torchvision per clip {theirs * 1e3:.0f} ms ({row['torchvision_clips_per_s']:.1f} clips/s): "
-            f"x{row['speedup']:.1f}")
+        for ops, (c1, c2) in AUGMENT_OPS.items():
+            g = torch.Generator().manual_seed(0)
+            ours, _ = time_steps(lambda: (data.augment(video[:half], a["size"], c1, g),
+                                          data.augment(video[half:], a["size"], c2, g)), dev, 1, a["windows"], 1)
+            theirs, _ = time_steps(lambda: (torchvision_loop(video[:half], a["size"], c1),
+                                            torchvision_loop(video[half:], a["size"], c2)), dev, 1, a["windows"], 1)
+            row = dict(device=str(dev), ops=ops, augment_s=ours, torchvision_s=theirs,
+                       augment_clips_per_s=a["B"] / ours, torchvision_clips_per_s=a["B"] / theirs,
+                       speedup=theirs / ours)
+            res["rows"].append(row)
+            log(f"  {dev}, {ops}: data.augment {ours * 1e3:.0f} ms/batch ({row['augment_clips_per_s']:.1f} clips/s), "
+                f"torchvision per clip {theirs * 1e3:.0f} ms ({row['torchvision_clips_per_s']:.1f} clips/s): "
+                f"x{row['speedup']:.1f}")
     return res
 
 
@@ -1839,12 +1858,14 @@ def render_run(r, lines):
         a = r["augment"]
         lines += ["### 3. Augmentation", ""] + _provenance(a, env) + [
                   f"{a['batch']}: random resized crop (area 0.3-1, aspect 0.5-2), flip, colour jitter (p 0.8, "
-                  "random order), grayscale (p 0.2). data.augment draws parameters per clip in one batched pass; "
-                  "the baseline loops over clips with torchvision.transforms.v2 on each (T, C, H, W) clip.", "",
-                  "| device | data.augment | clips/s | torchvision per-clip loop | clips/s | speed-up |",
-                  "|---|---|---|---|---|---|"]
+                  "random order), grayscale (p 0.2); in cvrl.py's rows also Gaussian blur and solarize as its two "
+                  "views draw them (half the clips each view). data.augment draws parameters per clip in one batched "
+                  "pass; the baseline loops over clips with torchvision.transforms.v2 on each (T, C, H, W) clip.", "",
+                  "| device | ops | data.augment | clips/s | torchvision per-clip loop | clips/s | speed-up |",
+                  "|---|---|---|---|---|---|---|"]
         for row in a["rows"]:
-            lines.append(f"| {row['device']} | {row['augment_s'] * 1e3:.0f} ms | {row['augment_clips_per_s']:.1f} | "
+            lines.append(f"| {row['device']} | {row.get('ops', 'crop, flip, jitter, grayscale')} | "
+                         f"{row['augment_s'] * 1e3:.0f} ms | {row['augment_clips_per_s']:.1f} | "
                          f"{row['torchvision_s'] * 1e3:.0f} ms | {row['torchvision_clips_per_s']:.1f} | "
                          f"x{row['speedup']:.1f} |")
         lines.append("")

@@ -47,6 +47,7 @@ def test_bench_smoke_writes_json_and_markdown(tmp_path):
     assert len(p["formats"]) == 3 and all(f["frames_decoded_per_clip"] >= 8 for f in p["formats"])
     assert all(x["speedup"] > 0 for x in p["pairs"]) and 0 <= p["data_wait"][0]["data_wait"] <= 1
     assert run["augment"]["rows"][0]["speedup"] > 0
+    assert [r["ops"] for r in run["augment"]["rows"]] == list(bench.AUGMENT_OPS)  # blur and solarize timed too
     # 4. every re-encode variant written, exact, measured; an all-intra format decodes nothing before a clip's start
     src, re = run["reencode"]["variants"][0], run["reencode"]["variants"][1:]
     assert src.get("source") and src["clips_per_s_1core"] > 0 and src["psnr_db"] is None
