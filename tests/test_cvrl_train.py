@@ -80,6 +80,7 @@ def test_resume_reaches_the_same_weights(tiny_synthetic, tmp_path):
         assert torch.equal(a["head"][k], b["head"][k]), k
 
 
+@pytest.mark.slow  # ~40 s; kept out of the default suite (15-minute CI budget): `pytest -m slow`
 def test_mid_epoch_resume_matches_too(tiny_synthetic, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     assert run(cvrl_args(tiny_synthetic, full, "--epochs", "1")).returncode == 0
@@ -89,6 +90,7 @@ def test_mid_epoch_resume_matches_too(tiny_synthetic, tmp_path):
     assert all(torch.equal(a["backbone"][k], b["backbone"][k]) for k in a["backbone"])
 
 
+@pytest.mark.slow  # ~40 s; kept out of the default suite (15-minute CI budget): `pytest -m slow`
 def test_resume_with_other_network_is_refused_harmless_flags_allowed(tiny_synthetic, tmp_path):
     out = tmp_path / "run"
     assert run(cvrl_args(tiny_synthetic, out, "--epochs", "1", "--max-steps", "1")).returncode == 0

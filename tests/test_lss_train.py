@@ -310,6 +310,7 @@ def test_concept_spaces_union_descriptions_and_cache(tmp_path, monkeypatch):
         assert torch.equal(first[k], again[k])
 
 
+@pytest.mark.slow  # ~40 s; kept out of the default suite (15-minute CI budget): `pytest -m slow`
 def test_uniform_prior_moving_average_is_kept_and_resumed(tiny_synthetic, tmp_path):
     """--up-average ema (MUST's rule for large concept spaces): p-bar = (p-bar_prev + p-bar_batch) / 2, carried in
     the checkpoint so a resumed run continues it; the batch mean (the default for K < 512) carries nothing."""
