@@ -823,22 +823,26 @@ def make_plots(summary: list[dict], jobs: list[Job], records: dict, out: Path, b
             plt.close(fig)
         points = target_quality_points([*beside, *(records[j.id] for j in jobs if j.id in records)])
         if len({p[0] for p in points}) >= 2:  # at least two rows: a curve, not a point
-            fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+            fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
+            sweep = {lab for name, lab in ((r.name, r.label) for r in build_rows())
+                     if name == "lss-pre" or name.startswith("lss-oracle")}  # the curve: LSS, then truer targets
             for ax, i, what in ((axes[0], 2, "linear probe"), (axes[1], 3, "zero-shot")):
                 for n, label in enumerate(dict.fromkeys(p[0] for p in points)):  # rows, in grid order
                     mine = [p for p in points if p[0] == label]
                     ax.scatter([p[1] for p in mine], [p[i] for p in mine], color=f"C{n}", s=18, label=label)
                 means = [(statistics.fmean(p[1] for p in points if p[0] == lab),  # each row's mean over seeds
                           statistics.fmean(p[i] for p in points if p[0] == lab))
-                         for lab in dict.fromkeys(p[0] for p in points)]
-                ax.plot(*zip(*sorted(means)), color="grey", lw=1, zorder=0)  # the curve through the rows' means
+                         for lab in dict.fromkeys(p[0] for p in points) if lab in sweep]
+                if len(means) >= 2:  # the curve through the sweep's means (the ablations are points beside it)
+                    ax.plot(*zip(*sorted(means)), color="grey", lw=1, zorder=0)
                 ax.axhline(0, color="k", lw=0.8, ls="--")
                 ax.set(xlabel="target right % (training views; the teacher's, or the truth)",
-                       ylabel=f"student {what} top-1 minus the frozen CLIP's (points)", title=what)
-            axes[0].legend(fontsize=7, loc="upper left")
+                       ylabel="student top-1 minus the frozen CLIP's (points)", title=what)
+            handles, labels = axes[0].get_legend_handles_labels()
+            fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3, frameon=False)
             fig.suptitle("LSS gain over the frozen CLIP against the quality of its targets (one point per seed)",
                          fontsize=10)
-            fig.tight_layout()
+            fig.tight_layout(rect=(0, 0.12, 1, 1))  # the legend below the panels
             written.append(out / "target_quality.png")
             fig.savefig(written[-1], dpi=100, metadata={"Software": None})
             plt.close(fig)

@@ -88,6 +88,15 @@ def test_results_summary_matches_the_committed_study():
     seeds = lambda row, key: [j[key] for j in pre["jobs"] if j["row"] == row]  # noqa: E731
     p = stats.ttest_ind(seeds("lss-pre", "student_top1"), seeds("clip-frozen", "top1"), equal_var=False).pvalue
     assert f"(p = {p:.2g})" in block  # Welch's t-test
+    # the target-quality sweep (3 seeds) and the ablations (seed 0 only, said so in the row)
+    abl = json.loads((ROOT / "results" / "replicate" / "lss-ablations" / "results.json").read_text())
+    for row in ("lss-oracle25", "lss-oracle50"):
+        for key in ("student_zero_shot_top1", "student_top1"):
+            assert mean_std(abl, row, key) in block, (row, key)
+    seed0 = {j["row"]: j for j in abl["jobs"] + pre["jobs"] if j["seed"] == 0}
+    assert "inconclusive (1 seed)" in block and {j["seed"] for j in abl["jobs"] if "pre-" in j["row"]} == {0}
+    for row in ("lss-pre-distill", "lss-pre-up", "lss-pre"):
+        assert f"{seed0[row]['student_top1']:.1f} / {seed0[row]['student_zero_shot_top1']:.1f}" in block, row
     ft = json.loads((ROOT / "results" / "replicate" / "finetune" / "results.json").read_text())
     for row in ("ft-cvrl", "ft-scratch", "ft-cvrl-labels10", "ft-scratch-labels10"):
         assert mean_std(ft, row) in block, row
