@@ -158,7 +158,8 @@ def knob(cfg, name):
     return world.get(name) if isinstance(world, dict) else getattr(world, name)
 
 
-@pytest.mark.parametrize("preset", sorted(R.PRESETS))
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p == "full" else p  # full: ~75 s
+                                    for p in sorted(R.PRESETS)])
 def test_every_command_parses_and_sets_what_its_row_says(preset, tmp_path):
     P = R.PRESETS[preset]
     rows = R.preset_rows(P, P["nuisance"])  # as main() selects them when no --rows is given
