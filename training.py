@@ -415,8 +415,8 @@ class Steps:
     sampler (set_epoch); a run resumed mid-epoch skips the batches that epoch already used, so it sees exactly the
     data an uninterrupted run would. During a step, `epoch_end` says whether it closes an epoch (or the run): the
     moment to checkpoint; `wait` and `busy` add up the seconds spent waiting for data and computing. `step` counts
-    the steps done (the body of step s sees s; after it, s + 1). Inside interruptible() with several processes,
-    every process asks after every step whether any was sent Ctrl-C or SIGTERM, and all stop there together."""
+    the steps done (the body of step s sees s; after it, s + 1). Inside interruptible(), after every step each
+    process asks whether it (with several processes: any of them) was sent Ctrl-C or SIGTERM, and all stop there."""
 
     def __init__(self, loader, start: int, total: int, per_epoch: int, max_steps: int = 0, batch_size: int = 1):
         self.loader, self.step, self.total, self.per_epoch, self.batch_size = loader, start, total, per_epoch, batch_size
@@ -437,7 +437,7 @@ class Steps:
                 self.step += 1
                 t_ready = time.perf_counter()
                 self.busy += t_ready - t_batch
-                _signals.stop_if_any()  # several processes inside interruptible(): all stop after the same step
+                _signals.stop_if_any()  # inside interruptible(): a signal noted during the step stops the run here
                 if self.epoch_end:
                     break
 
