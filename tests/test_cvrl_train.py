@@ -30,10 +30,17 @@ def cvrl_args(tiny_synthetic, out, *extra):
 
 
 
-def test_smoke_trains_checkpoints_and_eval_linear_reads_it(tiny_synthetic, tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def two_epochs(tiny_synthetic, tmp_path_factory):
+    """One uninterrupted 2-epoch run (8 steps), shared by the smoke test and the resume test."""
+    out = tmp_path_factory.mktemp("cvrl") / "full"
     r = run(cvrl_args(tiny_synthetic, out, "--epochs", "2"))
     assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_smoke_trains_checkpoints_and_eval_linear_reads_it(two_epochs, tmp_path):
+    out = two_epochs
     ck = load(out / "checkpoint.pt")  # weights_only: tensors and plain containers only
     assert ck["method"] == "cvrl" and ck["step"] == 8 and ck["config"]["arch"] == "tiny"
     assert all(k.startswith("encoder.") for k in ck["backbone"])
@@ -64,9 +71,8 @@ def test_torchrun_two_processes_train(tiny_synthetic, tmp_path):
     assert ck["step"] == 4 and ck["config"]["batch_size"] == 4  # 32 videos / (4 x 2 processes)
 
 
-def test_resume_reaches_the_same_weights(tiny_synthetic, tmp_path):
-    full, part = tmp_path / "full", tmp_path / "part"
-    assert run(cvrl_args(tiny_synthetic, full, "--epochs", "2")).returncode == 0
+def test_resume_reaches_the_same_weights(tiny_synthetic, two_epochs, tmp_path):
+    full, part = two_epochs, tmp_path / "part"
     r = run(cvrl_args(tiny_synthetic, part, "--epochs", "2", "--max-steps", "4"))  # interrupted after epoch 1
     assert r.returncode == 0 and load(part / "checkpoint.pt")["step"] == 4
     r = run(cvrl_args(tiny_synthetic, part, "--epochs", "2"))

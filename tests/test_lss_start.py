@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lss
+import training
 from conftest import ROOT, load_ckpt as load
 
 import lss_start  # noqa: E402
@@ -77,19 +78,19 @@ def test_only_the_image_tower_is_trained(runs):
     assert sum(not torch.equal(s0[k], s2[k]) for k in visual) > len(visual) // 2  # most image weights moved
 
 
-def test_resume_is_exact(tiny_synthetic, tmp_path):
+def test_resume_is_exact(tiny_synthetic, runs, tmp_path):
     start(tiny_synthetic, tmp_path / "a", "--max-steps", "1")
     start(tiny_synthetic, tmp_path / "a", "--max-steps", "2")  # resumes mid-epoch at step 1
-    start(tiny_synthetic, tmp_path / "b", "--max-steps", "2")
-    a, b = load(tmp_path / "a" / "checkpoint.pt"), load(tmp_path / "b" / "checkpoint.pt")
+    a, b = load(tmp_path / "a" / "checkpoint.pt"), load(runs[1] / "checkpoint.pt")  # b: 2 steps uninterrupted
     assert a["step"] == b["step"] == 2
     for key in ("clip", "head"):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
 
 
 def test_bad_flags_say_what_to_do(tiny_synthetic, tmp_path):
-    r = start(tiny_synthetic, tmp_path / "c", "--size", "30", check=False)
-    assert r.returncode != 0 and "--size 30 is not a multiple of --patch 8" in r.stderr + r.stdout
+    cfg = training.parse_config(lss_start.Config, ["--size", "30"], "")  # refused before anything is made
+    with pytest.raises(SystemExit, match="--size 30 is not a multiple of --patch 8"):
+        lss_start.train(cfg)
     r = start(tmp_path / "no-such-dir", tmp_path / "d", check=False, dataset="folder")
     assert r.returncode != 0 and "no-such-dir" in r.stderr + r.stdout and "Traceback" not in r.stderr
     r = start(tiny_synthetic, tmp_path / "e", "--head", "linear", check=False)

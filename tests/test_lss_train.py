@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import eval_linear
 import lss
 
 from conftest import ROOT, HostReads, load_ckpt as load  # noqa: E402
@@ -353,9 +354,9 @@ def test_oracle_control_trains_on_the_truth_and_reports_teacher_and_student(tiny
     ckpt = load(out / "checkpoint.pt")
     assert not all(torch.equal(ckpt["student"][k], ckpt["teacher"][k]) for k in ckpt["teacher"])
     res = {}
-    for network in ("backbone", "student"):
-        run_py(["eval_linear.py", "--ckpt", str(out / "checkpoint.pt"), "--network", network, "--epochs", "2",
-                "--workers", "0", "--json", str(tmp_path / f"{network}.json"), "--no-cache"])
+    for network in ("backbone", "student"):  # in-process (the script's own smoke runs are elsewhere)
+        eval_linear.main(["--ckpt", str(out / "checkpoint.pt"), "--network", network, "--epochs", "2",
+                          "--workers", "0", "--json", str(tmp_path / f"{network}.json"), "--no-cache"])
         res[network] = json.loads((tmp_path / f"{network}.json").read_text())
         assert res[network]["network"] == network
     assert res["backbone"]["top1"] is not None and res["student"]["top1"] is not None

@@ -479,16 +479,19 @@ def run_replicate(*args):
                           text=True, timeout=600, cwd=ROOT)
 
 
-def test_smoke_preset_two_rows_end_to_end_then_nothing_to_redo(tiny_synthetic, tmp_path):
-    """cvrl.py -> eval_linear.py, then eval_linear.py --random-init on that checkpoint, as real subprocesses."""
-    args = ["--preset", "smoke", "--rows", "cvrl,random-init", "--dataset", "synthetic", "--data",
+def test_smoke_preset_end_to_end_then_nothing_to_redo(tiny_synthetic, tmp_path):
+    """cvrl.py -> eval_linear.py, eval_linear.py --random-init on that checkpoint, and scripts/finetune.py on that
+    checkpoint and on its network from scratch (ft-cvrl and ft-scratch bring their base), as real subprocesses;
+    a fine-tune row's top-1 is the fine-tuned network's. Run again: nothing to redo."""
+    args = ["--preset", "smoke", "--rows", "cvrl,random-init,ft-cvrl,ft-scratch", "--dataset", "synthetic", "--data",
             str(tiny_synthetic), "--out", str(tmp_path / "out"), "--no-plots"]
     r = run_replicate(*args)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     jobs = {j["row"]: j for j in saved["jobs"]}
-    assert set(jobs) == {"cvrl", "random-init"} and all(j["status"] == "ok" for j in jobs.values())
-    for j in jobs.values():
+    assert set(jobs) == {"cvrl", "random-init", "ft-cvrl", "ft-scratch"}
+    assert all(j["status"] == "ok" for j in jobs.values())
+    for j in (jobs["cvrl"], jobs["random-init"]):
         assert 0 <= j["top1"] <= 100 and j["num_train"] == 32 and j["num_test"] == 16  # the tiny dataset: 8 x (4 + 2)
         assert -1 <= j["between_video_cosine"] <= 1
     assert jobs["cvrl"]["steps"] == 2 and [s for s, _ in jobs["cvrl"]["curve"]] == [1, 2]
@@ -496,9 +499,15 @@ def test_smoke_preset_two_rows_end_to_end_then_nothing_to_redo(tiny_synthetic, t
     run = tmp_path / "out" / "runs"
     assert json.loads((run / "random-init" / "seed0" / "linear.json").read_text())["random_init"] is True
     assert any((run / "random-init" / "seed0" / "features").iterdir())  # its own feature cache
-    assert "| random-init encoder (no pretraining) |" in (tmp_path / "out" / "table.md").read_text()
+    for name in ("ft-cvrl", "ft-scratch"):
+        res = json.loads((run / name / "seed0" / "finetune.json").read_text())
+        assert jobs[name]["top1"] == res["top1"] and jobs[name]["num_test"] == 16 and jobs[name]["steps"] == 2
+        assert res["random_init"] == (name == "ft-scratch") and not (run / name / "seed0" / "linear.json").exists()
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "| random-init encoder (no pretraining) |" in table
+    assert "| CVRL pretrain, then fine-tune (all labels) |" in table and R.GROUPS["finetune"] in table
     r = run_replicate(*args)
-    assert r.returncode == 0 and "2 jobs: 2 done earlier, 0 to run" in r.stdout
+    assert r.returncode == 0 and "4 jobs: 4 done earlier, 0 to run" in r.stdout
     assert json.loads((tmp_path / "out" / "results.json").read_text())["jobs"] == saved["jobs"]
 
 
@@ -521,24 +530,6 @@ def test_smoke_preset_lss_from_a_pretrained_start(tiny_synthetic, tmp_path):
     cfg = json.loads((run / "lss-from-start" / "seed0" / "config.json").read_text())
     assert cfg["init"] == "clip" and cfg["clip"] == R.rel(run / "lss-start" / "seed0" / "clip.pt")
     assert "InfoNCE-pretrained image tower" in (tmp_path / "out" / "table.md").read_text()
-
-
-def test_smoke_preset_finetune_rows(tiny_synthetic, tmp_path):
-    """ft-cvrl and ft-scratch bring their base: cvrl.py -> eval_linear.py, then scripts/finetune.py on that
-    checkpoint and on its network from scratch, as real subprocesses; their top-1 is the fine-tuned network's."""
-    r = run_replicate("--preset", "smoke", "--rows", "ft-cvrl,ft-scratch", "--dataset", "synthetic", "--data",
-                      str(tiny_synthetic), "--out", str(tmp_path / "out"), "--no-plots")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    jobs = {j["row"]: j for j in saved["jobs"]}
-    assert set(jobs) == {"cvrl", "ft-cvrl", "ft-scratch"} and all(j["status"] == "ok" for j in jobs.values())
-    run = tmp_path / "out" / "runs"
-    for name in ("ft-cvrl", "ft-scratch"):
-        res = json.loads((run / name / "seed0" / "finetune.json").read_text())
-        assert jobs[name]["top1"] == res["top1"] and jobs[name]["num_test"] == 16 and jobs[name]["steps"] == 2
-        assert res["random_init"] == (name == "ft-scratch") and not (run / name / "seed0" / "linear.json").exists()
-    table = (tmp_path / "out" / "table.md").read_text()
-    assert "| CVRL pretrain, then fine-tune (all labels) |" in table and R.GROUPS["finetune"] in table
 
 
 @pytest.mark.slow
