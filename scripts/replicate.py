@@ -20,11 +20,14 @@ Rows, grouped by the claim they test:
                 InfoNCE without the MLP head) (preset lss-explore)
   search        CVRL at the quick preset's budget (18 epochs) with other batch sizes and learning rates: how the
                 quick preset's CVRL flags were chosen (preset cvrl-search)
-  lss_pre       LSS from the pretrained tiny CLIP (lss.py's default start): the frozen CLIP (lss.py --epochs 0),
-                distillation only, + uniform prior, + concept alignment, full (preset lss-pretrained)
+  lss_pre       LSS from the pretrained tiny CLIP (lss.py's default start): the frozen CLIP (lss.py --epochs 0) and
+                lss.py's LSS, distillation only (preset lss-pretrained); + uniform prior, + concept alignment, the
+                paper's full loss (preset lss-ablations)
+  lss_space     the same, the paper's loss, with the classes' descriptions as the category space (lss-ablations)
   controls      the same start with the true class as the target (the oracle: what distillation can teach with
-                perfect targets, these views and steps) and with the truth given for 50% / 25% of the videos: the
-                gain over the frozen CLIP as a function of how often the target is right (preset lss-pretrained)
+                perfect targets, these views and steps; lss-pretrained: lss.py's loss, lss-ablations: the paper's)
+                and, with the paper's loss, the truth given for 50% / 25% of the videos: the gain over the frozen
+                CLIP as a function of how often the target is right (preset lss-ablations)
   finetune      CVRL's transfer claim by fine-tuning (scripts/finetune.py): the CVRL row's checkpoint fine-tuned end to
                 end on the labelled videos vs the same network fine-tuned from scratch with the same recipe and steps
                 (--random-init), with all labels and with 10% of them (preset finetune)
@@ -46,7 +49,8 @@ Commands
     python scripts/replicate.py --preset full             # the GPU preset: longer runs, 5 seeds, 5 nuisance levels
     python scripts/replicate.py --preset lss-explore      # LSS from random init: attempts against its collapse
     python scripts/replicate.py --preset cvrl-search      # the search that chose --quick's CVRL batch size and lr
-    python scripts/replicate.py --preset lss-pretrained   # LSS from the pretrained tiny CLIP, 3 seeds (~2.5 h, 2 cores)
+    python scripts/replicate.py --preset lss-pretrained   # LSS from the pretrained tiny CLIP, 3 seeds (~1.5 h, 2 cores)
+    python scripts/replicate.py --preset lss-ablations    # the paper's loss terms, description space, target quality
     python scripts/replicate.py --preset finetune         # CVRL pretrain then fine-tune vs fine-tune from scratch
     python scripts/replicate.py --preset smoke            # tiny everything, seconds per job (the tests run this)
     python scripts/replicate.py --quick --rows cvrl,cvrl-uniform   # a subset (random-init rows bring their base)
@@ -115,13 +119,14 @@ GROUPS = {
     "lss": "LSS (tiny CLIP, random init): distillation, + uniform prior, + concept alignment",
     "lss_fix": "LSS from random init: attempts to keep the teacher off the uniform distribution (not in --quick)",
     "search": "CVRL at the quick preset's budget (18 epochs): batch size and lr (preset cvrl-search, not in --quick)",
-    "lss_pre": "LSS from the pretrained tiny CLIP (lss.py's default start): does it improve on the frozen CLIP, and "
-               "do the uniform prior and concept alignment add to distillation? (presets lss-pretrained: the frozen CLIP "
-               "and LSS; lss-ablations: the ablations)",
-    "lss_space": "LSS from the pretrained tiny CLIP: category space (class names) vs description space (the "
-                 "classes' descriptions) (preset lss-ablations)",
-    "controls": "LSS controls: the true class as the target for 100% / 50% / 25% of the videos, the rest the "
-                "teacher's (how good must the targets be?) (presets lss-pretrained: 100%; lss-ablations: 50%, 25%)",
+    "lss_pre": "LSS from the pretrained tiny CLIP (lss.py's default start): does it improve on the frozen CLIP "
+               "(preset lss-pretrained), and what do the paper's uniform prior and concept alignment add to "
+               "distillation (preset lss-ablations)?",
+    "lss_space": "LSS from the pretrained tiny CLIP, the paper's loss: category space (class names) vs description "
+                 "space (the classes' descriptions) (preset lss-ablations)",
+    "controls": "LSS controls: the true class as every video's target (the oracle; preset lss-pretrained: lss.py's "
+                "loss; lss-ablations: the paper's), and with the paper's loss for 50% / 25% of the videos, the rest "
+                "the teacher's (how good must the targets be?)",
     "finetune": "CVRL transfer by fine-tuning: pretrained vs from scratch, same network, recipe and steps (top-1 of "
                 "the fine-tuned network, not a probe; preset finetune)",
 }
@@ -184,29 +189,32 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
     # The LSS rows of the random-init study keep the settings they were run with, before lss.py started from a
     # pretrained tiny CLIP by default and took the views and schedule chosen for it: the videos without a motion
     # trail, scene or camera, CLIP's Kinetics prompts, 48 px views with four local views of 24 px, DINO's crop
-    # areas, batch 32 at lr 4e-3 and the paper's EMA momentum. R0 adds a random CLIP (then the default).
+    # areas, batch 32 at lr 4e-3 and the paper's EMA momentum. R0 adds a random CLIP (then the default). The loss
+    # weights are explicit where a row uses the uniform prior or concept alignment (lss.py's default: neither).
     OLD_LSS = ("--trail", "0", "--context", "0", "--clutter", "0", "--noise", "0", "--templates", "kinetics",
                "--size", "48", "--local-size", "24", "--canvas", "64", "64", "--local-views", "4",
                "--global-area", "0.4", "1.0", "--local-area", "0.05", "0.4", "--batch-size", "32", "--lr", "4e-3",
                "--ema-horizon", "0")
     R0 = ("--init", "random") + OLD_LSS
+    FULL = ("--lambda-up", "1", "--lambda-ca", "1")  # the paper's loss: distillation + uniform prior + alignment
     rows += [
-        Row("lss", "LSS full (distillation + uniform prior + alignment)", ("lss",), "lss", R0, ref="lss-init"),
+        Row("lss", "LSS full (distillation + uniform prior + alignment)", ("lss",), "lss", R0 + FULL, ref="lss-init"),
         # --init random: the network at step 0 is a randomly initialised CLIP, so "frozen init" IS lss.py's network
         # with random weights: eval_linear.py --random-init on an LSS checkpoint (its config, not its weights)
         Row("lss-init", "LSS network at init, frozen (no training)", ("lss",), "random", base="lss", ref=None),
-        Row("lss-distill", "LSS distillation only", ("lss",), "lss", R0 + ("--lambda-up", "0", "--lambda-ca", "0"),
-            ref="lss-init"),
-        Row("lss-up", "LSS distillation + uniform prior", ("lss",), "lss", R0 + ("--lambda-ca", "0"), ref="lss-init"),
-        Row("lss-ca", "LSS distillation + concept alignment", ("lss",), "lss", R0 + ("--lambda-up", "0"), ref="lss-init"),
+        Row("lss-distill", "LSS distillation only", ("lss",), "lss", R0, ref="lss-init"),
+        Row("lss-up", "LSS distillation + uniform prior", ("lss",), "lss", R0 + ("--lambda-up", "1"), ref="lss-init"),
+        Row("lss-ca", "LSS distillation + concept alignment", ("lss",), "lss", R0 + ("--lambda-ca", "1"), ref="lss-init"),
         # what might stop the teacher's distribution over the 8 class concepts from staying uniform; the
         # preset "lss-explore" runs them, --quick does not (time)
-        Row("lss-span", "LSS, 8-d joint space: the 8 concepts span it", ("lss_fix",), "lss", R0 + ("--embed-dim", "8"),
+        Row("lss-span", "LSS, 8-d joint space: the 8 concepts span it", ("lss_fix",), "lss", R0 + FULL + ("--embed-dim", "8"),
             ref="lss-init"),
         Row("lss-tau-warmup", "LSS, teacher temperature 0.004 -> 0.04 over the run", ("lss_fix",), "lss",
-            R0 + ("--tau-t-warmup", "0.004", "--tau-t-warmup-epochs", "3"), ref="lss-init"),
-        Row("lss-up0.1", "LSS, uniform prior weight 0.1", ("lss_fix",), "lss", R0 + ("--lambda-up", "0.1"), ref="lss-init"),
-        Row("lss-up10", "LSS, uniform prior weight 10", ("lss_fix",), "lss", R0 + ("--lambda-up", "10"), ref="lss-init"),
+            R0 + FULL + ("--tau-t-warmup", "0.004", "--tau-t-warmup-epochs", "3"), ref="lss-init"),
+        Row("lss-up0.1", "LSS, uniform prior weight 0.1", ("lss_fix",), "lss", R0 + ("--lambda-up", "0.1", "--lambda-ca", "1"),
+            ref="lss-init"),
+        Row("lss-up10", "LSS, uniform prior weight 10", ("lss_fix",), "lss", R0 + ("--lambda-up", "10", "--lambda-ca", "1"),
+            ref="lss-init"),
         # a pre-trained start, the paper's setting in small: lss.py's image tower trained first with CVRL's InfoNCE
         # on the same videos (scripts/lss_start.py; its text tower stays random), probed frozen, then LSS from it.
         # Temperatures: the random-init values, since a random text tower has no narrow band of cosines (lss.py
@@ -214,7 +222,7 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
         Row("lss-start", "InfoNCE-pretrained image tower, frozen (the start; no LSS)", ("lss_fix",), "lss_start",
             ref="lss-init"),
         Row("lss-from-start", "LSS from the InfoNCE-pretrained start", ("lss_fix",), "lss",
-            ("--init", "clip", "--clip", "{base}/clip.pt", "--tau-s", "0.1", "--tau-t", "0.04"), base="lss-start",
+            ("--init", "clip", "--clip", "{base}/clip.pt", "--tau-s", "0.1", "--tau-t", "0.04") + FULL, base="lss-start",
             ref="lss-start"),
         # the same start without CVRL's MLP head: InfoNCE on the joint-space feature itself, the one whose cosines to
         # the concepts are LSS's logits (the head's BatchNorm lets the tower keep a direction common to all videos)
@@ -229,18 +237,23 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
     rows += [
         Row("clip-frozen", "tiny CLIP, frozen (the start; no LSS)", ("lss_pre", "lss_space", "controls"), "lss",
             ("--epochs", "0"), ref=None),
-        Row("lss-pre", "LSS full (distillation + uniform prior + alignment)", ("lss_pre", "lss_space", "controls"),
+        Row("lss-pre", "LSS (lss.py's default: distillation only)", ("lss_pre", "controls"),
             "lss", ref="clip-frozen", student=True),
-        Row("lss-pre-distill", "LSS distillation only", train=("--lambda-up", "0", "--lambda-ca", "0"), **pre),
-        Row("lss-pre-up", "LSS distillation + uniform prior", train=("--lambda-ca", "0"), **pre),
-        Row("lss-pre-ca", "LSS distillation + concept alignment", train=("--lambda-up", "0"), **pre),
-        Row("lss-pre-desc", "LSS full, description space as the category space", train=("--concepts", "descriptions"),
-            **{**pre, "groups": ("lss_space",)}),
+        Row("lss-pre-up", "LSS distillation + uniform prior", train=("--lambda-up", "1"), **pre),
+        Row("lss-pre-ca", "LSS distillation + concept alignment", train=("--lambda-ca", "1"), **pre),
+        Row("lss-pre-full", "LSS full, the paper's loss (distillation + uniform prior + alignment)", train=FULL,
+            **{**pre, "groups": ("lss_pre", "lss_space", "controls")}),
+        Row("lss-pre-desc", "LSS full, description space as the category space",
+            train=("--concepts", "descriptions") + FULL, **{**pre, "groups": ("lss_space",)}),
         Row("lss-oracle", "oracle: the true class as every video's target", train=("--targets", "oracle"),
             **{**pre, "groups": ("controls",)}),
+        Row("lss-oracle-full", "oracle, the paper's loss: the true class as every video's target",
+            train=("--targets", "oracle") + FULL, **{**pre, "groups": ("controls",)}),
     ]
-    rows += [Row(f"lss-oracle{round(f * 100)}", f"the true class as the target of {f:.0%} of the videos",
-                 train=("--targets", "oracle", "--oracle-fraction", f"{f:g}"), **{**pre, "groups": ("controls",)})
+    # the target-quality sweep, with the paper's loss (run before lss.py's default became distillation alone)
+    rows += [Row(f"lss-oracle{round(f * 100)}", f"the paper's loss, the true class as the target of {f:.0%} of the "
+                 "videos", train=("--targets", "oracle", "--oracle-fraction", f"{f:g}") + FULL,
+                 **{**pre, "groups": ("controls",)})
              for f in ORACLE_FRACTIONS]
     # the search that chose the quick preset's CVRL flags (preset cvrl-search: cvrl.py --epochs 18, so its "cvrl"
     # row is the default batch 64 at lr 3.2): same compute, other batch sizes and learning rates
@@ -318,7 +331,7 @@ PRESETS = {
         nuisance=[0.0],
         rows=["clip-frozen", "lss-pre", "lss-oracle"],
     ),
-    "lss-ablations": dict(  # CPU: the paper's ablations and the target-quality sweep in the same setting (~2 h)
+    "lss-ablations": dict(  # CPU: the paper's ablations and the target-quality sweep in the same setting (~2.5 h)
         seeds=[0, 1, 2],
         parallel=2,
         encoder=[],
@@ -326,9 +339,9 @@ PRESETS = {
         lss=["--workers", "1"],
         eval=["--workers", "1"],
         nuisance=[0.0],
-        rows=["clip-frozen", "lss-pre-distill", "lss-pre-up", "lss-pre-ca", "lss-pre-desc"]
+        rows=["clip-frozen", "lss-pre-up", "lss-pre-ca", "lss-pre-full", "lss-pre-desc", "lss-oracle-full"]
         + [f"lss-oracle{round(f * 100)}" for f in ORACLE_FRACTIONS],
-        beside="lss-pretrained",  # target_quality.png draws LSS itself and the full oracle from that grid beside
+        beside="lss-pretrained",  # target_quality.png draws lss.py's LSS and its oracle from that grid beside
     ),
     "cvrl-search": dict(  # CPU: how the quick preset's CVRL flags were chosen, two seeds (~30 min on 2 cores)
         seeds=[0, 1],
@@ -824,23 +837,28 @@ def make_plots(summary: list[dict], jobs: list[Job], records: dict, out: Path, b
         points = target_quality_points([*beside, *(records[j.id] for j in jobs if j.id in records)])
         if len({p[0] for p in points}) >= 2:  # at least two rows: a curve, not a point
             fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
-            sweep = {lab for name, lab in ((r.name, r.label) for r in build_rows())
-                     if name == "lss-pre" or name.startswith("lss-oracle")}  # the curve: LSS, then truer targets
+            # two curves, LSS then truer targets: lss.py's loss (distillation alone) and the paper's loss
+            labels_of = {r.name: r.label for r in build_rows()}
+            sweeps = [{labels_of[n] for n in names} for names in (
+                ("lss-pre", "lss-oracle"),
+                ("lss-pre-full", "lss-oracle-full", *(f"lss-oracle{round(f * 100)}" for f in ORACLE_FRACTIONS)))]
             for ax, i, what in ((axes[0], 2, "linear probe"), (axes[1], 3, "zero-shot")):
                 for n, label in enumerate(dict.fromkeys(p[0] for p in points)):  # rows, in grid order
                     mine = [p for p in points if p[0] == label]
                     ax.scatter([p[1] for p in mine], [p[i] for p in mine], color=f"C{n}", s=18, label=label)
-                means = [(statistics.fmean(p[1] for p in points if p[0] == lab),  # each row's mean over seeds
-                          statistics.fmean(p[i] for p in points if p[0] == lab))
-                         for lab in dict.fromkeys(p[0] for p in points) if lab in sweep]
-                if len(means) >= 2:  # the curve through the sweep's means (the ablations are points beside it)
-                    ax.plot(*zip(*sorted(means)), color="grey", lw=1, zorder=0)
+                for sweep, ls in zip(sweeps, ("-", "--")):
+                    means = [(statistics.fmean(p[1] for p in points if p[0] == lab),  # each row's mean over seeds
+                              statistics.fmean(p[i] for p in points if p[0] == lab))
+                             for lab in dict.fromkeys(p[0] for p in points) if lab in sweep]
+                    if len(means) >= 2:  # the curve through the sweep's means (the ablations are points beside it)
+                        ax.plot(*zip(*sorted(means)), color="grey", lw=1, ls=ls, zorder=0)
                 ax.axhline(0, color="k", lw=0.8, ls="--")
                 ax.set(xlabel="target right % (training views; the teacher's, or the truth)",
                        ylabel="student top-1 minus the frozen CLIP's (points)", title=what)
             handles, labels = axes[0].get_legend_handles_labels()
             fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3, frameon=False)
-            fig.suptitle("LSS gain over the frozen CLIP against the quality of its targets (one point per seed)",
+            fig.suptitle("LSS gain over the frozen CLIP against the quality of its targets (one point per seed)\n"
+                         "lines through the rows' means: solid lss.py's loss (distillation), dashed the paper's",
                          fontsize=10)
             fig.tight_layout(rect=(0, 0.12, 1, 1))  # the legend below the panels
             written.append(out / "target_quality.png")

@@ -234,8 +234,14 @@ def test_every_command_parses_and_sets_what_its_row_says(preset, tmp_path):
                 assert (train.epochs == 0) == job.row.name.startswith("clip-frozen"), job.id
                 assert train.targets == ("oracle" if "oracle" in job.row.name else "teacher"), job.id
         if job.row.name.startswith("lss-pre-"):
-            expected = {"lss-pre-distill": dict(lambda_up=0.0, lambda_ca=0.0), "lss-pre-up": dict(lambda_ca=0.0),
-                        "lss-pre-ca": dict(lambda_up=0.0)}.get(job.row.name, {})
+            expected = {"lss-pre-up": dict(lambda_up=1.0, lambda_ca=0.0), "lss-pre-ca": dict(lambda_up=0.0, lambda_ca=1.0),
+                        "lss-pre-full": dict(lambda_up=1.0, lambda_ca=1.0),
+                        "lss-pre-desc": dict(lambda_up=1.0, lambda_ca=1.0, concepts="descriptions")}.get(job.row.name, {})
+        if job.row.kind == "lss" and job.row.groups[0] == "controls":  # lss.py's loss, or the paper's where named
+            paper = job.row.name != "lss-oracle"
+            expected = dict(lambda_up=float(paper), lambda_ca=float(paper))
+        if job.row.name == "lss-pre":  # lss.py's default LSS: distillation alone
+            expected = dict(lambda_up=0.0, lambda_ca=0.0)
         if job.row.name.startswith("cvrl-nuisance"):
             expected = dict(nuisance=float(job.row.name.removeprefix("cvrl-nuisance")))
             assert knob(probe, "nuisance") == expected["nuisance"]  # eval_linear.py with --dataset would not inherit it
@@ -551,7 +557,9 @@ def test_committed_tables_regenerate_from_their_records(preset):
     """The committed table.md is what today's replicate.py makes of the committed per-job records, and today's
     commands are the recorded ones (so re-running the preset over its runs skips every job). Exception, by design:
     the LSS-from-random-weights rows now spell out the settings that were lss.py's defaults when they ran (the defaults
-    moved to the pretrained start); their other flags and probe commands are unchanged. A partial grid (lss-ablations:
+    moved to the pretrained start, and the loss to distillation alone); their other flags and probe commands are
+    unchanged. The LSS-from-the-tiny-CLIP records made before the loss default moved were relabelled to the new
+    commands (results/replicate/relabel_2026-12-04.py). A partial grid (lss-ablations:
     written by --report, some rows with fewer seeds) regenerates from the rows and seeds it records."""
     d = ROOT / "results" / "replicate" / preset
     res = json.loads((d / "results.json").read_text())
@@ -566,13 +574,24 @@ def test_committed_tables_regenerate_from_their_records(preset):
                       "--size", "48", "--local-size", "24", "--canvas", "64", "64", "--local-views", "4",
                       "--global-area", "0.4", "1.0", "--local-area", "0.05", "0.4", "--batch-size", "32",
                       "--lr", "4e-3", "--ema-horizon", "0"))
+    loss = ("--lambda-up", "--lambda-ca")
+
+    def weights(cmd, default):  # the loss weights a command trains with, under a default for both
+        return [float(cmd[len(cmd) - 1 - cmd[::-1].index(f) + 1]) if f in cmd else default for f in loss]
+
+    def without_weights(cmd):
+        return [a for i, a in enumerate(cmd) if a not in loss and (i == 0 or cmd[i - 1] not in loss)]
+
     for job in jobs:
         old, new = records[job.id]["key"]["cmds"], job.key["cmds"]
         if old != new:
             assert job.row.name.startswith("lss") and preset in ("quick", "lss-explore"), job.id
             assert len(old) == len(new) and old[0][0] == new[0][0] == "lss.py" and new[1:] == old[1:], job.id
-            assert Counter(new[0]) - Counter(old[0]) == pinned + Counter(("--init", "random"))
-            assert not Counter(old[0]) - Counter(new[0])
+            assert Counter(without_weights(new[0])) - Counter(without_weights(old[0])) in \
+                (pinned + Counter(("--init", "random")), Counter()), job.id  # Counter(): lss-from-start
+            assert not Counter(without_weights(old[0])) - Counter(without_weights(new[0]))
+            # the loss weights were 1 and 1 by default when these rows ran; lss.py's default is now 0 and 0
+            assert weights(new[0], 0.0) == weights(old[0], 1.0), job.id
     assert R.format_table(R.summarize(rows, jobs, records)) == (d / "table.md").read_text()
 
 
