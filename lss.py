@@ -700,11 +700,12 @@ class Config:
     desc_template: str = "{desc}"   # text embedded per description; may use {cls} and {desc}
     bpe: str | None = None          # CLIP's BPE vocabulary file (default: the copy inside the clip-anytorch package)
     # losses (lss.md section 3.5; all reconstructions)
-    # The paper trains with both extra terms at weight 1. Our default is distillation alone: on held-out dev videos
-    # and then over 3 seeds in the synthetic world, the uniform prior and concept alignment did not add to it at
-    # this scale (docs/results.md, "LSS that improves on its CLIP"). --lambda-up 1 --lambda-ca 1: the paper's loss.
-    lambda_ca: float = 0.0          # weight of concept alignment L_CA, 0 = off (paper: 1)
-    lambda_up: float = 0.0          # weight of the uniform prior L_UP, 0 = off (paper: 1)
+    # The full loss adds concept alignment (the paper's second objective) and MUST's uniform prior, each at weight 1
+    # (the paper's weights could not be read: docs/lss.md). Our default is distillation alone: on held-out dev videos
+    # and then over 3 seeds in the synthetic world the two terms did not add to it at this scale (docs/results.md,
+    # "LSS that improves on its CLIP"). --lambda-up 1 --lambda-ca 1: the full loss, as the paper-scale command runs.
+    lambda_ca: float = 0.0          # weight of concept alignment L_CA, 0 = off (full loss: 1; the paper's: unknown)
+    lambda_up: float = 0.0          # weight of the uniform prior L_UP, 0 = off (full loss: 1, MUST's)
     ca_target: str = "class"        # class (student's description mass summed per class) | description
     up_scope: str = "global"        # global (p-bar over the batch of all processes) | local (per process)
     up_average: str = "auto"        # p-bar of L_UP: auto (MUST: moving average when K >= 512, else the batch) | batch | ema

@@ -22,11 +22,11 @@ Rows, grouped by the claim they test:
                 quick preset's CVRL flags were chosen (preset cvrl-search)
   lss_pre       LSS from the pretrained tiny CLIP (lss.py's default start): the frozen CLIP (lss.py --epochs 0) and
                 lss.py's LSS, distillation only (preset lss-pretrained); + uniform prior, + concept alignment, the
-                paper's full loss (preset lss-ablations)
-  lss_space     the same, the paper's loss, with the classes' descriptions as the category space (lss-ablations)
+                full loss (preset lss-ablations)
+  lss_space     the same, the full loss, with the classes' descriptions as the category space (lss-ablations)
   controls      the same start with the true class as the target (the oracle: what distillation can teach with
-                perfect targets, these views and steps; lss-pretrained: lss.py's loss, lss-ablations: the paper's)
-                and, with the paper's loss, the truth given for 50% / 25% of the videos: the gain over the frozen
+                perfect targets, these views and steps; lss-pretrained: lss.py's loss, lss-ablations: the full loss)
+                and, with the full loss, the truth given for 50% / 25% of the videos: the gain over the frozen
                 CLIP as a function of how often the target is right (preset lss-ablations)
   finetune      CVRL's transfer claim by fine-tuning (scripts/finetune.py): the CVRL row's checkpoint fine-tuned end to
                 end on the labelled videos vs the same network fine-tuned from scratch with the same recipe and steps
@@ -50,7 +50,7 @@ Commands
     python scripts/replicate.py --preset lss-explore      # LSS from random init: attempts against its collapse
     python scripts/replicate.py --preset cvrl-search      # the search that chose --quick's CVRL batch size and lr
     python scripts/replicate.py --preset lss-pretrained   # LSS from the pretrained tiny CLIP, 3 seeds (~1.5 h, 2 cores)
-    python scripts/replicate.py --preset lss-ablations    # the paper's loss terms, description space, target quality
+    python scripts/replicate.py --preset lss-ablations    # the full loss's terms, description space, target quality
     python scripts/replicate.py --preset finetune         # CVRL pretrain then fine-tune vs fine-tune from scratch
     python scripts/replicate.py --preset smoke            # tiny everything, seconds per job (the tests run this)
     python scripts/replicate.py --quick --rows cvrl,cvrl-uniform   # a subset (random-init rows bring their base)
@@ -120,12 +120,12 @@ GROUPS = {
     "lss_fix": "LSS from random init: attempts to keep the teacher off the uniform distribution (not in --quick)",
     "search": "CVRL at the quick preset's budget (18 epochs): batch size and lr (preset cvrl-search, not in --quick)",
     "lss_pre": "LSS from the pretrained tiny CLIP (lss.py's default start): does it improve on the frozen CLIP "
-               "(preset lss-pretrained), and what do the paper's uniform prior and concept alignment add to "
+               "(preset lss-pretrained), and what do the uniform prior and concept alignment add to "
                "distillation (preset lss-ablations)?",
-    "lss_space": "LSS from the pretrained tiny CLIP, the paper's loss: category space (class names) vs description "
+    "lss_space": "LSS from the pretrained tiny CLIP, the full loss: category space (class names) vs description "
                  "space (the classes' descriptions) (preset lss-ablations)",
     "controls": "LSS controls: the true class as every video's target (the oracle; preset lss-pretrained: lss.py's "
-                "loss; lss-ablations: the paper's), and with the paper's loss for 50% / 25% of the videos, the rest "
+                "loss; lss-ablations: the full loss), and with the full loss for 50% / 25% of the videos, the rest "
                 "the teacher's (how good must the targets be?)",
     "finetune": "CVRL transfer by fine-tuning: pretrained vs from scratch, same network, recipe and steps (top-1 of "
                 "the fine-tuned network, not a probe; preset finetune)",
@@ -196,7 +196,7 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
                "--global-area", "0.4", "1.0", "--local-area", "0.05", "0.4", "--batch-size", "32", "--lr", "4e-3",
                "--ema-horizon", "0")
     R0 = ("--init", "random") + OLD_LSS
-    FULL = ("--lambda-up", "1", "--lambda-ca", "1")  # the paper's loss: distillation + uniform prior + alignment
+    FULL = ("--lambda-up", "1", "--lambda-ca", "1")  # the full loss: distillation + uniform prior + alignment, weights 1
     rows += [
         Row("lss", "LSS full (distillation + uniform prior + alignment)", ("lss",), "lss", R0 + FULL, ref="lss-init"),
         # --init random: the network at step 0 is a randomly initialised CLIP, so "frozen init" IS lss.py's network
@@ -241,17 +241,17 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
             "lss", ref="clip-frozen", student=True),
         Row("lss-pre-up", "LSS distillation + uniform prior", train=("--lambda-up", "1"), **pre),
         Row("lss-pre-ca", "LSS distillation + concept alignment", train=("--lambda-ca", "1"), **pre),
-        Row("lss-pre-full", "LSS full, the paper's loss (distillation + uniform prior + alignment)", train=FULL,
+        Row("lss-pre-full", "LSS full loss (distillation + uniform prior + alignment)", train=FULL,
             **{**pre, "groups": ("lss_pre", "lss_space", "controls")}),
-        Row("lss-pre-desc", "LSS full, description space as the category space",
+        Row("lss-pre-desc", "LSS full loss, description space as the category space",
             train=("--concepts", "descriptions") + FULL, **{**pre, "groups": ("lss_space",)}),
         Row("lss-oracle", "oracle: the true class as every video's target", train=("--targets", "oracle"),
             **{**pre, "groups": ("controls",)}),
-        Row("lss-oracle-full", "oracle, the paper's loss: the true class as every video's target",
+        Row("lss-oracle-full", "oracle, full loss: the true class as every video's target",
             train=("--targets", "oracle") + FULL, **{**pre, "groups": ("controls",)}),
     ]
-    # the target-quality sweep, with the paper's loss (run before lss.py's default became distillation alone)
-    rows += [Row(f"lss-oracle{round(f * 100)}", f"the paper's loss, the true class as the target of {f:.0%} of the "
+    # the target-quality sweep, with the full loss (run before lss.py's default became distillation alone)
+    rows += [Row(f"lss-oracle{round(f * 100)}", f"full loss, the true class as the target of {f:.0%} of the "
                  "videos", train=("--targets", "oracle", "--oracle-fraction", f"{f:g}") + FULL,
                  **{**pre, "groups": ("controls",)})
              for f in ORACLE_FRACTIONS]
@@ -837,7 +837,7 @@ def make_plots(summary: list[dict], jobs: list[Job], records: dict, out: Path, b
         points = target_quality_points([*beside, *(records[j.id] for j in jobs if j.id in records)])
         if len({p[0] for p in points}) >= 2:  # at least two rows: a curve, not a point
             fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
-            # two curves, LSS then truer targets: lss.py's loss (distillation alone) and the paper's loss
+            # two curves, LSS then truer targets: lss.py's loss (distillation alone) and the full loss
             labels_of = {r.name: r.label for r in build_rows()}
             sweeps = [{labels_of[n] for n in names} for names in (
                 ("lss-pre", "lss-oracle"),
@@ -858,7 +858,7 @@ def make_plots(summary: list[dict], jobs: list[Job], records: dict, out: Path, b
             handles, labels = axes[0].get_legend_handles_labels()
             fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3, frameon=False)
             fig.suptitle("LSS gain over the frozen CLIP against the quality of its targets (one point per seed)\n"
-                         "lines through the rows' means: solid lss.py's loss (distillation), dashed the paper's",
+                         "lines through the rows' means: solid lss.py's loss (distillation), dashed the full loss",
                          fontsize=10)
             fig.tight_layout(rect=(0, 0.12, 1, 1))  # the legend below the panels
             written.append(out / "target_quality.png")

@@ -161,7 +161,9 @@ def test_build_backbone_loads_and_runs(smoke_run):
 
 
 def test_train_step_gradients_only_reach_the_student(tiny_synthetic, tmp_path):
-    cfg = lss.parse_args(tiny_args(tiny_synthetic, tmp_path / "run", "--no-zero-shot-eval"))
+    # the full loss (lss.py's default is distillation alone): every term's gradient path runs
+    cfg = lss.parse_args(tiny_args(tiny_synthetic, tmp_path / "run", "--no-zero-shot-eval", "--lambda-up", "1",
+                                   "--lambda-ca", "1"))
     (tmp_path / "run").mkdir()
     # what train() builds, in the same order: data, networks, concept spaces and their loss, optimizer, schedules
     videos = lss.data.load_split("synthetic", cfg.data, split="train")
@@ -188,6 +190,7 @@ def test_train_step_gradients_only_reach_the_student(tiny_synthetic, tmp_path):
     assert reads.calls == [], reads.calls
     assert all(torch.is_tensor(v) and v.numel() == 1 for v in metrics.values())  # left on the device: no sync
     assert all(torch.isfinite(v) for v in metrics.values())
+    assert metrics["ca"] > 0 and metrics["up"] > 0  # both extra terms were computed
     assert optimizer.param_groups[0]["lr"] == schedule["lr"][step] > 0
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     assert all(p.grad is None and not p.requires_grad for p in text.parameters())
@@ -316,16 +319,16 @@ def test_uniform_prior_moving_average_is_kept_and_resumed(tiny_synthetic, tmp_pa
     """--up-average ema (MUST's rule for large concept spaces): p-bar = (p-bar_prev + p-bar_batch) / 2, carried in
     the checkpoint so a resumed run continues it; the batch mean (the default for K < 512) carries nothing."""
     out = tmp_path / "ema"
-    run_py(["lss.py", *tiny_args(tiny_synthetic, out, "--max-steps", "2", "--up-average", "ema",
+    run_py(["lss.py", *tiny_args(tiny_synthetic, out, "--max-steps", "2", "--up-average", "ema", "--lambda-up", "1",
                                  "--no-zero-shot-eval")])
     p = load(out / "checkpoint.pt")["p_bar"]
     assert p.shape == (8,) and abs(float(p.sum()) - 1) < 1e-4 and (p > 0).all()
-    run_py(["lss.py", *tiny_args(tiny_synthetic, out, "--max-steps", "3", "--up-average", "ema",
+    run_py(["lss.py", *tiny_args(tiny_synthetic, out, "--max-steps", "3", "--up-average", "ema", "--lambda-up", "1",
                                  "--no-zero-shot-eval")])
     q = load(out / "checkpoint.pt")
     assert q["step"] == 3 and not torch.equal(q["p_bar"], p)
     plain = tmp_path / "batch"
-    run_py(["lss.py", *tiny_args(tiny_synthetic, plain, "--max-steps", "1", "--no-zero-shot-eval")])
+    run_py(["lss.py", *tiny_args(tiny_synthetic, plain, "--max-steps", "1", "--lambda-up", "1", "--no-zero-shot-eval")])
     assert load(plain / "checkpoint.pt")["p_bar"] is None
 
 

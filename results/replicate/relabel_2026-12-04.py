@@ -1,5 +1,5 @@
 """Bookkeeping of 2026-12-04: lss.py's default loss became distillation alone (--lambda-up 0 --lambda-ca 0; the
-paper's 1 and 1 are now explicit flags). The LSS runs of the presets lss-pretrained and lss-ablations made before the
+full loss's 1 and 1 are now explicit flags). The LSS runs of the presets lss-pretrained and lss-ablations made before the
 switch keep their numbers, but under new row names and commands, so that `replicate.py --report` (and a resumed
 grid) reuses them instead of re-running the same configurations:
 
