@@ -196,25 +196,27 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
                "--global-area", "0.4", "1.0", "--local-area", "0.05", "0.4", "--batch-size", "32", "--lr", "4e-3",
                "--ema-horizon", "0")
     R0 = ("--init", "random") + OLD_LSS
-    FULL = ("--lambda-up", "1", "--lambda-ca", "1")  # the full loss: distillation + uniform prior + alignment, weights 1
+    FULL = ("--lambda-up", "1", "--lambda-ca", "1")  # the full loss: distillation + uniform prior + alignment
     rows += [
         Row("lss", "LSS full (distillation + uniform prior + alignment)", ("lss",), "lss", R0 + FULL, ref="lss-init"),
         # --init random: the network at step 0 is a randomly initialised CLIP, so "frozen init" IS lss.py's network
         # with random weights: eval_linear.py --random-init on an LSS checkpoint (its config, not its weights)
         Row("lss-init", "LSS network at init, frozen (no training)", ("lss",), "random", base="lss", ref=None),
         Row("lss-distill", "LSS distillation only", ("lss",), "lss", R0, ref="lss-init"),
-        Row("lss-up", "LSS distillation + uniform prior", ("lss",), "lss", R0 + ("--lambda-up", "1"), ref="lss-init"),
-        Row("lss-ca", "LSS distillation + concept alignment", ("lss",), "lss", R0 + ("--lambda-ca", "1"), ref="lss-init"),
+        Row("lss-up", "LSS distillation + uniform prior", ("lss",), "lss", R0 + ("--lambda-up", "1"),
+            ref="lss-init"),
+        Row("lss-ca", "LSS distillation + concept alignment", ("lss",), "lss", R0 + ("--lambda-ca", "1"),
+            ref="lss-init"),
         # what might stop the teacher's distribution over the 8 class concepts from staying uniform; the
         # preset "lss-explore" runs them, --quick does not (time)
-        Row("lss-span", "LSS, 8-d joint space: the 8 concepts span it", ("lss_fix",), "lss", R0 + FULL + ("--embed-dim", "8"),
-            ref="lss-init"),
+        Row("lss-span", "LSS, 8-d joint space: the 8 concepts span it", ("lss_fix",), "lss",
+            R0 + FULL + ("--embed-dim", "8"), ref="lss-init"),
         Row("lss-tau-warmup", "LSS, teacher temperature 0.004 -> 0.04 over the run", ("lss_fix",), "lss",
             R0 + FULL + ("--tau-t-warmup", "0.004", "--tau-t-warmup-epochs", "3"), ref="lss-init"),
-        Row("lss-up0.1", "LSS, uniform prior weight 0.1", ("lss_fix",), "lss", R0 + ("--lambda-up", "0.1", "--lambda-ca", "1"),
-            ref="lss-init"),
-        Row("lss-up10", "LSS, uniform prior weight 10", ("lss_fix",), "lss", R0 + ("--lambda-up", "10", "--lambda-ca", "1"),
-            ref="lss-init"),
+        Row("lss-up0.1", "LSS, uniform prior weight 0.1", ("lss_fix",), "lss",
+            R0 + ("--lambda-up", "0.1", "--lambda-ca", "1"), ref="lss-init"),
+        Row("lss-up10", "LSS, uniform prior weight 10", ("lss_fix",), "lss",
+            R0 + ("--lambda-up", "10", "--lambda-ca", "1"), ref="lss-init"),
         # a pre-trained start, the paper's setting in small: lss.py's image tower trained first with CVRL's InfoNCE
         # on the same videos (scripts/lss_start.py; its text tower stays random), probed frozen, then LSS from it.
         # Temperatures: the random-init values, since a random text tower has no narrow band of cosines (lss.py
@@ -222,8 +224,8 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
         Row("lss-start", "InfoNCE-pretrained image tower, frozen (the start; no LSS)", ("lss_fix",), "lss_start",
             ref="lss-init"),
         Row("lss-from-start", "LSS from the InfoNCE-pretrained start", ("lss_fix",), "lss",
-            ("--init", "clip", "--clip", "{base}/clip.pt", "--tau-s", "0.1", "--tau-t", "0.04") + FULL, base="lss-start",
-            ref="lss-start"),
+            ("--init", "clip", "--clip", "{base}/clip.pt", "--tau-s", "0.1", "--tau-t", "0.04") + FULL,
+            base="lss-start", ref="lss-start"),
         # the same start without CVRL's MLP head: InfoNCE on the joint-space feature itself, the one whose cosines to
         # the concepts are LSS's logits (the head's BatchNorm lets the tower keep a direction common to all videos)
         Row("lss-start-nohead", "InfoNCE on the joint-space feature (no MLP head), frozen", ("lss_fix",), "lss_start",

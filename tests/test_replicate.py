@@ -234,9 +234,11 @@ def test_every_command_parses_and_sets_what_its_row_says(preset, tmp_path):
                 assert (train.epochs == 0) == job.row.name.startswith("clip-frozen"), job.id
                 assert train.targets == ("oracle" if "oracle" in job.row.name else "teacher"), job.id
         if job.row.name.startswith("lss-pre-"):
-            expected = {"lss-pre-up": dict(lambda_up=1.0, lambda_ca=0.0), "lss-pre-ca": dict(lambda_up=0.0, lambda_ca=1.0),
+            expected = {"lss-pre-up": dict(lambda_up=1.0, lambda_ca=0.0),
+                        "lss-pre-ca": dict(lambda_up=0.0, lambda_ca=1.0),
                         "lss-pre-full": dict(lambda_up=1.0, lambda_ca=1.0),
-                        "lss-pre-desc": dict(lambda_up=1.0, lambda_ca=1.0, concepts="descriptions")}.get(job.row.name, {})
+                        "lss-pre-desc": dict(lambda_up=1.0, lambda_ca=1.0, concepts="descriptions"),
+                        }.get(job.row.name, {})
         if job.row.kind == "lss" and job.row.groups[0] == "controls":  # lss.py's loss, or the paper's where named
             paper = job.row.name != "lss-oracle"
             expected = dict(lambda_up=float(paper), lambda_ca=float(paper))
