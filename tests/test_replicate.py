@@ -579,7 +579,8 @@ def test_committed_tables_regenerate_from_their_records(preset):
     loss = ("--lambda-up", "--lambda-ca")
 
     def weights(cmd, default):  # the loss weights a command trains with, under a default for both
-        return [float(cmd[len(cmd) - 1 - cmd[::-1].index(f) + 1]) if f in cmd else default for f in loss]
+        given = {a: cmd[i + 1] for i, a in enumerate(cmd) if a in loss}  # a repeated flag: the last one wins
+        return [float(given.get(f, default)) for f in loss]
 
     def without_weights(cmd):
         return [a for i, a in enumerate(cmd) if a not in loss and (i == 0 or cmd[i - 1] not in loss)]
