@@ -682,6 +682,8 @@ class Config:
     local_size: int = 24            # local view side, a multiple of the patch size (SVT: 96)
     global_area: tuple = (0.6, 1.0)  # random resized crop area range of the global views (SVT/DINO: 0.4-1)
     local_area: tuple = (0.25, 0.6)  # random resized crop area range of the local views (SVT/DINO: 0.05-0.4)
+    color_p: float = 0.8            # probability of colour jitter per view (SVT: 0.8)
+    gray_p: float = 0.2             # probability of grayscale per view (SVT: 0.2)
     # model
     init: str = "tiny"              # tiny (a CLIP pretrained once on captioned stills, cached) | random (the flags below) | clip (--clip)
     clip: str | None = None         # OpenAI-layout CLIP weights (state dict or OpenAI's JIT .pt); needed by --init clip
@@ -1035,11 +1037,11 @@ class MultiViewSampler:
 
 def view_augmentations(cfg: Config):
     """SVT's spatial augmentation per view: random resized crop (area per view type, aspect 3/4-4/3), flip 0.5,
-    colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, no hue) with p 0.8, grayscale p 0.2. SVT's Gaussian
-    blur and solarisation are no-ops in its code (lss.md section 4), so they are off. One set of parameters per
-    clip, shared by all its frames."""
-    common = dict(aspect=(3 / 4, 4 / 3), flip_p=0.5, jitter=(0.4, 0.4, 0.2, 0.0), jitter_p=0.8, gray_p=0.2,
-                  blur_p=0.0, solarize_p=0.0)
+    colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, no hue) with p --color-p (SVT: 0.8), grayscale
+    with p --gray-p (SVT: 0.2). SVT's Gaussian blur and solarisation are no-ops in its code (lss.md section 4), so
+    they are off. One set of parameters per clip, shared by all its frames."""
+    common = dict(aspect=(3 / 4, 4 / 3), flip_p=0.5, jitter=(0.4, 0.4, 0.2, 0.0), jitter_p=cfg.color_p,
+                  gray_p=cfg.gray_p, blur_p=0.0, solarize_p=0.0)
     return data.AugmentConfig(area=cfg.global_area, **common), data.AugmentConfig(area=cfg.local_area, **common)
 
 

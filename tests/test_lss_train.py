@@ -281,6 +281,28 @@ def test_make_views_shapes_and_order():
     assert torch.isfinite(g).all() and torch.isfinite(loc).all()
 
 
+def test_colour_augmentation_flags():
+    """--color-p / --gray-p reach the views: at 0 a red video stays red (only crop and flip act), at --gray-p 1 every
+    view is grey (its three channels equal before CLIP's per-channel normalisation)."""
+    video = torch.zeros(2, 2 + 2, 4, 40, 40, 3, dtype=torch.uint8)
+    video[..., 0] = 200  # red
+
+    def views(*flags):
+        cfg = lss.parse_args(["--size", "32", "--local-size", "16", "--local-frames", "2", "--frames", "4", *flags])
+        g, loc = lss.make_views(video, cfg, *lss.view_augmentations(cfg), torch.Generator().manual_seed(0))
+        std = torch.tensor(lss.CLIP_STD).view(3, 1, 1)
+        return [x * std + torch.tensor(lss.CLIP_MEAN).view(3, 1, 1) for x in (g, loc)]  # back to [0, 1], (N, T, 3, S, S)
+
+    for x in views("--color-p", "0", "--gray-p", "0"):
+        torch.testing.assert_close(x[:, :, 0], torch.full_like(x[:, :, 0], 200 / 255), atol=1e-3, rtol=0)
+        torch.testing.assert_close(x[:, :, 1:], torch.zeros_like(x[:, :, 1:]), atol=1e-3, rtol=0)
+    for x in views("--gray-p", "1"):
+        torch.testing.assert_close(x[:, :, 0], x[:, :, 1], atol=1e-3, rtol=0)
+        torch.testing.assert_close(x[:, :, 1], x[:, :, 2], atol=1e-3, rtol=0)
+    g, _ = views()  # the defaults jitter most views' colour: not every one stays the red it was
+    assert (g[:, :, 0] - 200 / 255).abs().amax() > 0.05
+
+
 def test_concept_spaces_union_descriptions_and_cache(tmp_path, monkeypatch):
     torch.manual_seed(0)
     clip = lss.CLIP(lss.CLIPConfig(embed_dim=16, image_resolution=16, vision_layers=1, vision_width=64,
