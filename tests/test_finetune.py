@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import cvrl
-import data
 import training
 import eval_linear as E
 from conftest import ROOT, load_ckpt as load

@@ -2,7 +2,6 @@
 import json
 import math
 import re
-import sys
 
 import lss
 from conftest import ROOT

@@ -15,7 +15,6 @@ from dataclasses import replace
 import pytest
 
 import cvrl
-import data
 import training
 import eval_linear
 import lss
