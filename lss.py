@@ -798,8 +798,9 @@ def parse_args(argv=None) -> Config:
     if cfg.targets == "oracle" and cfg.dataset == "unlabeled":
         raise SystemExit(f"error: --targets oracle needs labelled videos (the true class is the target), and "
                          f"{cfg.data} holds unlabeled ones")
-    if not 0.0 <= cfg.oracle_fraction <= 1.0:
-        raise SystemExit(f"error: --oracle-fraction must be in 0..1, got {cfg.oracle_fraction}")
+    for flag, p in (("oracle-fraction", cfg.oracle_fraction), ("color-p", cfg.color_p), ("gray-p", cfg.gray_p)):
+        if not 0.0 <= p <= 1.0:
+            raise SystemExit(f"error: --{flag} must be in 0..1, got {p}")
     if cfg.templates == "auto":
         cfg = replace(cfg, templates=DATASET_TEMPLATES[cfg.dataset])  # the checkpoint records the list used
     # Unlabeled videos have no class names to build a category space from: the union of the label sets we ship
