@@ -301,6 +301,9 @@ def test_colour_augmentation_flags():
         torch.testing.assert_close(x[:, :, 1], x[:, :, 2], atol=1e-3, rtol=0)
     g, _ = views()  # the defaults jitter most views' colour: not every one stays the red it was
     assert (g[:, :, 0] - 200 / 255).abs().amax() > 0.05
+    for flag in ("--color-p", "--gray-p"):  # a probability outside 0..1 is refused, by name
+        with pytest.raises(SystemExit, match=f"error: {flag} must be in 0..1, got 2.0"):
+            lss.parse_args([flag, "2"])
 
 
 def test_concept_spaces_union_descriptions_and_cache(tmp_path, monkeypatch):
