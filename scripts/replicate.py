@@ -338,9 +338,7 @@ PRESETS = {
         parallel=2,
         encoder=[],
         cvrl=[], supervised=[], lss_start=[],
-        # 2 local views: lss.py's default when these rows ran (none since 2026-12-04), pinned so that the commands
-        # still make the runs recorded (results/replicate/relabel_2026-12-04b.py)
-        lss=["--workers", "1", "--local-views", "2"],
+        lss=["--workers", "1"],
         eval=["--workers", "1"],
         nuisance=[0.0],
         rows=["clip-frozen", "lss-pre-up", "lss-pre-ca", "lss-pre-full", "lss-pre-desc", "lss-oracle-full"]
