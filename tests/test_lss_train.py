@@ -285,7 +285,7 @@ def test_make_views_shapes_and_order():
 
 
 def test_training_without_local_views(tiny_synthetic, tmp_path):
-    """--local-views 0 (2 global views, no local) trains: each global view of the student learns the other one's target."""
+    """--local-views 0 (2 global views, no local) trains: each global view of the student learns the other's target."""
     out = tmp_path / "run"
     run_py(["lss.py", *tiny_args(tiny_synthetic, out, "--max-steps", "2", "--no-zero-shot-eval", "--local-views", "0")])
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
