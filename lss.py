@@ -676,8 +676,8 @@ class Config:
     frames: int = 8                 # frames decoded per view; a global view uses all of them (SVT: 8)
     stride: int = 4                 # frames between a global view's frames (SVT: 32, an 8.5 s window at 30 fps)
     # Two small local views (SVT: 8 of 96 px). Without them (--local-views 0) perfect targets teach far more in 600
-    # steps, but LSS's own zero-shot gain became unsteady across seeds: the default keeps them (docs/lss.md,
-    # "Differences from the paper").
+    # steps; whether LSS itself gains more is not settled across seeds and machines, so the default keeps them
+    # for now (docs/lss.md, "Differences from the paper").
     local_views: int = 2            # local views per video (SVT: 8)
     local_frames: int = 4           # frames per local view, subsampled on the device from --frames (SVT: 8)
     local_stride: int = 1           # frames between a local view's decoded frames (SVT: a window 1/8 of the global one)
