@@ -574,7 +574,7 @@ def test_committed_tables_regenerate_from_their_records(preset):
     pinned = Counter(("--trail", "0", "--context", "0", "--clutter", "0", "--noise", "0", "--templates", "kinetics",
                       "--size", "48", "--local-size", "24", "--canvas", "64", "64", "--local-views", "4",
                       "--global-area", "0.4", "1.0", "--local-area", "0.05", "0.4", "--batch-size", "32",
-                      "--lr", "4e-3", "--ema-horizon", "0"))
+                      "--lr", "4e-3", "--ema-horizon", "0", "--warmup-epochs", "1"))
     loss = ("--lambda-up", "--lambda-ca")
 
     def weights(cmd, default):  # the loss weights a command trains with, under a default for both
