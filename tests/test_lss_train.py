@@ -279,13 +279,14 @@ def test_make_views_shapes_and_order():
             torch.testing.assert_close(x[row, 0, :, 0, 0], black)
     g, loc = lss.make_views(video, cfg, ag, al, torch.Generator().manual_seed(0))  # the real recipe runs
     assert torch.isfinite(g).all() and torch.isfinite(loc).all()
-    # no local views (--local-views 0): the two global views are the only group
+    # lss.py's default, no local views: the two global views are the only group
+    assert lss.Config.local_views == 0
     (only,) = lss.make_views(video[:, :2], cfg, ag, al, torch.Generator().manual_seed(0))
     assert only.shape == (6, 4, 3, 32, 32)
 
 
 def test_training_without_local_views(tiny_synthetic, tmp_path):
-    """--local-views 0 (2 global views, no local) trains: each global view of the student learns the other's target."""
+    """The default views (2 global, no local; tiny_args sets 2 local) train: each global view learns the other's target."""
     out = tmp_path / "run"
     run_py(["lss.py", *tiny_args(tiny_synthetic, out, "--max-steps", "2", "--no-zero-shot-eval", "--local-views", "0")])
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
