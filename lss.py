@@ -26,13 +26,13 @@ ViT (divided space-time attention) -> concept spaces -> the three losses -> view
 the training loop -> zero-shot evaluation; appendix: CLIP's BPE tokenizer and weight loading. Tensor layout at the
 video model's boundary is (B, T, C, H, W), CLIP-normalised floats.
 
-Training, as reconstructed: every video gives 2 global views (the whole
-window, 8 frames, 224 px) and L local views (short windows, fewer frames, 96 px); the EMA teacher embeds the
-globals, the student all views, one backbone pass per view shape; both project onto the frozen concept vectors;
-L = L_CD + lambda_ca L_CA + lambda_up L_UP; AdamW with SVT's lr/weight-decay/momentum schedules. The checkpoint's
-"backbone" is the TEACHER (SVT evaluates the teacher); it also carries the student, optimizer, centre and the text
-tower, so a run resumes exactly and zero-shot evaluation can embed any dataset's class names later. In a short run
-the EMA teacher trails the student, so we report the student (eval_linear.py --network student; both are logged).
+Training, as reconstructed: every video gives 2 global views (the whole window, 8 frames, 224 px) and L local views
+(short windows, fewer frames, 96 px; none in the 32-px default run); the EMA teacher embeds the globals, the student
+all views, one backbone pass per view shape; both project onto the frozen concept vectors; L = L_CD + lambda_ca L_CA
++ lambda_up L_UP; AdamW with SVT's lr/weight-decay/momentum schedules. The checkpoint's "backbone" is the TEACHER
+(SVT evaluates the teacher); it also carries the student, optimizer, centre and the text tower, so a run resumes
+exactly and zero-shot evaluation can embed any dataset's class names later. In a short run the EMA teacher trails
+the student, so we report the student (eval_linear.py --network student; both are logged).
 
 Where no OpenAI weights are at hand, the start is a tiny CLIP pretrained here on captioned synthetic stills
 (scripts/pretrain_clip.py, run once by --init tiny, the default, and cached); --init random is the collapse.
@@ -650,7 +650,7 @@ def class_vectors(text: CLIP, classes, how: str, templates, desc_template="{desc
 
 
 # ----------------------------------------------------------------------------- config
-# Defaults are a CPU-sized run on the built-in synthetic videos (`python lss.py`: ~5 minutes on 2 cores, plus ~8 the
+# Defaults are a CPU-sized run on the built-in synthetic videos (`python lss.py`: ~5 minutes on 2 cores, plus ~5 the
 # first time): LSS adapts an image CLIP, and where no OpenAI weights are at hand it adapts a tiny one (ViT width 128,
 # 4 blocks, patch 8, 32 px; text width 128, 4 blocks) that scripts/pretrain_clip.py pretrains once on captioned
 # synthetic stills and caches (--init tiny). The videos carry a faint motion trail (--trail 1), so that one frame

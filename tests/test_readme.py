@@ -139,7 +139,7 @@ def minutes(path) -> float:
 def test_lss_default_run_claims():
     """The LSS section's numbers for the default run are those of the committed record of that run: the student
     against the frozen CLIP it starts from (step 0), zero-shot and probe, and the run's time."""
-    rec = ROOT / "results" / "lss-default-2026-12-04"
+    rec = ROOT / "results" / "lss-default-2026-12-04b"
     log = [json.loads(line) for line in (rec / "log.jsonl").read_text().splitlines()]
     zs0 = next(r["zero_shot_top1"] for r in log if r.get("step") == 0 and "zero_shot_top1" in r)
     zs1 = [r["student_zero_shot_top1"] for r in log if "student_zero_shot_top1" in r][-1]
