@@ -189,8 +189,9 @@ def build_rows(nuisance_levels=(0.0,)) -> list[Row]:
     # The LSS rows of the random-init study keep the settings they were run with, before lss.py started from a
     # pretrained tiny CLIP by default and took the views and schedule chosen for it: the videos without a motion
     # trail, scene or camera, CLIP's Kinetics prompts, 48 px views with four local views of 24 px, DINO's crop
-    # areas, batch 32 at lr 4e-3, the paper's EMA momentum and 1 warmup epoch. R0 adds a random CLIP (then the default). The loss
-    # weights are explicit where a row uses the uniform prior or concept alignment (lss.py's default: neither).
+    # areas, batch 32 at lr 4e-3, the paper's EMA momentum and 1 warmup epoch. R0 adds a random CLIP (then the
+    # default). The loss weights are explicit where a row uses the uniform prior or concept alignment (lss.py's
+    # default: neither).
     OLD_LSS = ("--trail", "0", "--context", "0", "--clutter", "0", "--noise", "0", "--templates", "kinetics",
                "--size", "48", "--local-size", "24", "--canvas", "64", "64", "--local-views", "4",
                "--global-area", "0.4", "1.0", "--local-area", "0.05", "0.4", "--batch-size", "32", "--lr", "4e-3",

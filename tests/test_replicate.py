@@ -560,8 +560,9 @@ def test_committed_tables_regenerate_from_their_records(preset):
     the LSS-from-random-weights rows now spell out the settings that were lss.py's defaults when they ran (the defaults
     moved to the pretrained start, and the loss to distillation alone); their other flags and probe commands are
     unchanged. The LSS-from-the-tiny-CLIP records made before the loss default moved were relabelled to the new
-    commands (results/replicate/relabel_2026-12-04.py). A partial grid (lss-ablations:
-    written by --report, some rows with fewer seeds) regenerates from the rows and seeds it records."""
+    commands (results/replicate/relabel_2026-12-04.py), and lss-ablations' records to its pinned views and warmup
+    (relabel_2026-12-04c.py). A partial grid (lss-ablations: written by --report, some rows with fewer seeds)
+    regenerates from the rows and seeds it records."""
     d = ROOT / "results" / "replicate" / preset
     res = json.loads((d / "results.json").read_text())
     P = dict(R.PRESETS[preset], seeds=res["seeds"])
