@@ -106,6 +106,10 @@ def test_results_summary_matches_the_committed_study():
             assert mean_std(abl, row, key) in block, (row, key)
     for row in ("lss-pre-up", "lss-pre-ca", "lss-pre-full", "lss-pre-desc"):
         assert f"{mean_std(abl, row, 'student_top1')} / {mean_std(abl, row, 'student_zero_shot_top1')}" in block, row
+    # ... beside distillation alone from the grid of the same views, warmup and CLIP (lss-pretrained until 2026-12-04)
+    before = json.loads((ROOT / "results" / "lss-views-2026-12-04" / "earlier-vm" / "results.json").read_text())
+    assert f"distillation alone there: {mean_std(before, 'lss-pre', 'student_top1')} / " \
+           f"{mean_std(before, 'lss-pre', 'student_zero_shot_top1')}" in block
     ft = json.loads((ROOT / "results" / "replicate" / "finetune" / "results.json").read_text())
     for row in ("ft-cvrl", "ft-scratch", "ft-cvrl-labels10", "ft-scratch-labels10"):
         assert mean_std(ft, row) in block, row
