@@ -286,7 +286,8 @@ def test_make_views_shapes_and_order():
 
 
 def test_training_without_local_views(tiny_synthetic, tmp_path):
-    """The default views (2 global, no local; tiny_args sets 2 local) train: each global view learns the other's target."""
+    """The default views (2 global, no local; tiny_args sets 2 local, so the flag is given) train: each global view
+    learns the other's target."""
     out = tmp_path / "run"
     run_py(["lss.py", *tiny_args(tiny_synthetic, out, "--max-steps", "2", "--no-zero-shot-eval", "--local-views", "0")])
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

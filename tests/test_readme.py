@@ -111,13 +111,16 @@ def test_results_summary_matches_the_committed_study():
     assert f"distillation alone there: {mean_std(before, 'lss-pre', 'student_top1')} / " \
            f"{mean_std(before, 'lss-pre', 'student_zero_shot_top1')}" in block
     # the full loss re-run at today's defaults (3 test seeds), against distillation alone in the same seeds
+    # (the frozen CLIP and distillation alone: the same seed's jobs of the lss-pretrained grid above)
     full = json.loads((ROOT / "results" / "lss-fullloss-2026-12-04" / "results.json").read_text())["jobs"]
-    zs = [j["student_zero_shot_top1"] - j["frozen_zero_shot_top1"] for j in full]
-    pr = [j["student_top1"] - j["frozen_top1"] for j in full]
+    job = {(j["row"], j["seed"]): j for j in pre["jobs"]}
+    frozen, distill = ({j["seed"]: job[(row, j["seed"])] for j in full} for row in ("clip-frozen", "lss-pre"))
+    zs = [j["student_zero_shot_top1"] - frozen[j["seed"]]["zero_shot_top1"] for j in full]
+    pr = [j["student_top1"] - frozen[j["seed"]]["top1"] for j in full]
     assert len(full) == 3 and f"full loss gained {min(zs):+g} to {max(zs):+g} zero-shot, " \
                                f"{min(pr):+g} to {max(pr):+g} probe" in block
-    assert all(j["distill_student_top1"] > j["student_top1"] and
-               j["distill_student_zero_shot_top1"] > j["student_zero_shot_top1"] for j in full)
+    assert all(distill[j["seed"]]["student_top1"] > j["student_top1"] and
+               distill[j["seed"]]["student_zero_shot_top1"] > j["student_zero_shot_top1"] for j in full)
     assert "below distillation alone in every seed" in block
     ft = json.loads((ROOT / "results" / "replicate" / "finetune" / "results.json").read_text())
     for row in ("ft-cvrl", "ft-scratch", "ft-cvrl-labels10", "ft-scratch-labels10"):

@@ -12,5 +12,6 @@ for S in 0 1 2; do
    python eval_linear.py --ckpt $R/checkpoint.pt --seed $S --json $R/linear.json --workers 1 > $R.probe.log 2>&1
    python eval_linear.py --ckpt $R/checkpoint.pt --network student --seed $S --json $R/student.json --workers 1 \
        > $R.student.log 2>&1) &
+  PIDS="$PIDS $!"
 done
-wait
+for P in $PIDS; do wait $P; done   # set -e: a failed job fails the script (a bare `wait` would return 0)
